@@ -1,0 +1,268 @@
+// Package policy decides the rotation verdict of one KMS key.
+//
+// Everything here is a pure function of the key's metadata, its rotation
+// status, its tags, the configured policy and the current time: no AWS calls,
+// so that a table test can cover every row of the rules in KMS-FACTS.md.
+package policy
+
+import (
+	"strings"
+	"time"
+)
+
+// Status is the verdict class of a key.
+type Status string
+
+// The verdict classes, exactly one per key.
+const (
+	Compliant     Status = "compliant"
+	Noncompliant  Status = "noncompliant"
+	NotApplicable Status = "not_applicable"
+	Unknown       Status = "unknown"
+	Exempt        Status = "exempt"
+)
+
+// Statuses lists every Status, in a stable order.
+var Statuses = []Status{Compliant, Noncompliant, NotApplicable, Unknown, Exempt}
+
+// Reasons that go with a verdict. Unknown verdicts carry the AWS error code instead.
+const (
+	ReasonRotationEnabled     = "rotation_enabled"
+	ReasonRotationDisabled    = "rotation_disabled"
+	ReasonPeriodExceedsPolicy = "period_exceeds_policy"
+	ReasonExemptionExpired    = "exemption_expired"
+	ReasonExemptionInvalid    = "exemption_invalid_date"
+	ReasonExemptionTag        = "exemption_tag"
+
+	ReasonAWSManaged             = "aws_managed"
+	ReasonAsymmetric             = "asymmetric"
+	ReasonHMAC                   = "hmac"
+	ReasonUnsupportedSpec        = "unsupported_key_spec"
+	ReasonExternalOrigin         = "external_origin"
+	ReasonCustomKeyStore         = "custom_key_store"
+	ReasonDisabled               = "disabled"
+	ReasonPendingDeletion        = "pending_deletion"
+	ReasonPendingImport          = "pending_import"
+	ReasonPendingReplicaDeletion = "pending_replica_deletion"
+	ReasonUnavailable            = "unavailable"
+	ReasonCreating               = "creating"
+	ReasonUpdating               = "updating"
+	ReasonUnsupportedState       = "unsupported_key_state"
+)
+
+// Values of KeyMetadata fields the rules look at (as the KMS API spells them).
+const (
+	ManagerCustomer  = "CUSTOMER"
+	ManagerAWS       = "AWS"
+	SpecSymmetric    = "SYMMETRIC_DEFAULT"
+	OriginAWSKMS     = "AWS_KMS"
+	OriginExternal   = "EXTERNAL"
+	OriginCloudHSM   = "AWS_CLOUDHSM"
+	OriginExternalKS = "EXTERNAL_KEY_STORE"
+	StateEnabled     = "Enabled"
+	StateDisabled    = "Disabled"
+)
+
+// DefaultRotationPeriodDays is what AWS uses when no period was chosen, and what
+// the policy assumes when the API reports none (as older APIs and emulators do).
+const DefaultRotationPeriodDays = 365
+
+// Meta is the part of DescribeKey's KeyMetadata that the rules need.
+type Meta struct {
+	KeyManager       string
+	KeySpec          string
+	KeyUsage         string
+	KeyState         string
+	Origin           string
+	CustomKeyStoreID string
+}
+
+// Rotation is what GetKeyRotationStatus returned.
+type Rotation struct {
+	Enabled bool
+	// PeriodDays is 0 when the API did not report one.
+	PeriodDays int32
+	// NextRotation is zero when the API did not report one.
+	NextRotation time.Time
+}
+
+// Policy is the organisation's rotation policy.
+type Policy struct {
+	// MaxRotationPeriodDays: a rotating key with a longer period is noncompliant.
+	MaxRotationPeriodDays int
+	// ExemptionTag is the tag key whose non-empty value exempts a key; the
+	// optional tag ExemptionTag+"-until" holds the last day (YYYY-MM-DD, UTC)
+	// on which the exemption holds.
+	ExemptionTag string
+}
+
+// ExemptionUntilTag is the tag key holding the exemption's last day.
+func (p Policy) ExemptionUntilTag() string { return p.ExemptionTag + "-until" }
+
+// Verdict is the outcome for one key.
+type Verdict struct {
+	Status Status
+	// Reason says why: one of the Reason constants, or an AWS error code for Unknown.
+	Reason string
+	// ExemptionReason is the exemption tag's text, for exempt keys and for
+	// keys whose exemption expired or is invalid.
+	ExemptionReason string
+	// ExemptionExpiry is the instant the exemption ends (the day after the
+	// "-until" date, 00:00 UTC); zero when there is no expiry.
+	ExemptionExpiry time.Time
+}
+
+// Input is everything known about one key when its verdict is decided.
+// A non-empty error code means that step failed; later fields are then unset.
+type Input struct {
+	DescribeError string
+	Meta          Meta
+	RotationError string
+	// Rotation is nil when the status was not read.
+	Rotation  *Rotation
+	TagsError string
+	// Tags is nil when the tags were not read.
+	Tags map[string]string
+}
+
+// Scope says whether the rotation rule applies to a key with this metadata.
+// It returns "" when it does, or the not-applicable reason.
+func Scope(m Meta) string {
+	if m.KeyManager != ManagerCustomer {
+		return ReasonAWSManaged
+	}
+	if m.CustomKeyStoreID != "" || m.Origin == OriginCloudHSM || m.Origin == OriginExternalKS {
+		return ReasonCustomKeyStore
+	}
+	if m.Origin == OriginExternal {
+		return ReasonExternalOrigin
+	}
+	if m.Origin != "" && m.Origin != OriginAWSKMS {
+		return ReasonCustomKeyStore
+	}
+	if m.KeySpec != SpecSymmetric && m.KeySpec != "" {
+		switch {
+		case strings.HasPrefix(m.KeySpec, "HMAC_"):
+			return ReasonHMAC
+		case strings.HasPrefix(m.KeySpec, "RSA_"), strings.HasPrefix(m.KeySpec, "ECC_"),
+			strings.HasPrefix(m.KeySpec, "ML_DSA_"), strings.HasPrefix(m.KeySpec, "ML_KEM_"),
+			m.KeySpec == "SM2":
+			return ReasonAsymmetric
+		default:
+			return ReasonUnsupportedSpec
+		}
+	}
+	switch m.KeyState {
+	case StateEnabled:
+		return ""
+	case StateDisabled:
+		return ReasonDisabled
+	case "PendingDeletion":
+		return ReasonPendingDeletion
+	case "PendingImport":
+		return ReasonPendingImport
+	case "PendingReplicaDeletion":
+		return ReasonPendingReplicaDeletion
+	case "Unavailable":
+		return ReasonUnavailable
+	case "Creating":
+		return ReasonCreating
+	case "Updating":
+		return ReasonUpdating
+	default:
+		return ReasonUnsupportedState
+	}
+}
+
+// NeedsRotationStatus says whether GetKeyRotationStatus should be called for a
+// key: for keys in scope, for disabled in-scope keys (the setting is kept and
+// worth showing), and for enabled AWS-managed keys (readable where the key
+// policy allows). Keys that cannot rotate are never asked.
+func NeedsRotationStatus(m Meta) bool {
+	switch Scope(m) {
+	case "", ReasonDisabled:
+		return true
+	case ReasonAWSManaged:
+		return m.KeyState == StateEnabled && (m.KeySpec == SpecSymmetric || m.KeySpec == "")
+	}
+	return false
+}
+
+// NeedsExemptionTags says whether the verdict depends on the key's tags: only
+// for an in-scope key that would otherwise be noncompliant.
+func NeedsExemptionTags(m Meta, r *Rotation, p Policy) bool {
+	if Scope(m) != "" || r == nil {
+		return false
+	}
+	return !r.Enabled || periodExceeds(r, p)
+}
+
+func periodExceeds(r *Rotation, p Policy) bool {
+	period := int(r.PeriodDays)
+	if period == 0 {
+		period = DefaultRotationPeriodDays
+	}
+	return p.MaxRotationPeriodDays > 0 && period > p.MaxRotationPeriodDays
+}
+
+// Decide returns the verdict for one key.
+func Decide(in Input, p Policy, now time.Time) Verdict {
+	if in.DescribeError != "" {
+		return Verdict{Status: Unknown, Reason: in.DescribeError}
+	}
+	if reason := Scope(in.Meta); reason != "" {
+		return Verdict{Status: NotApplicable, Reason: reason}
+	}
+	if in.RotationError != "" {
+		return Verdict{Status: Unknown, Reason: in.RotationError}
+	}
+	if in.Rotation == nil {
+		return Verdict{Status: Unknown, Reason: "RotationStatusNotRead"}
+	}
+	failure := ReasonRotationDisabled
+	if in.Rotation.Enabled {
+		if !periodExceeds(in.Rotation, p) {
+			return Verdict{Status: Compliant, Reason: ReasonRotationEnabled}
+		}
+		failure = ReasonPeriodExceedsPolicy
+	}
+	if in.TagsError != "" {
+		// Whether the key is exempt cannot be told: never guess noncompliant.
+		return Verdict{Status: Unknown, Reason: in.TagsError}
+	}
+	return exemption(in.Tags, p, now, failure)
+}
+
+// exemption decides between exempt and noncompliant (with the given reason)
+// from the key's tags.
+func exemption(tags map[string]string, p Policy, now time.Time, failure string) Verdict {
+	text := strings.TrimSpace(tags[p.ExemptionTag])
+	if p.ExemptionTag == "" || text == "" {
+		return Verdict{Status: Noncompliant, Reason: failure}
+	}
+	v := Verdict{Status: Exempt, Reason: ReasonExemptionTag, ExemptionReason: text}
+	until, ok := tags[p.ExemptionUntilTag()]
+	if !ok {
+		return v
+	}
+	expiry, err := ParseExemptionUntil(until)
+	if err != nil {
+		v.Status, v.Reason = Noncompliant, ReasonExemptionInvalid
+		return v
+	}
+	v.ExemptionExpiry = expiry
+	if !now.Before(expiry) {
+		v.Status, v.Reason = Noncompliant, ReasonExemptionExpired
+	}
+	return v
+}
+
+// ParseExemptionUntil reads an exemption's last day (YYYY-MM-DD, UTC) and
+// returns the instant the exemption ends: the start of the following day.
+func ParseExemptionUntil(s string) (time.Time, error) {
+	day, err := time.Parse(time.DateOnly, strings.TrimSpace(s))
+	if err != nil {
+		return time.Time{}, err
+	}
+	return day.AddDate(0, 0, 1), nil
+}

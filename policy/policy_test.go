@@ -1,0 +1,174 @@
+package policy
+
+import (
+	"testing"
+	"time"
+)
+
+var (
+	testPolicy = Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}
+	testNow    = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+)
+
+func sym(state string) Meta {
+	return Meta{KeyManager: ManagerCustomer, KeySpec: SpecSymmetric, KeyUsage: "ENCRYPT_DECRYPT", KeyState: state, Origin: OriginAWSKMS}
+}
+
+func with(m Meta, f func(*Meta)) Meta { f(&m); return m }
+
+func TestDecide(t *testing.T) {
+	on := &Rotation{Enabled: true, PeriodDays: 365}
+	off := &Rotation{Enabled: false}
+	exempt := map[string]string{"kms-rotation-exempt": "legacy HSM integration, ticket SEC-12"}
+	tests := []struct {
+		name   string
+		in     Input
+		status Status
+		reason string
+	}{
+		// In scope.
+		{"rotating", Input{Meta: sym("Enabled"), Rotation: on}, Compliant, ReasonRotationEnabled},
+		{"rotating, no period reported means 365", Input{Meta: sym("Enabled"), Rotation: &Rotation{Enabled: true}}, Compliant, ReasonRotationEnabled},
+		{"rotating at the 90-day minimum", Input{Meta: sym("Enabled"), Rotation: &Rotation{Enabled: true, PeriodDays: 90}}, Compliant, ReasonRotationEnabled},
+		{"rotating, period above policy", Input{Meta: sym("Enabled"), Rotation: &Rotation{Enabled: true, PeriodDays: 730}, Tags: map[string]string{}}, Noncompliant, ReasonPeriodExceedsPolicy},
+		{"rotating, period above policy, exempt", Input{Meta: sym("Enabled"), Rotation: &Rotation{Enabled: true, PeriodDays: 730}, Tags: exempt}, Exempt, ReasonExemptionTag},
+		{"rotating with an expired exemption tag stays compliant", Input{Meta: sym("Enabled"), Rotation: on, Tags: map[string]string{"kms-rotation-exempt": "x", "kms-rotation-exempt-until": "2020-01-01"}}, Compliant, ReasonRotationEnabled},
+		{"not rotating", Input{Meta: sym("Enabled"), Rotation: off, Tags: map[string]string{}}, Noncompliant, ReasonRotationDisabled},
+		{"not rotating, empty origin means AWS_KMS", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.Origin = "" }), Rotation: off, Tags: nil}, Noncompliant, ReasonRotationDisabled},
+		{"not rotating, exempt", Input{Meta: sym("Enabled"), Rotation: off, Tags: exempt}, Exempt, ReasonExemptionTag},
+		{"not rotating, exemption with blank reason", Input{Meta: sym("Enabled"), Rotation: off, Tags: map[string]string{"kms-rotation-exempt": "  "}}, Noncompliant, ReasonRotationDisabled},
+		{"not rotating, exempt until tomorrow", Input{Meta: sym("Enabled"), Rotation: off, Tags: map[string]string{"kms-rotation-exempt": "x", "kms-rotation-exempt-until": "2026-11-28"}}, Exempt, ReasonExemptionTag},
+		{"not rotating, exempt until today (holds all day)", Input{Meta: sym("Enabled"), Rotation: off, Tags: map[string]string{"kms-rotation-exempt": "x", "kms-rotation-exempt-until": "2026-11-27"}}, Exempt, ReasonExemptionTag},
+		{"not rotating, exemption expired yesterday", Input{Meta: sym("Enabled"), Rotation: off, Tags: map[string]string{"kms-rotation-exempt": "x", "kms-rotation-exempt-until": "2026-11-26"}}, Noncompliant, ReasonExemptionExpired},
+		{"not rotating, exemption date unreadable", Input{Meta: sym("Enabled"), Rotation: off, Tags: map[string]string{"kms-rotation-exempt": "x", "kms-rotation-exempt-until": "next year"}}, Noncompliant, ReasonExemptionInvalid},
+		{"not rotating, only the until tag", Input{Meta: sym("Enabled"), Rotation: off, Tags: map[string]string{"kms-rotation-exempt-until": "2030-01-01"}}, Noncompliant, ReasonRotationDisabled},
+		{"not rotating, tags unreadable", Input{Meta: sym("Enabled"), Rotation: off, TagsError: "AccessDeniedException"}, Unknown, "AccessDeniedException"},
+		// Status could not be read.
+		{"describe denied", Input{DescribeError: "AccessDeniedException"}, Unknown, "AccessDeniedException"},
+		{"status denied", Input{Meta: sym("Enabled"), RotationError: "AccessDeniedException"}, Unknown, "AccessDeniedException"},
+		{"status throttled after retries", Input{Meta: sym("Enabled"), RotationError: "ThrottlingException"}, Unknown, "ThrottlingException"},
+		{"status timed out", Input{Meta: sym("Enabled"), RotationError: "RequestTimeout"}, Unknown, "RequestTimeout"},
+		{"status not read", Input{Meta: sym("Enabled")}, Unknown, "RotationStatusNotRead"},
+		// Out of scope.
+		{"aws managed", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeyManager = ManagerAWS }), Rotation: on}, NotApplicable, ReasonAWSManaged},
+		{"aws managed, status denied", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeyManager = ManagerAWS }), RotationError: "AccessDeniedException"}, NotApplicable, ReasonAWSManaged},
+		{"rsa", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "RSA_2048" }), Rotation: off}, NotApplicable, ReasonAsymmetric},
+		{"ecc", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "ECC_NIST_P256" })}, NotApplicable, ReasonAsymmetric},
+		{"ecc secg", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "ECC_SECG_P256K1" })}, NotApplicable, ReasonAsymmetric},
+		{"sm2", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "SM2" })}, NotApplicable, ReasonAsymmetric},
+		{"ml-dsa", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "ML_DSA_65" })}, NotApplicable, ReasonAsymmetric},
+		{"ml-kem", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "ML_KEM_768" })}, NotApplicable, ReasonAsymmetric},
+		{"hmac", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "HMAC_256" }), Rotation: off}, NotApplicable, ReasonHMAC},
+		{"unknown spec", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.KeySpec = "AES_512_FUTURE" })}, NotApplicable, ReasonUnsupportedSpec},
+		{"imported material", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.Origin = OriginExternal }), RotationError: "UnsupportedOperationException"}, NotApplicable, ReasonExternalOrigin},
+		{"imported, pending import", Input{Meta: with(sym("PendingImport"), func(m *Meta) { m.Origin = OriginExternal })}, NotApplicable, ReasonExternalOrigin},
+		{"cloudhsm key store", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.Origin = OriginCloudHSM; m.CustomKeyStoreID = "cks-1" })}, NotApplicable, ReasonCustomKeyStore},
+		{"external key store", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.Origin = OriginExternalKS; m.CustomKeyStoreID = "cks-2" })}, NotApplicable, ReasonCustomKeyStore},
+		{"custom key store id alone", Input{Meta: with(sym("Enabled"), func(m *Meta) { m.CustomKeyStoreID = "cks-3" })}, NotApplicable, ReasonCustomKeyStore},
+		{"disabled key keeps its setting but is out of scope", Input{Meta: sym("Disabled"), Rotation: off}, NotApplicable, ReasonDisabled},
+		{"pending deletion", Input{Meta: sym("PendingDeletion"), Rotation: off}, NotApplicable, ReasonPendingDeletion},
+		{"pending import", Input{Meta: sym("PendingImport")}, NotApplicable, ReasonPendingImport},
+		{"pending replica deletion", Input{Meta: sym("PendingReplicaDeletion")}, NotApplicable, ReasonPendingReplicaDeletion},
+		{"unavailable", Input{Meta: sym("Unavailable")}, NotApplicable, ReasonUnavailable},
+		{"creating", Input{Meta: sym("Creating")}, NotApplicable, ReasonCreating},
+		{"updating", Input{Meta: sym("Updating")}, NotApplicable, ReasonUpdating},
+		{"unknown state", Input{Meta: sym("Mystery")}, NotApplicable, ReasonUnsupportedState},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Decide(tt.in, testPolicy, testNow)
+			if got.Status != tt.status || got.Reason != tt.reason {
+				t.Errorf("Decide() = %s/%s, want %s/%s", got.Status, got.Reason, tt.status, tt.reason)
+			}
+		})
+	}
+}
+
+func TestDecideExemptionDetails(t *testing.T) {
+	in := Input{Meta: sym("Enabled"), Rotation: &Rotation{}, Tags: map[string]string{
+		"kms-rotation-exempt": " vendor appliance ", "kms-rotation-exempt-until": "2027-03-31"}}
+	got := Decide(in, testPolicy, testNow)
+	want := Verdict{Status: Exempt, Reason: ReasonExemptionTag, ExemptionReason: "vendor appliance",
+		ExemptionExpiry: time.Date(2027, 4, 1, 0, 0, 0, 0, time.UTC)}
+	if got != want {
+		t.Errorf("Decide() = %+v, want %+v", got, want)
+	}
+	// One instant before the end it holds; at the end it has expired.
+	if v := Decide(in, testPolicy, want.ExemptionExpiry.Add(-time.Nanosecond)); v.Status != Exempt {
+		t.Errorf("just before expiry: %s", v.Status)
+	}
+	if v := Decide(in, testPolicy, want.ExemptionExpiry); v.Status != Noncompliant || v.Reason != ReasonExemptionExpired {
+		t.Errorf("at expiry: %s/%s", v.Status, v.Reason)
+	}
+}
+
+func TestDecideCustomExemptionTagAndPolicy(t *testing.T) {
+	p := Policy{MaxRotationPeriodDays: 180, ExemptionTag: "sec:no-rotate"}
+	in := Input{Meta: sym("Enabled"), Rotation: &Rotation{Enabled: true}, Tags: map[string]string{}}
+	if v := Decide(in, p, testNow); v.Reason != ReasonPeriodExceedsPolicy {
+		t.Errorf("unreported period (365) against a 180-day policy: %s/%s", v.Status, v.Reason)
+	}
+	in.Tags = map[string]string{"kms-rotation-exempt": "x"}
+	if v := Decide(in, p, testNow); v.Status != Noncompliant {
+		t.Errorf("the default tag must not exempt when another tag is configured: %s", v.Status)
+	}
+	in.Tags = map[string]string{"sec:no-rotate": "x"}
+	if v := Decide(in, p, testNow); v.Status != Exempt {
+		t.Errorf("configured tag: %s", v.Status)
+	}
+}
+
+func TestNeedsRotationStatus(t *testing.T) {
+	tests := []struct {
+		m    Meta
+		want bool
+	}{
+		{sym("Enabled"), true},
+		{sym("Disabled"), true},
+		{sym("PendingDeletion"), false},
+		{with(sym("Enabled"), func(m *Meta) { m.KeyManager = ManagerAWS }), true},
+		{with(sym("PendingDeletion"), func(m *Meta) { m.KeyManager = ManagerAWS }), false},
+		{with(sym("Enabled"), func(m *Meta) { m.KeySpec = "RSA_4096" }), false},
+		{with(sym("Enabled"), func(m *Meta) { m.KeySpec = "HMAC_512" }), false},
+		{with(sym("Enabled"), func(m *Meta) { m.Origin = OriginExternal }), false},
+		{with(sym("Enabled"), func(m *Meta) { m.CustomKeyStoreID = "cks-1" }), false},
+	}
+	for _, tt := range tests {
+		if got := NeedsRotationStatus(tt.m); got != tt.want {
+			t.Errorf("NeedsRotationStatus(%+v) = %v, want %v", tt.m, got, tt.want)
+		}
+	}
+}
+
+func TestNeedsExemptionTags(t *testing.T) {
+	if NeedsExemptionTags(sym("Enabled"), &Rotation{Enabled: true, PeriodDays: 365}, testPolicy) {
+		t.Error("a compliant key needs no tags")
+	}
+	if !NeedsExemptionTags(sym("Enabled"), &Rotation{}, testPolicy) {
+		t.Error("a key that does not rotate needs its tags")
+	}
+	if !NeedsExemptionTags(sym("Enabled"), &Rotation{Enabled: true, PeriodDays: 400}, testPolicy) {
+		t.Error("a key rotating too slowly needs its tags")
+	}
+	if NeedsExemptionTags(sym("Disabled"), &Rotation{}, testPolicy) {
+		t.Error("an out-of-scope key needs no tags")
+	}
+	if NeedsExemptionTags(sym("Enabled"), nil, testPolicy) {
+		t.Error("a key whose status is unknown needs no tags")
+	}
+}
+
+func FuzzParseExemptionUntil(f *testing.F) {
+	for _, s := range []string{"2026-11-27", " 2027-01-01 ", "2026-02-30", "", "27/11/2026", "9999-12-31"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		end, err := ParseExemptionUntil(s)
+		if err != nil {
+			return
+		}
+		if end.Hour() != 0 || end.Minute() != 0 || end.Location() != time.UTC {
+			t.Fatalf("%q: expiry %v is not a UTC midnight", s, end)
+		}
+	})
+}
