@@ -1,0 +1,318 @@
+// Package awsclient builds the AWS clients the exporter uses: one KMS client per
+// (account, region), all derived from one aws.Config, each with its own
+// client-side rate limit and all sharing one bound on requests in flight.
+// Every attempt (retries included) is counted by operation and error code.
+package awsclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/arn"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
+	"github.com/aws/aws-sdk-go-v2/service/account"
+	accounttypes "github.com/aws/aws-sdk-go-v2/service/account/types"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"github.com/aws/smithy-go"
+	"github.com/aws/smithy-go/middleware"
+	"golang.org/x/time/rate"
+)
+
+// Role is an account reached by assuming a role; the zero Role means the
+// exporter's own credentials.
+type Role struct {
+	ARN        string
+	ExternalID string
+}
+
+// AccountID returns the account id named in the role ARN, or "" for the own account.
+func (r Role) AccountID() string {
+	if r.ARN == "" {
+		return ""
+	}
+	a, err := arn.Parse(r.ARN)
+	if err != nil {
+		return ""
+	}
+	return a.AccountID
+}
+
+// ParseRole reads a --aws.assume-role value: ROLE_ARN, optionally followed by
+// ",external-id=ID".
+func ParseRole(s string) (Role, error) {
+	roleARN, rest, _ := strings.Cut(strings.TrimSpace(s), ",")
+	a, err := arn.Parse(roleARN)
+	if err != nil || a.Service != "iam" || !strings.HasPrefix(a.Resource, "role/") || len(a.AccountID) != 12 {
+		return Role{}, fmt.Errorf("%q is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME[,external-id=ID])", s)
+	}
+	r := Role{ARN: roleARN}
+	if rest != "" {
+		id, ok := strings.CutPrefix(rest, "external-id=")
+		if !ok || id == "" {
+			return Role{}, fmt.Errorf("%q: after the role ARN only \",external-id=ID\" is allowed", s)
+		}
+		r.ExternalID = id
+	}
+	return r, nil
+}
+
+// Options tune every client a Factory makes.
+type Options struct {
+	// RequestsPerSecond is the client-side rate limit per (account, region),
+	// applied to every attempt; 0 means no limit.
+	RequestsPerSecond float64
+	// MaxConcurrency bounds the requests in flight across all clients.
+	MaxConcurrency int
+	// MaxAttempts per call, the first one included (throttling is retried with backoff).
+	MaxAttempts int
+	// Timeout for one attempt.
+	Timeout time.Duration
+}
+
+// Operations the exporter calls, for counters initialised at zero.
+var Operations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags"}
+
+// Error codes counted from zero for every operation, so alerts and dashboards see 0.
+var knownErrorCodes = []string{"ThrottlingException", "AccessDeniedException"}
+
+// Factory makes and caches the clients.
+type Factory struct {
+	base    aws.Config
+	opts    Options
+	sem     chan struct{}
+	mu      sync.Mutex
+	clients map[clientKey]*Client
+	creds   map[Role]aws.CredentialsProvider
+}
+
+type clientKey struct {
+	role   Role
+	region string
+}
+
+// Client is the KMS client of one (account, region) with its call statistics.
+type Client struct {
+	*kms.Client
+	Region string
+	Role   Role
+	stats  *callStats
+	// account is the account id, known from the role ARN or learnt from the
+	// first key or alias ARN the API returns (no STS call is needed).
+	account atomic.Pointer[string]
+}
+
+// AccountID returns the client's account id, "" while it is not known yet.
+func (c *Client) AccountID() string {
+	if p := c.account.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// LearnAccountID records the account id when it was not known.
+func (c *Client) LearnAccountID(id string) {
+	if id != "" {
+		c.account.CompareAndSwap(nil, &id)
+	}
+}
+
+// NewFactory derives clients from base (as loaded by config.LoadDefaultConfig,
+// so the standard credential chain and AWS_ENDPOINT_URL_KMS apply).
+func NewFactory(base aws.Config, opts Options) *Factory {
+	if opts.MaxConcurrency < 1 {
+		opts.MaxConcurrency = 1
+	}
+	if opts.MaxAttempts < 1 {
+		opts.MaxAttempts = 1
+	}
+	base = base.Copy()
+	base.HTTPClient = awshttp.NewBuildableClient().WithTimeout(opts.Timeout).WithTransportOptions(func(t *http.Transport) {
+		t.MaxIdleConnsPerHost = opts.MaxConcurrency
+	})
+	base.Retryer = func() aws.Retryer {
+		return retry.NewStandard(func(o *retry.StandardOptions) {
+			o.MaxAttempts = opts.MaxAttempts
+			// The client-side retry token bucket starves many goroutines
+			// sharing one client (aws-sdk-go-v2 #1665); the rate limiter below
+			// is what keeps the exporter polite.
+			o.RateLimiter = ratelimit.None
+		})
+	}
+	return &Factory{
+		base:    base,
+		opts:    opts,
+		sem:     make(chan struct{}, opts.MaxConcurrency),
+		clients: map[clientKey]*Client{},
+		creds:   map[Role]aws.CredentialsProvider{},
+	}
+}
+
+// config returns the aws.Config for a role in a region. Callers hold f.mu.
+func (f *Factory) config(role Role, region string) aws.Config {
+	cfg := f.base.Copy()
+	cfg.Region = region
+	if role.ARN != "" {
+		p, ok := f.creds[role]
+		if !ok {
+			p = aws.NewCredentialsCache(stscreds.NewAssumeRoleProvider(sts.NewFromConfig(f.base), role.ARN,
+				func(o *stscreds.AssumeRoleOptions) {
+					o.RoleSessionName = "kms_exporter"
+					if role.ExternalID != "" {
+						o.ExternalID = aws.String(role.ExternalID)
+					}
+				}))
+			f.creds[role] = p
+		}
+		cfg.Credentials = p
+	}
+	return cfg
+}
+
+// KMS returns the client for a role in a region, making it on first use.
+func (f *Factory) KMS(role Role, region string) *Client {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	k := clientKey{role, region}
+	if c, ok := f.clients[k]; ok {
+		return c
+	}
+	stats := newCallStats()
+	var limiter *rate.Limiter
+	if f.opts.RequestsPerSecond > 0 {
+		burst := max(1, int(f.opts.RequestsPerSecond))
+		limiter = rate.NewLimiter(rate.Limit(f.opts.RequestsPerSecond), burst)
+	}
+	c := &Client{
+		Client: kms.NewFromConfig(f.config(role, region), func(o *kms.Options) {
+			o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
+				return s.Finalize.Insert(f.perAttempt(limiter, stats), "Retry", middleware.After)
+			})
+		}),
+		Region: region,
+		Role:   role,
+		stats:  stats,
+	}
+	c.LearnAccountID(role.AccountID())
+	f.clients[k] = c
+	return c
+}
+
+// EnabledRegions lists the regions enabled for the role's account (account:ListRegions).
+func (f *Factory) EnabledRegions(ctx context.Context, role Role) ([]string, error) {
+	f.mu.Lock()
+	cfg := f.config(role, f.base.Region)
+	f.mu.Unlock()
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	p := account.NewListRegionsPaginator(account.NewFromConfig(cfg), &account.ListRegionsInput{
+		RegionOptStatusContains: []accounttypes.RegionOptStatus{
+			accounttypes.RegionOptStatusEnabled, accounttypes.RegionOptStatusEnabledByDefault},
+	})
+	var regions []string
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("listing enabled regions: %w", err)
+		}
+		for _, r := range page.Regions {
+			regions = append(regions, aws.ToString(r.RegionName))
+		}
+	}
+	return regions, nil
+}
+
+// perAttempt returns the middleware run for every attempt of every call: wait
+// for the rate limit, take a place among the requests in flight, count.
+func (f *Factory) perAttempt(limiter *rate.Limiter, stats *callStats) middleware.FinalizeMiddleware {
+	return middleware.FinalizeMiddlewareFunc("KMSExporterPerAttempt", func(
+		ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler,
+	) (middleware.FinalizeOutput, middleware.Metadata, error) {
+		if limiter != nil {
+			if err := limiter.Wait(ctx); err != nil {
+				return middleware.FinalizeOutput{}, middleware.Metadata{}, err
+			}
+		}
+		select {
+		case f.sem <- struct{}{}:
+		case <-ctx.Done():
+			return middleware.FinalizeOutput{}, middleware.Metadata{}, ctx.Err()
+		}
+		out, md, err := next.HandleFinalize(ctx, in)
+		<-f.sem
+		stats.add(middleware.GetOperationName(ctx), err)
+		return out, md, err
+	})
+}
+
+// ErrorCode names an error from an AWS call for labels and verdict reasons:
+// the API error code where AWS sent one, otherwise the kind of failure.
+func ErrorCode(err error) string {
+	if err == nil {
+		return ""
+	}
+	var apiErr smithy.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode() != "" {
+		return apiErr.ErrorCode()
+	}
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &netErr) && netErr.Timeout():
+		return "RequestTimeout"
+	case errors.Is(err, context.Canceled):
+		return "RequestCanceled"
+	}
+	var respErr *awshttp.ResponseError
+	if errors.As(err, &respErr) {
+		return fmt.Sprintf("HTTP%d", respErr.HTTPStatusCode())
+	}
+	var deser *smithy.DeserializationError
+	if errors.As(err, &deser) {
+		return "DeserializationError"
+	}
+	var opErr *smithy.OperationError
+	if errors.As(err, &opErr) {
+		return "NetworkError"
+	}
+	return "Error"
+}
+
+var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+
+// ParseRegions reads the --aws.region values, each one region or a
+// comma-separated list. It returns discover=true for the single value "all",
+// and nil regions when none were given.
+func ParseRegions(values []string) (regions []string, discover bool, err error) {
+	seen := map[string]bool{}
+	for _, v := range values {
+		for _, r := range strings.Split(v, ",") {
+			r = strings.TrimSpace(r)
+			switch {
+			case r == "all":
+				discover = true
+			case !regionPattern.MatchString(r):
+				return nil, false, fmt.Errorf("%q is not an AWS region name (e.g. eu-west-1) nor \"all\"", r)
+			case !seen[r]:
+				seen[r] = true
+				regions = append(regions, r)
+			}
+		}
+	}
+	if discover && len(regions) > 0 {
+		return nil, false, errors.New(`"all" cannot be combined with region names`)
+	}
+	return regions, discover, nil
+}

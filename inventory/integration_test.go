@@ -1,0 +1,227 @@
+package inventory_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+var testPolicy = policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}
+
+func testConfig(url string) aws.Config {
+	return aws.Config{
+		Region:       "eu-west-1",
+		BaseEndpoint: aws.String(url),
+		Credentials:  credentials.NewStaticCredentialsProvider("test", "test", ""),
+	}
+}
+
+func newFactory(url string) *awsclient.Factory {
+	return awsclient.NewFactory(testConfig(url), awsclient.Options{MaxConcurrency: 8, MaxAttempts: 3, Timeout: 5 * time.Second})
+}
+
+func newAuditor() *inventory.Auditor {
+	return &inventory.Auditor{Policy: testPolicy, Workers: 8, Now: time.Now}
+}
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestMixedInventoryVerdicts checks the verdict of every kind of key local-kms can create.
+func TestMixedInventoryVerdicts(t *testing.T) {
+	ctx := ctxT(t)
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	ids, err := kmstest.SeedMixed(ctx, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFactory(srv.URL)
+	account, keys, err := newAuditor().Audit(ctx, inventory.Target{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")})
+	if err != nil {
+		t.Fatalf("Audit: %v", err)
+	}
+	if account != kmstest.DefaultAccount {
+		t.Errorf("account id learnt from the ARNs = %q, want %q", account, kmstest.DefaultAccount)
+	}
+	if got := f.KMS(awsclient.Role{}, "eu-west-1").AccountID(); got != kmstest.DefaultAccount {
+		t.Errorf("client account id = %q", got)
+	}
+	if len(keys) != len(kmstest.MixedInventory) {
+		t.Errorf("audited %d keys, want %d", len(keys), len(kmstest.MixedInventory))
+	}
+	byID := map[string]inventory.Key{}
+	for _, k := range keys {
+		byID[k.ID] = k
+	}
+	for _, want := range kmstest.MixedInventory {
+		k, ok := byID[ids[want.Name]]
+		if !ok {
+			t.Errorf("%s: not in the inventory", want.Name)
+			continue
+		}
+		if string(k.Verdict.Status) != want.Status || k.Verdict.Reason != want.Reason {
+			t.Errorf("%s: verdict %s/%s, want %s/%s", want.Name, k.Verdict.Status, k.Verdict.Reason, want.Status, want.Reason)
+		}
+		if len(k.Aliases) != 1 || k.Aliases[0] != "alias/"+want.Name {
+			t.Errorf("%s: aliases %v", want.Name, k.Aliases)
+		}
+		if k.CreationDate.IsZero() {
+			t.Errorf("%s: no creation date", want.Name)
+		}
+	}
+	if k := byID[ids["retired"]]; k.DeletionDate.IsZero() {
+		t.Error("pending-deletion key without deletion date")
+	}
+	if k := byID[ids["vendor-appliance"]]; k.Verdict.ExemptionReason == "" || k.Verdict.ExemptionExpiry.IsZero() {
+		t.Errorf("exempt key without exemption details: %+v", k.Verdict)
+	}
+
+	// Only the calls the verdicts need: no rotation status for keys that
+	// cannot rotate, tags only where the verdict depends on them.
+	counts := f.Counts()
+	wantStatus := 0
+	wantTags := 0
+	for _, s := range kmstest.MixedInventory {
+		switch s.Reason {
+		case "rotation_enabled", "disabled":
+			wantStatus++
+		case "rotation_disabled", "exemption_tag", "exemption_expired":
+			wantStatus++
+			wantTags++
+		}
+	}
+	if counts["GetKeyRotationStatus"] != wantStatus || counts["ListResourceTags"] != wantTags ||
+		counts["DescribeKey"] != len(kmstest.MixedInventory) || counts["ListKeys"] != 1 || counts["ListAliases"] != 1 {
+		t.Errorf("API calls %v, want GetKeyRotationStatus=%d ListResourceTags=%d DescribeKey=%d ListKeys=1 ListAliases=1",
+			counts, wantStatus, wantTags, len(kmstest.MixedInventory))
+	}
+}
+
+// TestPaginationPastOneThousandKeys lists more keys than one ListKeys page holds.
+func TestPaginationPastOneThousandKeys(t *testing.T) {
+	if testing.Short() {
+		t.Skip("seeds 1,050 keys")
+	}
+	ctx := ctxT(t)
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	const n = 1050
+	if _, err := kmstest.SeedSymmetric(ctx, srv.Client(), n, 8); err != nil {
+		t.Fatal(err)
+	}
+	f := newFactory(srv.URL)
+	_, keys, err := newAuditor().Audit(ctx, inventory.Target{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != n {
+		t.Fatalf("audited %d keys, want %d", len(keys), n)
+	}
+	if c := f.Counts()["ListKeys"]; c != 2 {
+		t.Errorf("ListKeys pages = %d, want 2 (Limit 1000)", c)
+	}
+	seen := map[string]bool{}
+	compliant := 0
+	for _, k := range keys {
+		if seen[k.ID] {
+			t.Fatalf("key %s listed twice", k.ID)
+		}
+		seen[k.ID] = true
+		if k.Verdict.Status == policy.Compliant {
+			compliant++
+		}
+	}
+	if compliant != n/2 {
+		t.Errorf("%d compliant keys, want %d", compliant, n/2)
+	}
+}
+
+// TestRotationChangeSeenOnNextRefresh enables rotation between two refreshes.
+func TestRotationChangeSeenOnNextRefresh(t *testing.T) {
+	ctx := ctxT(t)
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	ids, err := kmstest.SeedMixed(ctx, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFactory(srv.URL)
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard())
+	id := ids["legacy-billing"]
+	if k := r.Refresh(ctx).Find("", "eu-west-1", id); k == nil || k.Verdict.Status != policy.Noncompliant {
+		t.Fatalf("before: %+v", k)
+	}
+	if _, err := srv.Client().EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String(id)}); err != nil {
+		t.Fatal(err)
+	}
+	if k := r.Snapshot().Find("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
+		t.Fatalf("the published snapshot changed without a refresh: %s", k.Verdict.Status)
+	}
+	k := r.Refresh(ctx).Find(kmstest.DefaultAccount, "eu-west-1", id)
+	if k == nil || k.Verdict.Status != policy.Compliant || k.Rotation == nil || !k.Rotation.Enabled {
+		t.Fatalf("after: %+v", k)
+	}
+}
+
+// TestFailingRegionKeepsOthers stops one region's emulator: the other region
+// keeps fresh data and the failed one keeps its last good keys.
+func TestFailingRegionKeepsOthers(t *testing.T) {
+	ctx := ctxT(t)
+	west := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	east := kmstest.StartT(t, kmstest.Options{Region: "us-east-1"})
+	if _, err := kmstest.SeedMixed(ctx, west.Client()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kmstest.SeedSymmetric(ctx, east.Client(), 4, 2); err != nil {
+		t.Fatal(err)
+	}
+	targets := inventory.StaticTargets{
+		{Region: "eu-west-1", API: newFactory(west.URL).KMS(awsclient.Role{}, "eu-west-1")},
+		{Region: "us-east-1", API: newFactory(east.URL).KMS(awsclient.Role{}, "us-east-1")},
+	}
+	r := inventory.NewRefresher(targets, newAuditor(), discard())
+	first := r.Refresh(ctx)
+	for _, st := range first.Targets {
+		if !st.Success {
+			t.Fatalf("first refresh of %s failed: %s", st.Region, st.Error)
+		}
+	}
+	east.Close()
+	second := r.Refresh(ctx)
+	if len(second.Targets) != 2 {
+		t.Fatalf("targets after failure: %d", len(second.Targets))
+	}
+	// Targets are sorted by account, then region: eu-west-1 first.
+	for i, st := range second.Targets {
+		switch st.Region {
+		case "us-east-1":
+			if st.Success || st.Error == "" {
+				t.Errorf("stopped region reported success")
+			}
+			if len(st.Keys) != 4 || !st.LastSuccess.Equal(first.Targets[i].LastSuccess) {
+				t.Errorf("stopped region lost its last good data: %d keys, last success %v", len(st.Keys), st.LastSuccess)
+			}
+			if st.AccountID != kmstest.DefaultAccount {
+				t.Errorf("stopped region lost its account id: %q", st.AccountID)
+			}
+		case "eu-west-1":
+			if !st.Success || len(st.Keys) != len(kmstest.MixedInventory) || !st.LastSuccess.After(first.Targets[i].LastSuccess) {
+				t.Errorf("healthy region: success=%v keys=%d", st.Success, len(st.Keys))
+			}
+		}
+	}
+}

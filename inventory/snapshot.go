@@ -1,0 +1,82 @@
+package inventory
+
+import (
+	"time"
+
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// Snapshot is one complete picture of every audited (account, region). It is
+// never changed once published: a refresh builds a new one and swaps it in.
+type Snapshot struct {
+	// Targets are sorted by account id, then region.
+	Targets []*TargetState
+	// TagLabels are the tag keys whose values each Key carries in TagValues.
+	TagLabels []string
+}
+
+// TargetState is what is known of one (account, region).
+type TargetState struct {
+	AccountID string
+	Region    string
+	RoleARN   string
+	// Keys are those of the last successful refresh, sorted by key id.
+	Keys []Key
+	// Success tells whether the last refresh of this target succeeded; when
+	// it failed, Keys are still those of LastSuccess.
+	Success     bool
+	Error       string
+	Duration    time.Duration
+	LastAttempt time.Time
+	LastSuccess time.Time
+}
+
+// Key is one KMS key with its verdict.
+type Key struct {
+	AccountID string
+	Region    string
+	ID        string
+	ARN       string
+	// Aliases are the alias names pointing at the key, sorted.
+	Aliases         []string
+	Meta            policy.Meta
+	Description     string
+	CreationDate    time.Time
+	DeletionDate    time.Time
+	MultiRegionType string
+	// PrimaryARN and PrimaryRegion name a multi-Region key's primary.
+	PrimaryARN    string
+	PrimaryRegion string
+	// Rotation is nil when the rotation status was not read.
+	Rotation *policy.Rotation
+	// TagValues holds the values of Snapshot.TagLabels, in that order.
+	TagValues []string
+	Verdict   policy.Verdict
+}
+
+// Counts returns the number of keys per verdict status over all targets.
+func (s *Snapshot) Counts() map[policy.Status]int {
+	out := map[policy.Status]int{}
+	for _, t := range s.Targets {
+		for i := range t.Keys {
+			out[t.Keys[i].Verdict.Status]++
+		}
+	}
+	return out
+}
+
+// Find returns the key with this id (or ARN) in a region, and the account it
+// belongs to when accountID is empty. It returns nil when no such key is known.
+func (s *Snapshot) Find(accountID, region, keyID string) *Key {
+	for _, t := range s.Targets {
+		if (accountID != "" && t.AccountID != accountID) || t.Region != region {
+			continue
+		}
+		for i := range t.Keys {
+			if t.Keys[i].ID == keyID || t.Keys[i].ARN == keyID {
+				return &t.Keys[i]
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,188 @@
+// Command kms_exporter audits the automatic key rotation of every AWS KMS key
+// in the configured accounts and regions and serves the verdicts to Prometheus.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/promslog"
+	"github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/collector"
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// defaultListenAddress is outside the crowded 9100-9999 exporter range.
+const defaultListenAddress = ":10863"
+
+func main() {
+	app := kingpin.New("kms_exporter", "Audits automatic rotation of AWS KMS keys and exposes the verdicts as Prometheus metrics.")
+	var (
+		webConfig      = kingpinflag.AddFlags(app, defaultListenAddress)
+		metricsPath    = app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
+		regionFlags    = app.Flag("aws.region", `Region to audit; repeatable or comma-separated; "all" discovers the enabled regions of each account. Default: the SDK's configured region (AWS_REGION, profile).`).Envar("KMS_EXPORTER_REGIONS").Strings()
+		roleFlags      = app.Flag("aws.assume-role", "Role to assume to audit another account: ROLE_ARN[,external-id=ID]; repeatable.").Strings()
+		ownAccount     = app.Flag("aws.own-account", "Audit the account of the exporter's own credentials too (use --no-aws.own-account to audit only assumed roles).").Default("true").Bool()
+		concurrency    = app.Flag("aws.max-concurrency", "Most AWS requests in flight at once, over all accounts and regions.").Default("16").Int()
+		requestRate    = app.Flag("aws.requests-per-second", "Client-side limit of KMS requests per second per account and region (the KMS quota is shared with the account's applications); 0 = no limit.").Default("100").Float64()
+		maxAttempts    = app.Flag("aws.max-attempts", "Attempts per AWS call, retries of throttled and failed calls included.").Default("5").Int()
+		timeout        = app.Flag("aws.timeout", "Timeout of one AWS request attempt.").Default("10s").Duration()
+		interval       = app.Flag("refresh.interval", "How often the inventory is refreshed from AWS; scrapes serve the latest refresh.").Default("5m").Duration()
+		maxPeriod      = app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").Int()
+		exemptionTag   = app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").String()
+		tagLabels      = app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").Strings()
+		promslogConfig = &promslog.Config{}
+	)
+	flag.AddFlags(app, promslogConfig)
+	app.Version(version.Print("kms_exporter"))
+	app.HelpFlag.Short('h')
+	kingpin.MustParse(app.Parse(os.Args[1:]))
+
+	regions, discover, err := awsclient.ParseRegions(*regionFlags)
+	if err != nil {
+		app.Fatalf("--aws.region: %v", err)
+	}
+	roles, err := parseRoles(*roleFlags, *ownAccount)
+	if err != nil {
+		app.Fatalf("--aws.assume-role: %v", err)
+	}
+	switch {
+	case *interval < time.Second:
+		app.Fatalf("--refresh.interval: %s is shorter than 1s", *interval)
+	case *maxPeriod < 90 || *maxPeriod > 2560:
+		app.Fatalf("--compliance.max-rotation-period-days: %d is outside KMS's 90..2560", *maxPeriod)
+	case *concurrency < 1:
+		app.Fatalf("--aws.max-concurrency: must be at least 1")
+	case *requestRate < 0:
+		app.Fatalf("--aws.requests-per-second: must not be negative")
+	case *maxAttempts < 1:
+		app.Fatalf("--aws.max-attempts: must be at least 1")
+	case *timeout <= 0:
+		app.Fatalf("--aws.timeout: must be positive")
+	}
+
+	logger := promslog.New(promslogConfig)
+	logger.Info("starting kms_exporter", "version", version.Info(), "build_context", version.BuildContext())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	awsConfig, err := config.LoadDefaultConfig(ctx)
+	if err != nil {
+		logger.Error("loading the AWS configuration failed", "err", err)
+		os.Exit(1)
+	}
+	if len(regions) == 0 && !discover {
+		if awsConfig.Region == "" {
+			app.Fatalf("--aws.region: no region given and none configured for the SDK (AWS_REGION or a profile)")
+		}
+		regions = []string{awsConfig.Region}
+	}
+
+	factory := awsclient.NewFactory(awsConfig, awsclient.Options{
+		RequestsPerSecond: *requestRate, MaxConcurrency: *concurrency, MaxAttempts: *maxAttempts, Timeout: *timeout})
+	auditor := &inventory.Auditor{
+		Policy:    policy.Policy{MaxRotationPeriodDays: *maxPeriod, ExemptionTag: *exemptionTag},
+		TagLabels: *tagLabels,
+		Workers:   *concurrency,
+		Now:       time.Now,
+	}
+	kmsCollector := collector.New(*tagLabels)
+	refresher := inventory.NewRefresher(
+		&inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover, Logger: logger},
+		auditor, logger, kmsCollector.Update)
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(
+		kmsCollector, factory,
+		versioncollector.NewCollector("kms_exporter"),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+
+	mux := http.NewServeMux()
+	mux.Handle(*metricsPath, promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorLog: slogAdapter{logger}, Registry: registry}))
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-refresher.Ready():
+			fmt.Fprintln(w, "Ready")
+		default:
+			http.Error(w, "Not ready: the first refresh has not finished", http.StatusServiceUnavailable)
+		}
+	})
+	if *metricsPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "KMS Exporter",
+			Description: "Audits automatic rotation of AWS KMS keys",
+			Version:     version.Info(),
+			Links: []web.LandingLinks{
+				{Address: *metricsPath, Text: "Metrics"},
+				{Address: "/-/healthy", Text: "Health"},
+				{Address: "/-/ready", Text: "Readiness", Description: "ready once the first refresh has finished"},
+			},
+		})
+		if err != nil {
+			logger.Error("building the landing page failed", "err", err)
+			os.Exit(1)
+		}
+		mux.Handle("/", landing)
+	}
+
+	go refresher.Run(ctx, *interval)
+
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = server.Shutdown(shutdownCtx)
+	}()
+	if err := web.ListenAndServe(server, webConfig, logger); err != nil && err != http.ErrServerClosed {
+		logger.Error("serving failed", "err", err)
+		os.Exit(1)
+	}
+	logger.Info("stopped")
+}
+
+// parseRoles reads the --aws.assume-role values; the zero Role (own
+// credentials) comes first when the own account is audited.
+func parseRoles(values []string, own bool) ([]awsclient.Role, error) {
+	var roles []awsclient.Role
+	if own {
+		roles = append(roles, awsclient.Role{})
+	}
+	for _, v := range values {
+		r, err := awsclient.ParseRole(v)
+		if err != nil {
+			return nil, err
+		}
+		roles = append(roles, r)
+	}
+	if len(roles) == 0 {
+		return nil, fmt.Errorf("nothing to audit: --no-aws.own-account needs at least one role")
+	}
+	return roles, nil
+}
+
+// slogAdapter lets promhttp log its errors through the exporter's logger.
+type slogAdapter struct{ logger *slog.Logger }
+
+func (a slogAdapter) Println(v ...any) { a.logger.Error(fmt.Sprint(v...)) }
