@@ -225,3 +225,95 @@ func TestFailingRegionKeepsOthers(t *testing.T) {
 		}
 	}
 }
+
+// TestAWSOnlyBehaviour covers what local-kms cannot show, through the proxy
+// that makes it answer as AWS does.
+func TestAWSOnlyBehaviour(t *testing.T) {
+	ctx := ctxT(t)
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	proxy := kmstest.NewProxy(t, srv.URL)
+	ids, err := kmstest.SeedMixed(ctx, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := kmstest.Client(proxy.URL, "eu-west-1")
+	long, err := c.CreateKey(ctx, &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	longID := aws.ToString(long.KeyMetadata.KeyId)
+	if _, err := c.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: &longID, RotationPeriodInDays: aws.Int32(730)}); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		managed       = "0b1f5c7e-aaaa-4bbb-8ccc-000000000001"
+		managedDenied = "0b1f5c7e-aaaa-4bbb-8ccc-000000000002"
+		replica       = "mrk-1234abcd12ab34cd56ef1234567890ab"
+	)
+	proxy.AddFake(kmstest.AWSManagedKey("eu-west-1", kmstest.DefaultAccount, managed, "s3"))
+	denied := kmstest.AWSManagedKey("eu-west-1", kmstest.DefaultAccount, managedDenied, "backup")
+	denied.RotationError = "AccessDeniedException"
+	proxy.AddFake(denied)
+	proxy.AddFake(kmstest.ReplicaKey("eu-west-1", "us-east-1", kmstest.DefaultAccount, replica, false))
+	// AccessDenied on one key's status; two throttles on another's description.
+	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: ids["payments"], Code: "AccessDeniedException"})
+	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: ids["legacy-billing"], Code: "ThrottlingException", Times: 2})
+	// Throttled past every attempt: unknown, never noncompliant.
+	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: ids["old-exemption"], Code: "ThrottlingException"})
+	// Deleted between ListKeys and DescribeKey.
+	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: ids["webhook-hmac"], Code: "NotFoundException"})
+
+	f := awsclient.NewFactory(testConfig(proxy.URL), awsclient.Options{MaxConcurrency: 8, MaxAttempts: 3, Timeout: 5 * time.Second})
+	_, keys, err := newAuditor().Audit(ctx, inventory.Target{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]inventory.Key{}
+	for _, k := range keys {
+		byID[k.ID] = k
+	}
+	check := func(name, id string, status policy.Status, reason string) inventory.Key {
+		t.Helper()
+		k, ok := byID[id]
+		if !ok {
+			t.Errorf("%s: missing", name)
+			return k
+		}
+		if k.Verdict.Status != status || k.Verdict.Reason != reason {
+			t.Errorf("%s: %s/%s, want %s/%s", name, k.Verdict.Status, k.Verdict.Reason, status, reason)
+		}
+		return k
+	}
+	if k := check("730-day period", longID, policy.Noncompliant, policy.ReasonPeriodExceedsPolicy); k.Rotation == nil ||
+		k.Rotation.PeriodDays != 730 || k.Rotation.NextRotation.IsZero() {
+		t.Errorf("730-day key rotation: %+v", k.Rotation)
+	}
+	if k := check("aws managed", managed, policy.NotApplicable, policy.ReasonAWSManaged); k.Rotation == nil || !k.Rotation.Enabled ||
+		len(k.Aliases) != 1 || k.Aliases[0] != "alias/aws/s3" || k.Meta.KeyManager != "AWS" {
+		t.Errorf("aws managed key: %+v", k)
+	}
+	if k := check("aws managed, status denied", managedDenied, policy.NotApplicable, policy.ReasonAWSManaged); k.Rotation != nil {
+		t.Errorf("denied status must not be shown: %+v", k.Rotation)
+	}
+	if k := check("replica", replica, policy.Noncompliant, policy.ReasonRotationDisabled); k.MultiRegionType != "REPLICA" ||
+		k.PrimaryRegion != "us-east-1" || k.PrimaryARN == "" {
+		t.Errorf("replica metadata: %+v", k)
+	}
+	check("status denied", ids["payments"], policy.Unknown, "AccessDeniedException")
+	check("throttled twice then answered", ids["legacy-billing"], policy.Noncompliant, policy.ReasonRotationDisabled)
+	check("throttled past retries", ids["old-exemption"], policy.Unknown, "ThrottlingException")
+	if _, ok := byID[ids["webhook-hmac"]]; ok {
+		t.Error("a key deleted between ListKeys and DescribeKey is still listed")
+	}
+	check("pending deletion (AWS reports false)", ids["retired"], policy.NotApplicable, policy.ReasonPendingDeletion)
+	if k := byID[ids["retired"]]; k.Rotation != nil {
+		t.Errorf("pending-deletion key: rotation status read although it cannot matter: %+v", k.Rotation)
+	}
+	check("rotating", ids["rotating-with-exemption"], policy.Compliant, policy.ReasonRotationEnabled)
+	if k := byID[ids["rotating-with-exemption"]]; k.Rotation == nil || k.Rotation.PeriodDays != 365 {
+		t.Errorf("default period not reported: %+v", k.Rotation)
+	}
+	if got := proxy.Calls("DescribeKey"); got < len(keys)+2 {
+		t.Errorf("DescribeKey calls %d: throttled calls were not retried", got)
+	}
+}

@@ -1,0 +1,328 @@
+package kmstest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Proxy sits in front of local-kms and makes it answer as AWS does where the
+// emulator differs (KMS-FACTS.md, "Where it differs from AWS"):
+//   - GetKeyRotationStatus reports RotationPeriodInDays and NextRotationDate
+//     for rotating keys, and false for keys pending deletion;
+//   - EnableKeyRotation keeps RotationPeriodInDays (90..2560);
+//   - keys local-kms cannot hold (AWS-managed, multi-Region) are served by the
+//     proxy itself (FakeKey);
+//   - faults (AccessDenied, throttling, 5xx, a key vanishing) are injected per
+//     operation and key.
+type Proxy struct {
+	URL      string
+	upstream string
+	srv      *httptest.Server
+
+	mu      sync.Mutex
+	periods map[string]int32
+	fakes   map[string]*FakeKey
+	faults  []*Fault
+	calls   map[string]int
+}
+
+// FakeKey is a key only the proxy knows, described as DescribeKey's
+// KeyMetadata in the API's JSON (epoch-second dates).
+type FakeKey struct {
+	Metadata map[string]any
+	Aliases  []string
+	// Rotation is GetKeyRotationStatus's answer; RotationError, when set, is
+	// answered instead.
+	Rotation      map[string]any
+	RotationError string
+	Tags          map[string]string
+}
+
+func (f *FakeKey) id() string { return f.Metadata["KeyId"].(string) }
+
+// Fault makes the proxy answer an error instead of passing a call on.
+type Fault struct {
+	Op     string // e.g. "DescribeKey"; "" matches every operation
+	KeyID  string // "" matches every key
+	Code   string // e.g. "AccessDeniedException", "ThrottlingException"
+	Status int    // HTTP status; 400 when 0
+	// Times is how many matching calls fail; 0 means all of them.
+	Times int
+	hits  int
+}
+
+// NewProxy starts a proxy in front of the emulator at upstream.
+func NewProxy(t testing.TB, upstream string) *Proxy {
+	p := &Proxy{upstream: upstream, periods: map[string]int32{}, fakes: map[string]*FakeKey{}, calls: map[string]int{}}
+	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
+	p.URL = p.srv.URL
+	t.Cleanup(p.srv.Close)
+	return p
+}
+
+// AddFake adds a key only the proxy serves.
+func (p *Proxy) AddFake(k *FakeKey) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fakes[k.id()] = k
+}
+
+// AddFault injects a fault; it applies to calls from now on.
+func (p *Proxy) AddFault(f *Fault) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.faults = append(p.faults, f)
+}
+
+// ClearFaults removes every fault.
+func (p *Proxy) ClearFaults() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.faults = nil
+}
+
+// Calls returns how many calls of an operation reached the proxy.
+func (p *Proxy) Calls(op string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.calls[op]
+}
+
+func keyIDOf(s string) string {
+	if i := strings.LastIndex(s, "key/"); i >= 0 {
+		return s[i+len("key/"):]
+	}
+	return s
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code string) {
+	if status == 0 {
+		status = http.StatusBadRequest
+	}
+	msg := "injected by the test proxy"
+	if code == "ThrottlingException" {
+		msg = "You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls."
+	}
+	writeJSON(w, status, map[string]string{"__type": code, "message": msg})
+}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	op := strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "TrentService.")
+	var req map[string]any
+	_ = json.Unmarshal(body, &req)
+	keyID, _ := req["KeyId"].(string)
+	keyID = keyIDOf(keyID)
+
+	p.mu.Lock()
+	p.calls[op]++
+	for _, f := range p.faults {
+		if (f.Op == "" || f.Op == op) && (f.KeyID == "" || f.KeyID == keyID) && (f.Times == 0 || f.hits < f.Times) {
+			f.hits++
+			p.mu.Unlock()
+			writeError(w, f.Status, f.Code)
+			return
+		}
+	}
+	fake := p.fakes[keyID]
+	p.mu.Unlock()
+
+	if fake != nil {
+		p.serveFake(w, op, fake)
+		return
+	}
+	if op == "EnableKeyRotation" {
+		if days, ok := req["RotationPeriodInDays"].(float64); ok {
+			if days < 90 || days > 2560 {
+				writeError(w, 400, "ValidationException")
+				return
+			}
+			defer func() { p.mu.Lock(); p.periods[keyID] = int32(days); p.mu.Unlock() }()
+		}
+	}
+	status, out, err := p.forward(r, body)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, "InternalException")
+		return
+	}
+	if status == http.StatusOK {
+		out = p.amend(r, op, keyID, out)
+	}
+	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+	w.WriteHeader(status)
+	_, _ = w.Write(out)
+}
+
+func (p *Proxy) forward(r *http.Request, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, p.upstream, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header = r.Header.Clone()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, out, err
+}
+
+// amend changes a successful emulator answer into what AWS would send.
+func (p *Proxy) amend(r *http.Request, op, keyID string, out []byte) []byte {
+	var resp map[string]any
+	if json.Unmarshal(out, &resp) != nil {
+		return out
+	}
+	p.mu.Lock()
+	fakes := make([]*FakeKey, 0, len(p.fakes))
+	for _, f := range p.fakes {
+		fakes = append(fakes, f)
+	}
+	period := p.periods[keyID]
+	p.mu.Unlock()
+	lastPage := resp["Truncated"] != true
+	switch op {
+	case "ListKeys":
+		if lastPage {
+			keys, _ := resp["Keys"].([]any)
+			for _, f := range fakes {
+				keys = append(keys, map[string]any{"KeyId": f.id(), "KeyArn": f.Metadata["Arn"]})
+			}
+			resp["Keys"] = keys
+		}
+	case "ListAliases":
+		if lastPage {
+			aliases, _ := resp["Aliases"].([]any)
+			for _, f := range fakes {
+				for _, a := range f.Aliases {
+					arn := strings.Replace(f.Metadata["Arn"].(string), "key/"+f.id(), a, 1)
+					aliases = append(aliases, map[string]any{"AliasName": a, "AliasArn": arn, "TargetKeyId": f.id()})
+				}
+			}
+			resp["Aliases"] = aliases
+		}
+	case "GetKeyRotationStatus":
+		enabled, _ := resp["KeyRotationEnabled"].(bool)
+		if enabled && p.keyState(r, keyID) == "PendingDeletion" {
+			enabled = false // AWS answers false while a key is pending deletion
+		}
+		resp["KeyRotationEnabled"] = enabled
+		resp["KeyId"] = keyID
+		if enabled {
+			if period == 0 {
+				period = 365
+			}
+			resp["RotationPeriodInDays"] = period
+			resp["NextRotationDate"] = float64(time.Now().Add(time.Duration(period) * 24 * time.Hour).Unix())
+		}
+	default:
+		return out
+	}
+	b, _ := json.Marshal(resp)
+	return b
+}
+
+func (p *Proxy) keyState(r *http.Request, keyID string) string {
+	body, _ := json.Marshal(map[string]string{"KeyId": keyID})
+	req := r.Clone(r.Context())
+	req.Header.Set("X-Amz-Target", "TrentService.DescribeKey")
+	status, out, err := p.forward(req, body)
+	if err != nil || status != http.StatusOK {
+		return ""
+	}
+	var d struct{ KeyMetadata struct{ KeyState string } }
+	_ = json.Unmarshal(out, &d)
+	return d.KeyMetadata.KeyState
+}
+
+func (p *Proxy) serveFake(w http.ResponseWriter, op string, k *FakeKey) {
+	switch op {
+	case "DescribeKey":
+		writeJSON(w, 200, map[string]any{"KeyMetadata": k.Metadata})
+	case "GetKeyRotationStatus":
+		if k.RotationError != "" {
+			writeError(w, 400, k.RotationError)
+			return
+		}
+		writeJSON(w, 200, k.Rotation)
+	case "ListResourceTags":
+		if k.Metadata["KeyManager"] == "AWS" {
+			writeError(w, 400, "AccessDeniedException")
+			return
+		}
+		tags := []map[string]string{}
+		for key, v := range k.Tags {
+			tags = append(tags, map[string]string{"TagKey": key, "TagValue": v})
+		}
+		writeJSON(w, 200, map[string]any{"Tags": tags, "Truncated": false})
+	case "EnableKeyRotation", "DisableKeyRotation":
+		if k.Metadata["KeyManager"] == "AWS" {
+			writeError(w, 400, "AccessDeniedException")
+			return
+		}
+		writeError(w, 400, "UnsupportedOperationException")
+	default:
+		writeError(w, 400, "UnsupportedOperationException")
+	}
+}
+
+// AWSManagedKey returns a fake AWS-managed key (alias/aws/<service>), which
+// rotates every year by itself.
+func AWSManagedKey(region, account, id, service string) *FakeKey {
+	return &FakeKey{
+		Metadata: keyMetadata(region, account, id, "AWS", map[string]any{"Description": "Default key that protects my " + service + " data when no other key is defined"}),
+		Aliases:  []string{"alias/aws/" + service},
+		Rotation: map[string]any{"KeyRotationEnabled": true, "KeyId": id, "RotationPeriodInDays": 365,
+			"NextRotationDate": float64(time.Now().Add(100 * 24 * time.Hour).Unix())},
+	}
+}
+
+// ReplicaKey returns a fake multi-Region replica key whose primary is in primaryRegion.
+func ReplicaKey(region, primaryRegion, account, id string, rotating bool) *FakeKey {
+	primaryARN := fmt.Sprintf("arn:aws:kms:%s:%s:key/%s", primaryRegion, account, id)
+	rot := map[string]any{"KeyRotationEnabled": rotating, "KeyId": id}
+	if rotating {
+		rot["RotationPeriodInDays"] = 365
+		rot["NextRotationDate"] = float64(time.Now().Add(30 * 24 * time.Hour).Unix())
+	}
+	return &FakeKey{
+		Metadata: keyMetadata(region, account, id, "CUSTOMER", map[string]any{
+			"MultiRegion": true,
+			"MultiRegionConfiguration": map[string]any{
+				"MultiRegionKeyType": "REPLICA",
+				"PrimaryKey":         map[string]any{"Arn": primaryARN, "Region": primaryRegion},
+				"ReplicaKeys":        []any{map[string]any{"Arn": fmt.Sprintf("arn:aws:kms:%s:%s:key/%s", region, account, id), "Region": region}},
+			},
+		}),
+		Rotation: rot,
+	}
+}
+
+func keyMetadata(region, account, id, manager string, extra map[string]any) map[string]any {
+	m := map[string]any{
+		"KeyId": id, "Arn": fmt.Sprintf("arn:aws:kms:%s:%s:key/%s", region, account, id), "AWSAccountId": account,
+		"CreationDate": float64(time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC).Unix()), "Enabled": true,
+		"KeyUsage": "ENCRYPT_DECRYPT", "KeyState": "Enabled", "Origin": "AWS_KMS", "KeyManager": manager,
+		"KeySpec": "SYMMETRIC_DEFAULT", "CustomerMasterKeySpec": "SYMMETRIC_DEFAULT",
+		"EncryptionAlgorithms": []string{"SYMMETRIC_DEFAULT"}, "MultiRegion": false,
+	}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
+}
