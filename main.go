@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -54,7 +55,9 @@ func main() {
 	flag.AddFlags(app, promslogConfig)
 	app.Version(version.Print("kms_exporter"))
 	app.HelpFlag.Short('h')
-	kingpin.MustParse(app.Parse(os.Args[1:]))
+	if err := parseFlags(app, os.Args[1:]); err != nil {
+		app.Fatalf("%v", err)
+	}
 
 	regions, discover, err := awsclient.ParseRegions(*regionFlags)
 	if err != nil {
@@ -160,6 +163,23 @@ func main() {
 		os.Exit(1)
 	}
 	logger.Info("stopped")
+}
+
+// parseFlags parses the command line; a value kingpin refuses is reported
+// with the name of the flag that carried it.
+func parseFlags(app *kingpin.Application, args []string) error {
+	_, err := app.Parse(args)
+	if err == nil || strings.HasPrefix(err.Error(), "unknown") || strings.Contains(err.Error(), "--") {
+		return err
+	}
+	if pc, perr := app.ParseContext(args); perr == nil {
+		for _, el := range pc.Elements {
+			if f, ok := el.Clause.(*kingpin.FlagClause); ok && el.Value != nil && *el.Value != "" && strings.Contains(err.Error(), *el.Value) {
+				return fmt.Errorf("--%s: %w", f.Model().Name, err)
+			}
+		}
+	}
+	return err
 }
 
 // parseRoles reads the --aws.assume-role values; the zero Role (own

@@ -59,14 +59,23 @@ type Fault struct {
 	hits  int
 }
 
-// NewProxy starts a proxy in front of the emulator at upstream.
-func NewProxy(t testing.TB, upstream string) *Proxy {
+// StartProxy starts a proxy in front of the emulator at upstream, on a free loopback port.
+func StartProxy(upstream string) *Proxy {
 	p := &Proxy{upstream: upstream, periods: map[string]int32{}, fakes: map[string]*FakeKey{}, calls: map[string]int{}}
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	p.URL = p.srv.URL
-	t.Cleanup(p.srv.Close)
 	return p
 }
+
+// NewProxy starts a proxy for a test and stops it when the test ends.
+func NewProxy(t testing.TB, upstream string) *Proxy {
+	p := StartProxy(upstream)
+	t.Cleanup(p.Close)
+	return p
+}
+
+// Close stops the proxy.
+func (p *Proxy) Close() { p.srv.Close() }
 
 // AddFake adds a key only the proxy serves.
 func (p *Proxy) AddFake(k *FakeKey) {

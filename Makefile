@@ -1,0 +1,50 @@
+# kms_exporter: `make demo` runs the exporter on an embedded default, `make test` runs every test.
+GO        ?= go
+BIN       := .bin
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BRANCH    ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
+VPKG      := github.com/prometheus/common/version
+LDFLAGS   := -s -w -X $(VPKG).Version=$(VERSION) -X $(VPKG).Revision=$(REVISION) -X $(VPKG).Branch=$(BRANCH) \
+             -X $(VPKG).BuildUser=make -X $(VPKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
+SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests run for real (promtool from prometheus).
+DEB_PKGS  := prometheus
+
+.PHONY: all build test deps demo bench lint fmt clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o kms_exporter .
+
+$(BIN)/local-kms: tools/go.mod tools/go.sum
+	mkdir -p $(BIN)
+	$(GO) build -C tools -o ../$(BIN)/local-kms github.com/nsmithuk/local-kms
+
+# deps installs what the tests run: Debian packages (once) and local-kms at the version pinned in tools/go.mod.
+deps: $(BIN)/local-kms
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# test runs the whole suite: lint, race detector, integration tests against local-kms, and a short fuzz run.
+test: deps lint
+	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -run '^$$' -fuzz FuzzParseExemptionUntil -fuzztime 10s ./policy
+
+demo: build $(BIN)/local-kms
+	LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) run ./internal/demo -exporter ./kms_exporter
+
+# bench prints refresh, scrape and memory figures at 10,000 keys on local-kms.
+bench: $(BIN)/local-kms
+	LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -run '^$$' -bench . -benchtime 3x -timeout 30m ./bench/
+
+clean:
+	rm -rf kms_exporter $(BIN)

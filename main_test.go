@@ -1,0 +1,259 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kms_exporter-test-")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "kms_exporter")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building kms_exporter: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startExporter runs the binary as the README and the issue do, against endpoint.
+func startExporter(t *testing.T, endpoint string, args ...string) (addr string, logs *bytes.Buffer) {
+	t.Helper()
+	addr = freeAddr(t)
+	cmd := exec.Command(binary, append([]string{"--web.listen-address=" + addr}, args...)...)
+	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+endpoint, "AWS_REGION=eu-west-1",
+		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null",
+		"AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+	logs = &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Errorf("exporter did not stop within 15s of SIGINT")
+		}
+		if t.Failed() {
+			t.Logf("exporter log:\n%s", logs)
+		}
+	})
+	return addr, logs
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// poll retries check until it returns "" or the deadline passes, then fails with its last word.
+func poll(t *testing.T, within time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func complianceLine(id, status, reason string) string {
+	return fmt.Sprintf(`kms_key_compliance{account_id="%s",key_id="%s",reason="%s",region="eu-west-1",status="%s"} 1`,
+		kmstest.DefaultAccount, id, reason, status)
+}
+
+func TestServeAgainstLocalKMS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	ids, err := kmstest.SeedMixed(ctx, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The command of the issue, on a free port.
+	addr, _ := startExporter(t, srv.URL, "--aws.region=eu-west-1", "--refresh.interval=3s")
+	base := "http://" + addr
+
+	poll(t, 30*time.Second, func() string {
+		if code, body := get(t, base+"/-/ready"); code != 200 {
+			return fmt.Sprintf("/-/ready: %d %s", code, body)
+		}
+		return ""
+	})
+	if code, _ := get(t, base+"/-/healthy"); code != 200 {
+		t.Errorf("/-/healthy: %d", code)
+	}
+	if code, body := get(t, base+"/"); code != 200 || !strings.Contains(body, "/metrics") {
+		t.Errorf("landing page: %d %q", code, body)
+	}
+	code, metrics := get(t, base+"/metrics")
+	if code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, k := range kmstest.MixedInventory {
+		if !strings.Contains(metrics, complianceLine(ids[k.Name], k.Status, k.Reason)) {
+			t.Errorf("%s: no line %s", k.Name, complianceLine(ids[k.Name], k.Status, k.Reason))
+		}
+	}
+	for _, want := range []string{
+		`kms_refresh_success{account_id="111122223333",region="eu-west-1"} 1`,
+		`kms_key_rotation_enabled{account_id="111122223333",key_id="` + ids["payments"] + `",region="eu-west-1"} 1`,
+		`alias="alias/payments"`,
+		`kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="DescribeKey",region="eu-west-1"} 0`,
+		"kms_exporter_build_info{", "process_resident_memory_bytes", "go_goroutines",
+		"kms_last_refresh_timestamp_seconds{", "kms_refresh_duration_seconds{",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if promtool, err := exec.LookPath("promtool"); err == nil {
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(metrics)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool check metrics: %v\n%s", err, out)
+		}
+	} else if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+		t.Error("promtool not found")
+	}
+
+	// A change in KMS shows on a later refresh, with no restart.
+	if _, err := srv.Client().EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String(ids["legacy-billing"])}); err != nil {
+		t.Fatal(err)
+	}
+	want := complianceLine(ids["legacy-billing"], "compliant", "rotation_enabled")
+	poll(t, 20*time.Second, func() string {
+		if _, m := get(t, base+"/metrics"); !strings.Contains(m, want) {
+			return "the enabled rotation was not seen: no " + want
+		}
+		return ""
+	})
+}
+
+// TestNotReadyBeforeFirstRefresh points the exporter at an endpoint that
+// accepts connections and never answers.
+func TestNotReadyBeforeFirstRefresh(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	addr, _ := startExporter(t, "http://"+l.Addr().String(), "--aws.timeout=1m", "--aws.max-attempts=1")
+	poll(t, 20*time.Second, func() string {
+		if code, _ := get(t, "http://"+addr+"/-/healthy"); code != 200 {
+			return fmt.Sprintf("/-/healthy: %d", code)
+		}
+		return ""
+	})
+	if code, body := get(t, "http://"+addr+"/-/ready"); code != http.StatusServiceUnavailable {
+		t.Errorf("/-/ready before the first refresh: %d %s, want 503", code, body)
+	}
+}
+
+func TestBadFlagsStopStartup(t *testing.T) {
+	tests := []struct {
+		args []string
+		flag string
+	}{
+		{[]string{"--aws.region=moon-base-1x"}, "--aws.region"},
+		{[]string{"--aws.region=all,eu-west-1"}, "--aws.region"},
+		{[]string{"--aws.assume-role=arn:aws:s3:::bucket"}, "--aws.assume-role"},
+		{[]string{"--aws.assume-role=arn:aws:iam::123456789012:role/audit,externalid"}, "--aws.assume-role"},
+		{[]string{"--no-aws.own-account"}, "--aws.assume-role"},
+		{[]string{"--refresh.interval=0s"}, "--refresh.interval"},
+		{[]string{"--refresh.interval=often"}, "refresh.interval"},
+		{[]string{"--compliance.max-rotation-period-days=30"}, "--compliance.max-rotation-period-days"},
+		{[]string{"--aws.max-concurrency=0"}, "--aws.max-concurrency"},
+		{[]string{"--aws.requests-per-second=-1"}, "--aws.requests-per-second"},
+		{[]string{"--log.level=loud"}, "log.level"},
+		{[]string{"--no-such-flag"}, "--no-such-flag"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			cmd := exec.Command(binary, append([]string{"--web.listen-address=" + freeAddr(t)}, tt.args...)...)
+			cmd.Env = append(os.Environ(), "AWS_REGION=eu-west-1", "AWS_EC2_METADATA_DISABLED=true")
+			done := make(chan struct{})
+			var out []byte
+			var err error
+			go func() { out, err = cmd.CombinedOutput(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Fatal("still running 20s after a bad flag")
+			}
+			if err == nil {
+				t.Fatalf("exit status 0 with %v", tt.args)
+			}
+			if !strings.Contains(string(out), tt.flag) {
+				t.Errorf("message does not name %s: %s", tt.flag, out)
+			}
+		})
+	}
+}
+
+func TestNoRegionAnywhere(t *testing.T) {
+	cmd := exec.Command(binary, "--web.listen-address="+freeAddr(t))
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "AWS_EC2_METADATA_DISABLED=true"}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !regexp.MustCompile(`--aws.region: no region`).Match(out) {
+		t.Errorf("want a start-up error naming --aws.region, got %v: %s", err, out)
+	}
+}
