@@ -1,0 +1,301 @@
+package awsclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// fakeAWS answers STS AssumeRole, account:ListRegions and KMS ListKeys at
+// the HTTP level, as AWS does, and records what it was asked.
+type fakeAWS struct {
+	mu          sync.Mutex
+	assumed     []url.Values
+	kmsAuth     []string
+	denyAssume  bool
+	throttle    int // ListKeys calls to throttle first
+	delay       time.Duration
+	inFlight    atomic.Int32
+	maxInFlight atomic.Int32
+	regionsReq  []string
+}
+
+func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	switch {
+	case r.URL.Path == "/listRegions":
+		f.mu.Lock()
+		f.regionsReq = append(f.regionsReq, string(body))
+		f.mu.Unlock()
+		var in struct{ NextToken string }
+		_ = json.Unmarshal(body, &in)
+		w.Header().Set("Content-Type", "application/json")
+		if in.NextToken == "" {
+			fmt.Fprint(w, `{"NextToken":"page2","Regions":[{"RegionName":"eu-west-1","RegionOptStatus":"ENABLED_BY_DEFAULT"}]}`)
+		} else {
+			fmt.Fprint(w, `{"Regions":[{"RegionName":"ap-southeast-3","RegionOptStatus":"ENABLED"}]}`)
+		}
+	case strings.HasPrefix(r.Header.Get("X-Amz-Target"), "TrentService."):
+		n := f.inFlight.Add(1)
+		defer f.inFlight.Add(-1)
+		for {
+			m := f.maxInFlight.Load()
+			if n <= m || f.maxInFlight.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		time.Sleep(f.delay)
+		f.mu.Lock()
+		f.kmsAuth = append(f.kmsAuth, r.Header.Get("Authorization"))
+		throttle := f.throttle > 0
+		if throttle {
+			f.throttle--
+		}
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+		if throttle {
+			w.WriteHeader(400)
+			fmt.Fprint(w, `{"__type":"ThrottlingException","message":"You have exceeded the rate at which you may call KMS."}`)
+			return
+		}
+		fmt.Fprint(w, `{"Keys":[],"Truncated":false}`)
+	default: // STS query protocol
+		form, _ := url.ParseQuery(string(body))
+		if form.Get("Action") != "AssumeRole" {
+			http.Error(w, "unexpected "+form.Get("Action"), 400)
+			return
+		}
+		f.mu.Lock()
+		f.assumed = append(f.assumed, form)
+		deny := f.denyAssume
+		f.mu.Unlock()
+		w.Header().Set("Content-Type", "text/xml")
+		if deny {
+			w.WriteHeader(403)
+			fmt.Fprint(w, `<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized to perform: sts:AssumeRole</Message></Error><RequestId>r1</RequestId></ErrorResponse>`)
+			return
+		}
+		fmt.Fprint(w, `<AssumeRoleResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleResult>
+<Credentials><AccessKeyId>ASIAFAKEASSUMED</AccessKeyId><SecretAccessKey>secret</SecretAccessKey><SessionToken>token</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>
+<AssumedRoleUser><Arn>arn:aws:sts::444455556666:assumed-role/kms-audit/kms_exporter</Arn><AssumedRoleId>AROAFAKE:kms_exporter</AssumedRoleId></AssumedRoleUser>
+</AssumeRoleResult><ResponseMetadata><RequestId>r2</RequestId></ResponseMetadata></AssumeRoleResponse>`)
+	}
+}
+
+func newFake(t *testing.T, opts Options) (*fakeAWS, *Factory) {
+	f := &fakeAWS{}
+	srv := httptest.NewServer(f)
+	t.Cleanup(srv.Close)
+	cfg := aws.Config{Region: "eu-west-1", BaseEndpoint: aws.String(srv.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("AKIAOWNCREDS", "secret", "")}
+	if opts.MaxAttempts == 0 {
+		opts.MaxAttempts = 3
+	}
+	if opts.Timeout == 0 {
+		opts.Timeout = 5 * time.Second
+	}
+	return f, NewFactory(cfg, opts)
+}
+
+func listKeys(ctx context.Context, c *Client) error {
+	_, err := c.ListKeys(ctx, &kms.ListKeysInput{})
+	return err
+}
+
+func TestAssumeRole(t *testing.T) {
+	fake, factory := newFake(t, Options{MaxConcurrency: 2})
+	role, err := ParseRole("arn:aws:iam::444455556666:role/kms-audit,external-id=org-secret-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := factory.KMS(role, "eu-west-1")
+	if c.AccountID() != "444455556666" {
+		t.Errorf("account id from the role ARN = %q", c.AccountID())
+	}
+	for range 2 {
+		if err := listKeys(context.Background(), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := listKeys(context.Background(), factory.KMS(Role{}, "eu-west-1")); err != nil {
+		t.Fatal(err)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(fake.assumed) != 1 {
+		t.Fatalf("AssumeRole called %d times, want once (credentials are cached)", len(fake.assumed))
+	}
+	a := fake.assumed[0]
+	if a.Get("RoleArn") != role.ARN || a.Get("ExternalId") != "org-secret-1" || a.Get("RoleSessionName") != "kms_exporter" {
+		t.Errorf("AssumeRole request: %v", a)
+	}
+	if !strings.Contains(fake.kmsAuth[0], "Credential=ASIAFAKEASSUMED/") || !strings.Contains(fake.kmsAuth[1], "Credential=ASIAFAKEASSUMED/") {
+		t.Errorf("KMS calls of the role not signed with the assumed credentials: %v", fake.kmsAuth[:2])
+	}
+	if !strings.Contains(fake.kmsAuth[2], "Credential=AKIAOWNCREDS/") {
+		t.Errorf("own-account call not signed with the own credentials: %s", fake.kmsAuth[2])
+	}
+}
+
+func TestAssumeRoleDenied(t *testing.T) {
+	fake, factory := newFake(t, Options{MaxConcurrency: 2})
+	fake.denyAssume = true
+	err := listKeys(context.Background(), factory.KMS(Role{ARN: "arn:aws:iam::444455556666:role/kms-audit"}, "eu-west-1"))
+	if err == nil {
+		t.Fatal("ListKeys succeeded without credentials")
+	}
+	if got := ErrorCode(err); got != "AccessDenied" {
+		t.Errorf("ErrorCode = %q, want AccessDenied (%v)", got, err)
+	}
+	if len(fake.kmsAuth) != 0 {
+		t.Errorf("KMS was called without credentials")
+	}
+}
+
+func TestEnabledRegions(t *testing.T) {
+	fake, factory := newFake(t, Options{MaxConcurrency: 2})
+	regions, err := factory.EnabledRegions(context.Background(), Role{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(regions, ",") != "eu-west-1,ap-southeast-3" {
+		t.Errorf("regions = %v", regions)
+	}
+	if len(fake.regionsReq) != 2 || !strings.Contains(fake.regionsReq[0], `"ENABLED"`) || !strings.Contains(fake.regionsReq[0], `"ENABLED_BY_DEFAULT"`) {
+		t.Errorf("ListRegions requests: %v", fake.regionsReq)
+	}
+}
+
+func TestThrottlingRetriedAndCounted(t *testing.T) {
+	fake, factory := newFake(t, Options{MaxConcurrency: 2, MaxAttempts: 3})
+	fake.throttle = 2
+	c := factory.KMS(Role{}, "eu-west-1")
+	c.LearnAccountID("111122223333")
+	if err := listKeys(context.Background(), c); err != nil {
+		t.Fatalf("throttled twice with 3 attempts: %v", err)
+	}
+	fake.throttle = 5
+	err := listKeys(context.Background(), c)
+	if ErrorCode(err) != "ThrottlingException" {
+		t.Fatalf("throttled past the attempts: %v", err)
+	}
+	want := `
+# HELP kms_api_request_errors_total AWS KMS API requests that failed, retries included, by operation and error code (ThrottlingException = throttled).
+# TYPE kms_api_request_errors_total counter
+kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="DescribeKey",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="GetKeyRotationStatus",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListAliases",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListKeys",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListResourceTags",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="DescribeKey",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="GetKeyRotationStatus",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListAliases",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListKeys",region="eu-west-1"} 5
+kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListResourceTags",region="eu-west-1"} 0
+# HELP kms_api_requests_total AWS KMS API requests made, retries included, by operation.
+# TYPE kms_api_requests_total counter
+kms_api_requests_total{account_id="111122223333",operation="DescribeKey",region="eu-west-1"} 0
+kms_api_requests_total{account_id="111122223333",operation="GetKeyRotationStatus",region="eu-west-1"} 0
+kms_api_requests_total{account_id="111122223333",operation="ListAliases",region="eu-west-1"} 0
+kms_api_requests_total{account_id="111122223333",operation="ListKeys",region="eu-west-1"} 6
+kms_api_requests_total{account_id="111122223333",operation="ListResourceTags",region="eu-west-1"} 0
+`
+	if err := testutil.CollectAndCompare(factory, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.CollectAndLint(factory); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+// TestRateLimitPerTarget: the limiter only guarantees a minimum duration,
+// so this bound cannot flake on a slow machine.
+func TestRateLimitPerTarget(t *testing.T) {
+	_, factory := newFake(t, Options{MaxConcurrency: 8, RequestsPerSecond: 40})
+	c := factory.KMS(Role{}, "eu-west-1")
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() {
+			if err := listKeys(context.Background(), c); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	// A burst of 40, then 60 more at 40/s: at least 1.5s.
+	if elapsed := time.Since(start); elapsed < 1400*time.Millisecond {
+		t.Errorf("100 calls at 40/s took %s: the rate limit was not applied", elapsed)
+	}
+}
+
+func TestMaxConcurrencyAcrossClients(t *testing.T) {
+	fake, factory := newFake(t, Options{MaxConcurrency: 3})
+	fake.delay = 20 * time.Millisecond
+	var wg sync.WaitGroup
+	for _, region := range []string{"eu-west-1", "us-east-1", "ap-south-1"} {
+		c := factory.KMS(Role{}, region)
+		for range 10 {
+			wg.Go(func() {
+				if err := listKeys(context.Background(), c); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if m := fake.maxInFlight.Load(); m > 3 || m < 1 {
+		t.Errorf("max requests in flight = %d, want at most 3", m)
+	}
+}
+
+func TestParseRole(t *testing.T) {
+	good := map[string]Role{
+		"arn:aws:iam::123456789012:role/audit":                     {ARN: "arn:aws:iam::123456789012:role/audit"},
+		"arn:aws:iam::123456789012:role/path/audit,external-id=x1": {ARN: "arn:aws:iam::123456789012:role/path/audit", ExternalID: "x1"},
+		"arn:aws-us-gov:iam::123456789012:role/audit":              {ARN: "arn:aws-us-gov:iam::123456789012:role/audit"},
+	}
+	for in, want := range good {
+		if got, err := ParseRole(in); err != nil || got != want {
+			t.Errorf("ParseRole(%q) = %+v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "audit", "arn:aws:iam::123:role/audit", "arn:aws:iam::123456789012:user/bob",
+		"arn:aws:s3:::bucket", "arn:aws:iam::123456789012:role/audit,external-id=", "arn:aws:iam::123456789012:role/audit,foo=bar"} {
+		if _, err := ParseRole(bad); err == nil {
+			t.Errorf("ParseRole(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseRegions(t *testing.T) {
+	regions, discover, err := ParseRegions([]string{"eu-west-1,us-east-1", "eu-west-1", " ap-southeast-3 "})
+	if err != nil || discover || strings.Join(regions, " ") != "eu-west-1 us-east-1 ap-southeast-3" {
+		t.Errorf("got %v %v %v", regions, discover, err)
+	}
+	if r, d, err := ParseRegions([]string{"all"}); err != nil || !d || r != nil {
+		t.Errorf("all: %v %v %v", r, d, err)
+	}
+	if r, d, err := ParseRegions(nil); err != nil || d || r != nil {
+		t.Errorf("none: %v %v %v", r, d, err)
+	}
+	for _, bad := range [][]string{{"EU-WEST-1"}, {"eu-west"}, {"all", "eu-west-1"}, {""}, {"us-gov-west-1; rm"}} {
+		if _, _, err := ParseRegions(bad); err == nil {
+			t.Errorf("ParseRegions(%q) accepted", bad)
+		}
+	}
+}
