@@ -5,7 +5,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -107,21 +106,23 @@ func main() {
 		Workers:   *concurrency,
 		Now:       time.Now,
 	}
-	kmsCollector := collector.New(*tagLabels)
+	kmsCollector := collector.New(*tagLabels, logger)
 	refresher := inventory.NewRefresher(
 		&inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover, Logger: logger},
 		auditor, logger, kmsCollector.Update)
 
 	registry := prometheus.NewRegistry()
+	// The snapshot's metrics are not in the registry: kmsCollector.Handler
+	// serves them, encoded once per refresh, after the registry's.
 	registry.MustRegister(
-		kmsCollector, factory,
+		factory,
 		versioncollector.NewCollector("kms_exporter"),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 
 	mux := http.NewServeMux()
-	mux.Handle(*metricsPath, promhttp.HandlerFor(registry, promhttp.HandlerOpts{ErrorLog: slogAdapter{logger}, Registry: registry}))
+	mux.Handle(*metricsPath, promhttp.InstrumentMetricHandler(registry, kmsCollector.Handler(registry, logger)))
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) {
 		select {
@@ -201,8 +202,3 @@ func parseRoles(values []string, own bool) ([]awsclient.Role, error) {
 	}
 	return roles, nil
 }
-
-// slogAdapter lets promhttp log its errors through the exporter's logger.
-type slogAdapter struct{ logger *slog.Logger }
-
-func (a slogAdapter) Println(v ...any) { a.logger.Error(fmt.Sprint(v...)) }

@@ -6,6 +6,7 @@
 package collector
 
 import (
+	"log/slog"
 	"regexp"
 	"slices"
 	"strings"
@@ -60,22 +61,26 @@ var (
 		"When the last successful refresh of this account and region started; the age of the data served.")
 )
 
-// Collector is a prometheus.Collector serving the latest snapshot.
+// Collector serves the latest snapshot: as a prometheus.Collector, and
+// pre-encoded through Handler, which is what the exporter serves.
 type Collector struct {
-	info    *prometheus.Desc
-	metrics atomic.Pointer[[]prometheus.Metric]
+	info       *prometheus.Desc
+	logger     *slog.Logger
+	metrics    atomic.Pointer[[]prometheus.Metric]
+	exposition atomic.Pointer[exposition]
 }
 
 // New returns a Collector; tagLabels are the tag keys exposed on kms_key_info
 // (as labels named tag_<key>).
-func New(tagLabels []string) *Collector {
+func New(tagLabels []string, logger *slog.Logger) *Collector {
 	labels := append([]string{}, infoLabels...)
 	for _, t := range tagLabels {
 		labels = append(labels, TagLabelName(t))
 	}
-	c := &Collector{info: keyDesc("kms_key_info",
+	c := &Collector{logger: logger, info: keyDesc("kms_key_info",
 		"Metadata of a KMS key, always 1; alias holds the key's aliases, comma-separated and sorted.", labels...)}
 	c.metrics.Store(&[]prometheus.Metric{})
+	c.exposition.Store(&exposition{})
 	return c
 }
 
@@ -102,7 +107,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Update builds the metrics of a new snapshot; later scrapes serve them.
+// Update builds and encodes the metrics of a new snapshot; later scrapes
+// serve them as they are.
 func (c *Collector) Update(s *inventory.Snapshot) {
 	n := 0
 	for _, t := range s.Targets {
@@ -160,7 +166,15 @@ func (c *Collector) Update(s *inventory.Snapshot) {
 			gauge(keysCount, float64(counts[st]), t.AccountID, t.Region, string(st))
 		}
 	}
+	exp, err := encode(out)
+	if err != nil {
+		// Only an inconsistent metric set fails here: a bug, not bad input.
+		// Keep serving the previous exposition and say why.
+		c.logger.Error("encoding the snapshot's metrics failed; serving the previous ones", "err", err)
+		return
+	}
 	c.metrics.Store(&out)
+	c.exposition.Store(exp)
 }
 
 func boolValue(b bool) float64 {

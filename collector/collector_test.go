@@ -3,6 +3,7 @@ package collector
 import (
 	"bytes"
 	"flag"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strings"
@@ -69,7 +70,7 @@ func goldenSnapshot() *inventory.Snapshot {
 }
 
 func goldenCollector() *Collector {
-	c := New([]string{"team"})
+	c := New([]string{"team"}, slog.Default())
 	c.Update(goldenSnapshot())
 	return c
 }
@@ -142,7 +143,7 @@ func TestOneComplianceSeriesPerKey(t *testing.T) {
 	for _, tg := range s.Targets {
 		keys += len(tg.Keys)
 	}
-	c := New(s.TagLabels)
+	c := New(s.TagLabels, slog.Default())
 	c.Update(s)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
@@ -156,7 +157,7 @@ func TestOneComplianceSeriesPerKey(t *testing.T) {
 
 func TestHelpSaysCached(t *testing.T) {
 	ch := make(chan *prometheus.Desc, 32)
-	New(nil).Describe(ch)
+	New(nil, slog.Default()).Describe(ch)
 	close(ch)
 	for d := range ch {
 		if !strings.Contains(d.String(), "Cached") {

@@ -1,0 +1,296 @@
+// Package bench measures kms_exporter at 10,000 keys on local-kms: the full
+// refresh against a bare client making the same calls, the scrape, and the
+// real binary's memory. `make bench` runs it and prints the figures.
+//
+// Targets (issue 2): refresh within 1.25x of the bare client, a 10,000-key
+// scrape under 100 ms, under 150 MB RSS.
+package bench
+
+import (
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/collector"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+const (
+	keys    = 10000
+	workers = 16
+	region  = "eu-west-1"
+)
+
+var (
+	setupOnce sync.Once
+	server    *kmstest.Server
+	setupErr  error
+)
+
+// emulator starts one local-kms with 10,000 keys (half of them rotating) for
+// every benchmark of the run.
+func emulator(b *testing.B) *kmstest.Server {
+	setupOnce.Do(func() {
+		server, setupErr = kmstest.Start(kmstest.Options{Region: region})
+		if setupErr != nil {
+			return
+		}
+		start := time.Now()
+		_, setupErr = kmstest.SeedSymmetric(context.Background(), server.Client(), keys, 8)
+		fmt.Fprintf(os.Stderr, "seeded %d keys in %s\n", keys, time.Since(start).Round(time.Millisecond))
+	})
+	if setupErr != nil {
+		b.Fatal(setupErr)
+	}
+	return server
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if server != nil {
+		server.Close()
+	}
+	os.Exit(code)
+}
+
+func factory(url string) *awsclient.Factory {
+	return awsclient.NewFactory(aws.Config{Region: region, BaseEndpoint: aws.String(url),
+		Credentials: credentials.NewStaticCredentialsProvider("x", "x", "")},
+		awsclient.Options{MaxConcurrency: workers, MaxAttempts: 3, Timeout: 30 * time.Second})
+}
+
+func auditor() *inventory.Auditor {
+	return &inventory.Auditor{Policy: policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}, Workers: workers, Now: time.Now}
+}
+
+// BenchmarkRefresh compares a full exporter refresh of 10,000 keys with a
+// bare SDK client making the same calls with the same concurrency.
+func BenchmarkRefresh(b *testing.B) {
+	srv := emulator(b)
+	b.Run("exporter", func(b *testing.B) {
+		f := factory(srv.URL)
+		a := auditor()
+		target := inventory.Target{Region: region, API: f.KMS(awsclient.Role{}, region)}
+		for b.Loop() {
+			if _, ks, err := a.Audit(context.Background(), target); err != nil || len(ks) != keys {
+				b.Fatalf("audit: %d keys, %v", len(ks), err)
+			}
+		}
+		b.ReportMetric(float64(keys)*float64(b.N)/b.Elapsed().Seconds(), "keys/s")
+	})
+	b.Run("bare-client", func(b *testing.B) {
+		c := kms.New(kms.Options{Region: region, BaseEndpoint: aws.String(srv.URL),
+			Credentials: credentials.NewStaticCredentialsProvider("x", "x", "")})
+		for b.Loop() {
+			if n := bareRefresh(b, c); n != keys {
+				b.Fatalf("bare refresh saw %d keys", n)
+			}
+		}
+		b.ReportMetric(float64(keys)*float64(b.N)/b.Elapsed().Seconds(), "keys/s")
+	})
+}
+
+// bareRefresh makes the calls a hand-written audit script would: list keys
+// and aliases, then per key DescribeKey, GetKeyRotationStatus and, where the
+// key does not rotate, ListResourceTags.
+func bareRefresh(b *testing.B, c *kms.Client) int {
+	ctx := context.Background()
+	var ids []string
+	p := kms.NewListKeysPaginator(c, &kms.ListKeysInput{Limit: aws.Int32(1000)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, k := range page.Keys {
+			ids = append(ids, aws.ToString(k.KeyId))
+		}
+	}
+	if _, err := c.ListAliases(ctx, &kms.ListAliasesInput{Limit: aws.Int32(100)}); err != nil {
+		b.Fatal(err)
+	}
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for id := range work {
+				if _, err := c.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: &id}); err != nil {
+					b.Error(err)
+				}
+				r, err := c.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: &id})
+				if err != nil {
+					b.Error(err)
+					continue
+				}
+				if !r.KeyRotationEnabled {
+					if _, err := c.ListResourceTags(ctx, &kms.ListResourceTagsInput{KeyId: &id}); err != nil {
+						b.Error(err)
+					}
+				}
+			}
+		})
+	}
+	for _, id := range ids {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	return len(ids)
+}
+
+// metricsHandler refreshes once and returns the /metrics handler as main wires it.
+func metricsHandler(b *testing.B) http.Handler {
+	srv := emulator(b)
+	f := factory(srv.URL)
+	c := collector.New(nil, slog.Default())
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
+		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), c.Update)
+	r.Refresh(context.Background())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(f, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.InstrumentMetricHandler(reg, c.Handler(reg, slog.Default()))
+}
+
+// BenchmarkScrape measures one scrape of /metrics at 10,000 keys, plain and
+// gzip-compressed as Prometheus asks for it.
+func BenchmarkScrape(b *testing.B) {
+	ts := httptest.NewServer(metricsHandler(b))
+	defer ts.Close()
+	for _, enc := range []string{"identity", "gzip"} {
+		b.Run(enc, func(b *testing.B) {
+			client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+			var size int64
+			for b.Loop() {
+				req, _ := http.NewRequest(http.MethodGet, ts.URL, nil)
+				req.Header.Set("Accept-Encoding", enc)
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Fatal(err)
+				}
+				size, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/scrape")
+			b.ReportMetric(float64(size), "bytes/scrape")
+		})
+	}
+}
+
+// BenchmarkUpdate measures building the per-key metrics once per refresh.
+func BenchmarkUpdate(b *testing.B) {
+	srv := emulator(b)
+	f := factory(srv.URL)
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
+		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s := r.Refresh(context.Background())
+	c := collector.New(nil, slog.Default())
+	b.ReportAllocs()
+	for b.Loop() {
+		c.Update(s)
+	}
+}
+
+// BenchmarkBinary runs the real kms_exporter against the 10,000 keys and
+// reports its memory after the first refresh and a few scrapes, and its
+// scrape latency over HTTP.
+func BenchmarkBinary(b *testing.B) {
+	srv := emulator(b)
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "kms_exporter")
+	if out, err := exec.Command("go", "build", "-o", bin, kmstest.RepoRoot()).CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "--web.listen-address="+addr, "--aws.region="+region, "--refresh.interval=1h", "--aws.requests-per-second=0")
+	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+srv.URL, "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	start := time.Now()
+	for {
+		resp, err := http.Get("http://" + addr + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Since(start) > 5*time.Minute {
+			b.Fatal("exporter not ready after 5 minutes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ready := time.Since(start)
+	scrape := func() {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+		req.Header.Set("Accept-Encoding", "gzip")
+		resp, err := (&http.Client{Transport: &http.Transport{DisableCompression: true}}).Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := gzip.NewReader(resp.Body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, body)
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		scrape()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/scrape")
+	b.ReportMetric(ready.Seconds(), "s-to-ready")
+	rss, hwm := procMemory(b, cmd.Process.Pid)
+	b.ReportMetric(rss, "MB-RSS")
+	b.ReportMetric(hwm, "MB-peak-RSS")
+}
+
+// procMemory reads a process's resident and peak resident memory in MB.
+func procMemory(b *testing.B, pid int) (rss, hwm float64) {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseFloat(f[1], 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb / 1024
+		case "VmHWM:":
+			hwm = kb / 1024
+		}
+	}
+	return rss, hwm
+}
