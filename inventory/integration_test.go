@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
@@ -315,5 +316,38 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 	}
 	if got := proxy.Calls("DescribeKey"); got < len(keys)+2 {
 		t.Errorf("DescribeKey calls %d: throttled calls were not retried", got)
+	}
+}
+
+// TestTagLabels reads tags for every customer-managed key when tag labels are configured.
+func TestTagLabels(t *testing.T) {
+	ctx := ctxT(t)
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	ids, err := kmstest.SeedMixed(ctx, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Client().TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String(ids["payments"]),
+		Tags: []types.Tag{{TagKey: aws.String("team"), TagValue: aws.String("payments-platform")}}}); err != nil {
+		t.Fatal(err)
+	}
+	f := newFactory(srv.URL)
+	a := newAuditor()
+	a.TagLabels = []string{"team", "cost-center"}
+	_, keys, err := a.Audit(ctx, inventory.Target{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		want := []string{"", ""}
+		if k.ID == ids["payments"] {
+			want[0] = "payments-platform"
+		}
+		if len(k.TagValues) != 2 || k.TagValues[0] != want[0] || k.TagValues[1] != want[1] {
+			t.Errorf("%s: tag values %q, want %q", k.Aliases, k.TagValues, want)
+		}
+	}
+	if got := f.Counts()["ListResourceTags"]; got != len(kmstest.MixedInventory) {
+		t.Errorf("ListResourceTags calls = %d, want one per customer-managed key (%d)", got, len(kmstest.MixedInventory))
 	}
 }

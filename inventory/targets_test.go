@@ -1,0 +1,60 @@
+package inventory_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/inventory"
+)
+
+func TestResolverDiscoversRegions(t *testing.T) {
+	var fail atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/listRegions" || fail.Load() {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(500)
+			fmt.Fprint(w, `{"__type":"InternalServerException","message":"down"}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"Regions":[{"RegionName":"eu-west-1","RegionOptStatus":"ENABLED_BY_DEFAULT"},{"RegionName":"me-central-1","RegionOptStatus":"ENABLED"}]}`)
+	}))
+	defer srv.Close()
+	f := awsclient.NewFactory(testConfig(srv.URL), awsclient.Options{MaxConcurrency: 2, MaxAttempts: 1})
+	r := &inventory.Resolver{Factory: f, Roles: []awsclient.Role{{}}, DiscoverRegions: true, Logger: discard()}
+	regions := func() string {
+		s := ""
+		for _, tg := range r.Targets(context.Background()) {
+			s += tg.Region + " "
+		}
+		return s
+	}
+	if got := regions(); got != "eu-west-1 me-central-1 " {
+		t.Fatalf("discovered %q", got)
+	}
+	fail.Store(true)
+	if got := regions(); got != "eu-west-1 me-central-1 " {
+		t.Errorf("after a failed discovery: %q, want the regions found before", got)
+	}
+}
+
+func TestResolverStaticRegionsPerRole(t *testing.T) {
+	f := awsclient.NewFactory(testConfig("http://127.0.0.1:1"), awsclient.Options{MaxConcurrency: 1, MaxAttempts: 1})
+	roles := []awsclient.Role{{}, {ARN: "arn:aws:iam::444455556666:role/audit"}}
+	r := &inventory.Resolver{Factory: f, Roles: roles, Regions: []string{"eu-west-1", "us-east-1"}, Logger: discard()}
+	targets := r.Targets(context.Background())
+	if len(targets) != 4 {
+		t.Fatalf("%d targets, want 2 roles x 2 regions", len(targets))
+	}
+	if targets[0].API == targets[1].API || targets[0].API == targets[2].API {
+		t.Error("targets share a client: want one client per (account, region)")
+	}
+	if again := r.Targets(context.Background()); again[3].API != targets[3].API {
+		t.Error("clients are not reused between refreshes")
+	}
+}
