@@ -113,11 +113,7 @@ func complianceLine(id, status, reason string) string {
 func TestServeAgainstLocalKMS(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
-	ids, err := kmstest.SeedMixed(ctx, srv.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	// The command of the issue, on a free port.
 	addr, _ := startExporter(t, srv.URL, "--aws.region=eu-west-1", "--refresh.interval=3s")
 	base := "http://" + addr

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -112,6 +113,8 @@ func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys [
 		}
 	}
 	sort.Slice(kept, func(i, j int) bool { return kept[i].ID < kept[j].ID })
+	// A key listed twice (pages shifting while keys are created) is kept once.
+	kept = slices.CompactFunc(kept, func(a, b Key) bool { return a.ID == b.ID })
 	return accountID, kept, ctx.Err()
 }
 

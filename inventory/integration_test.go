@@ -47,11 +47,7 @@ func ctxT(t *testing.T) context.Context {
 // TestMixedInventoryVerdicts checks the verdict of every kind of key local-kms can create.
 func TestMixedInventoryVerdicts(t *testing.T) {
 	ctx := ctxT(t)
-	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
-	ids, err := kmstest.SeedMixed(ctx, srv.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	f := newFactory(srv.URL)
 	account, keys, err := newAuditor().Audit(ctx, inventory.Target{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")})
 	if err != nil {
@@ -155,11 +151,7 @@ func TestPaginationPastOneThousandKeys(t *testing.T) {
 // TestRotationChangeSeenOnNextRefresh enables rotation between two refreshes.
 func TestRotationChangeSeenOnNextRefresh(t *testing.T) {
 	ctx := ctxT(t)
-	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
-	ids, err := kmstest.SeedMixed(ctx, srv.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	f := newFactory(srv.URL)
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard())
 	id := ids["legacy-billing"]
@@ -182,11 +174,8 @@ func TestRotationChangeSeenOnNextRefresh(t *testing.T) {
 // keeps fresh data and the failed one keeps its last good keys.
 func TestFailingRegionKeepsOthers(t *testing.T) {
 	ctx := ctxT(t)
-	west := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	west, _ := kmstest.StartMixedT(t, "eu-west-1")
 	east := kmstest.StartT(t, kmstest.Options{Region: "us-east-1"})
-	if _, err := kmstest.SeedMixed(ctx, west.Client()); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := kmstest.SeedSymmetric(ctx, east.Client(), 4, 2); err != nil {
 		t.Fatal(err)
 	}
@@ -231,12 +220,8 @@ func TestFailingRegionKeepsOthers(t *testing.T) {
 // that makes it answer as AWS does.
 func TestAWSOnlyBehaviour(t *testing.T) {
 	ctx := ctxT(t)
-	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	proxy := kmstest.NewProxy(t, srv.URL)
-	ids, err := kmstest.SeedMixed(ctx, srv.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := kmstest.Client(proxy.URL, "eu-west-1")
 	long, err := c.CreateKey(ctx, &kms.CreateKeyInput{})
 	if err != nil {
@@ -322,11 +307,7 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 // TestTagLabels reads tags for every customer-managed key when tag labels are configured.
 func TestTagLabels(t *testing.T) {
 	ctx := ctxT(t)
-	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
-	ids, err := kmstest.SeedMixed(ctx, srv.Client())
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	if _, err := srv.Client().TagResource(ctx, &kms.TagResourceInput{KeyId: aws.String(ids["payments"]),
 		Tags: []types.Tag{{TagKey: aws.String("team"), TagValue: aws.String("payments-platform")}}}); err != nil {
 		t.Fatal(err)

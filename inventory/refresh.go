@@ -84,13 +84,7 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 		// Shutting down: keep what was published.
 		return r.current.Load()
 	}
-	sort.Slice(states, func(i, j int) bool {
-		if states[i].AccountID != states[j].AccountID {
-			return states[i].AccountID < states[j].AccountID
-		}
-		return states[i].Region < states[j].Region
-	})
-	s := &Snapshot{Targets: states, TagLabels: r.auditor.TagLabels}
+	s := &Snapshot{Targets: r.uniqueTargets(states), TagLabels: r.auditor.TagLabels}
 	for _, f := range r.onUpdate {
 		f(s)
 	}
@@ -104,6 +98,33 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 }
 
 type targetID struct{ role, region string }
+
+// uniqueTargets sorts the states by account and region and keeps one state
+// per (account, region): the same account reached twice (its own
+// credentials and an assumed role, or a role given twice) would otherwise
+// expose every key twice. A successful state wins over a failed one.
+func (r *Refresher) uniqueTargets(states []*TargetState) []*TargetState {
+	sort.SliceStable(states, func(i, j int) bool {
+		a, b := states[i], states[j]
+		if a.AccountID != b.AccountID {
+			return a.AccountID < b.AccountID
+		}
+		if a.Region != b.Region {
+			return a.Region < b.Region
+		}
+		return a.Success && !b.Success
+	})
+	out := states[:0]
+	for _, st := range states {
+		if n := len(out); n > 0 && st.AccountID != "" && out[n-1].AccountID == st.AccountID && out[n-1].Region == st.Region {
+			r.logger.Warn("the same account and region is audited twice; keeping one", "account_id", st.AccountID,
+				"region", st.Region, "role", st.RoleARN, "kept_role", out[n-1].RoleARN)
+			continue
+		}
+		out = append(out, st)
+	}
+	return out
+}
 
 func (r *Refresher) refreshTarget(ctx context.Context, t Target, prev *TargetState) *TargetState {
 	start := time.Now()

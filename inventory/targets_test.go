@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
 )
 
@@ -56,5 +57,20 @@ func TestResolverStaticRegionsPerRole(t *testing.T) {
 	}
 	if again := r.Targets(context.Background()); again[3].API != targets[3].API {
 		t.Error("clients are not reused between refreshes")
+	}
+}
+
+// TestSameAccountTwiceExposedOnce audits one emulator through two targets
+// that resolve to the same account and region.
+func TestSameAccountTwiceExposedOnce(t *testing.T) {
+	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
+	f := newFactory(srv.URL)
+	targets := inventory.StaticTargets{
+		{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")},
+		{Role: awsclient.Role{ARN: "arn:aws:iam::" + kmstest.DefaultAccount + ":role/audit"}, Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")},
+	}
+	s := inventory.NewRefresher(targets, newAuditor(), discard()).Refresh(ctxT(t))
+	if len(s.Targets) != 1 || len(s.Targets[0].Keys) != len(kmstest.MixedInventory) {
+		t.Fatalf("%d targets, want the account and region once", len(s.Targets))
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -141,4 +143,18 @@ func SeedSymmetric(ctx context.Context, c *kms.Client, n, workers int) ([]string
 	default:
 		return ids, nil
 	}
+}
+
+// StartMixedT starts local-kms for a test, seeded with MixedInventory, and
+// returns it with the sample key ids by name.
+func StartMixedT(t testing.TB, region string) (*Server, map[string]string) {
+	t.Helper()
+	s := StartT(t, Options{Region: region})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ids, err := SeedMixed(ctx, s.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, ids
 }
