@@ -68,12 +68,56 @@ func emulator(b *testing.B) *kmstest.Server {
 	return server
 }
 
+// figures collects what the benchmarks measured, for the summary.
+var (
+	figuresMu sync.Mutex
+	figures   = map[string]float64{}
+)
+
+func record(name string, v float64) {
+	figuresMu.Lock()
+	defer figuresMu.Unlock()
+	figures[name] = v
+}
+
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if server != nil {
 		server.Close()
 	}
+	summary()
 	os.Exit(code)
+}
+
+// summary prints the figures next to the targets of issue 2.
+func summary() {
+	figuresMu.Lock()
+	defer figuresMu.Unlock()
+	if len(figures) == 0 {
+		return
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "meets target"
+		}
+		return "MISSES target"
+	}
+	fmt.Printf("\nkms_exporter at %d keys on local-kms (%d workers):\n", keys, workers)
+	if e, b := figures["refresh_exporter_s"], figures["refresh_bare_s"]; e > 0 && b > 0 {
+		fmt.Printf("  full refresh: exporter %.2fs, bare client %.2fs, ratio %.2fx (target <= 1.25x): %s\n", e, b, e/b, verdict(e/b <= 1.25))
+	}
+	if v, ok := figures["scrape_gzip_ms"]; ok {
+		fmt.Printf("  scrape in process: gzip %.1f ms, plain %.1f ms (target < 100 ms): %s\n", v, figures["scrape_plain_ms"], verdict(v < 100 && figures["scrape_plain_ms"] < 100))
+	}
+	if v, ok := figures["binary_scrape_ms"]; ok {
+		fmt.Printf("  scrape of the binary over HTTP, gzip, client decompression included: %.1f ms (target < 100 ms): %s\n", v, verdict(v < 100))
+	}
+	if v, ok := figures["binary_rss_mb"]; ok {
+		fmt.Printf("  binary RSS after refresh and scrapes: %.0f MB, peak %.0f MB (target < 150 MB): %s\n", v, figures["binary_hwm_mb"], verdict(figures["binary_hwm_mb"] < 150))
+	}
+	if v, ok := figures["update_s"]; ok {
+		fmt.Printf("  building and encoding the metrics, once per refresh: %.2fs\n", v)
+	}
 }
 
 func factory(url string) *awsclient.Factory {
@@ -100,6 +144,7 @@ func BenchmarkRefresh(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(keys)*float64(b.N)/b.Elapsed().Seconds(), "keys/s")
+		record("refresh_exporter_s", b.Elapsed().Seconds()/float64(b.N))
 	})
 	b.Run("bare-client", func(b *testing.B) {
 		c := kms.New(kms.Options{Region: region, BaseEndpoint: aws.String(srv.URL),
@@ -110,6 +155,7 @@ func BenchmarkRefresh(b *testing.B) {
 			}
 		}
 		b.ReportMetric(float64(keys)*float64(b.N)/b.Elapsed().Seconds(), "keys/s")
+		record("refresh_bare_s", b.Elapsed().Seconds()/float64(b.N))
 	})
 }
 
@@ -179,7 +225,7 @@ func metricsHandler(b *testing.B) http.Handler {
 func BenchmarkScrape(b *testing.B) {
 	ts := httptest.NewServer(metricsHandler(b))
 	defer ts.Close()
-	for _, enc := range []string{"identity", "gzip"} {
+	for enc, figure := range map[string]string{"identity": "scrape_plain_ms", "gzip": "scrape_gzip_ms"} {
 		b.Run(enc, func(b *testing.B) {
 			client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 			var size int64
@@ -193,8 +239,10 @@ func BenchmarkScrape(b *testing.B) {
 				size, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
-			b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/scrape")
+			ms := float64(b.Elapsed().Microseconds()) / 1000 / float64(b.N)
+			b.ReportMetric(ms, "ms/scrape")
 			b.ReportMetric(float64(size), "bytes/scrape")
+			record(figure, ms)
 		})
 	}
 }
@@ -211,6 +259,7 @@ func BenchmarkUpdate(b *testing.B) {
 	for b.Loop() {
 		c.Update(s)
 	}
+	record("update_s", b.Elapsed().Seconds()/float64(b.N))
 }
 
 // BenchmarkBinary runs the real kms_exporter against the 10,000 keys and
@@ -266,11 +315,15 @@ func BenchmarkBinary(b *testing.B) {
 		scrape()
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(b.Elapsed().Milliseconds())/float64(b.N), "ms/scrape")
+	ms := float64(b.Elapsed().Microseconds()) / 1000 / float64(b.N)
+	b.ReportMetric(ms, "ms/scrape")
 	b.ReportMetric(ready.Seconds(), "s-to-ready")
 	rss, hwm := procMemory(b, cmd.Process.Pid)
 	b.ReportMetric(rss, "MB-RSS")
 	b.ReportMetric(hwm, "MB-peak-RSS")
+	record("binary_scrape_ms", ms)
+	record("binary_rss_mb", rss)
+	record("binary_hwm_mb", hwm)
 }
 
 // procMemory reads a process's resident and peak resident memory in MB.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -57,7 +56,7 @@ type Auditor struct {
 	Now func() time.Time
 }
 
-// errListing marks a failure of the listing calls: the target as a whole failed.
+// listError marks a failure of a listing call: the target as a whole failed.
 type listError struct {
 	op  string
 	err error
@@ -287,5 +286,5 @@ func describeTargetError(err error) string {
 	if errors.As(err, &le) {
 		return fmt.Sprintf("%s: %s", le.op, awsclient.ErrorCode(le.err))
 	}
-	return strings.TrimSpace(awsclient.ErrorCode(err))
+	return awsclient.ErrorCode(err)
 }
