@@ -53,16 +53,17 @@ func (r Role) AccountID() string {
 // ParseRole reads a --aws.assume-role value: ROLE_ARN, optionally followed by
 // ",external-id=ID".
 func ParseRole(s string) (Role, error) {
+	// Error messages name the ARN only: an external id stays out of logs.
 	roleARN, rest, _ := strings.Cut(strings.TrimSpace(s), ",")
 	a, err := arn.Parse(roleARN)
 	if err != nil || a.Service != "iam" || !strings.HasPrefix(a.Resource, "role/") || len(a.AccountID) != 12 {
-		return Role{}, fmt.Errorf("%q is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME[,external-id=ID])", s)
+		return Role{}, fmt.Errorf("%q is not an IAM role ARN (arn:aws:iam::123456789012:role/NAME[,external-id=ID])", roleARN)
 	}
 	r := Role{ARN: roleARN}
 	if rest != "" {
 		id, ok := strings.CutPrefix(rest, "external-id=")
 		if !ok || id == "" {
-			return Role{}, fmt.Errorf("%q: after the role ARN only \",external-id=ID\" is allowed", s)
+			return Role{}, fmt.Errorf("%q: after the role ARN only \",external-id=ID\" is allowed", roleARN)
 		}
 		r.ExternalID = id
 	}

@@ -282,6 +282,13 @@ func TestParseRole(t *testing.T) {
 	}
 }
 
+func TestParseRoleKeepsExternalIDOutOfErrors(t *testing.T) {
+	_, err := ParseRole("arn:aws:iam::123456789012:role/audit,externalid=s3cr3t-value")
+	if err == nil || strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("error %v", err)
+	}
+}
+
 func TestParseRegions(t *testing.T) {
 	regions, discover, err := ParseRegions([]string{"eu-west-1,us-east-1", "eu-west-1", " ap-southeast-3 "})
 	if err != nil || discover || strings.Join(regions, " ") != "eu-west-1 us-east-1 ap-southeast-3" {
