@@ -1,5 +1,6 @@
 // Command kms_exporter audits the automatic key rotation of every AWS KMS key
 // in the configured accounts and regions and serves the verdicts to Prometheus.
+// Its sub-commands audit once (for CI) and remediate from the command line.
 package main
 
 import (
@@ -23,11 +24,14 @@ import (
 	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+	"golang.org/x/time/rate"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
+	"github.com/kms-exporter/kms_exporter/remediate"
+	"github.com/kms-exporter/kms_exporter/report"
 )
 
 // defaultListenAddress is outside the crowded 9100-9999 exporter range.
@@ -49,12 +53,32 @@ func main() {
 		maxPeriod      = app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").Int()
 		exemptionTag   = app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").String()
 		tagLabels      = app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").Strings()
+		remEnabled     = app.Flag("remediation.enabled", "Serve the remediation API (POST /api/v1/remediate, /api/v1/remediate/bulk, /api/v1/alertmanager); needs --remediation.token-file.").Bool()
+		remTokenFile   = app.Flag("remediation.token-file", "File holding the bearer token remediation requests must carry.").Envar("KMS_EXPORTER_REMEDIATION_TOKEN_FILE").String()
+		remAllowTags   = app.Flag("remediation.allow-tag", "Only remediate keys carrying this tag (KEY or KEY=VALUE); repeatable; with --remediation.allow-alias-prefix, a key matching either is allowed.").Strings()
+		remAllowAlias  = app.Flag("remediation.allow-alias-prefix", "Only remediate keys with an alias starting with this prefix (e.g. alias/team-a/); repeatable.").Strings()
+		remRate        = app.Flag("remediation.requests-per-second", "Remediation API requests accepted per second (burst 5); beyond it: 429.").Default("1").Float64()
+		remTimeout     = app.Flag("remediation.timeout", "Time one remediation request may take.").Default("60s").Duration()
 		promslogConfig = &promslog.Config{}
+
+		serveCmd = app.Command("serve", "Serve metrics (and, if enabled, remediation); the default.").Default()
+
+		auditCmd    = app.Command("audit", "Refresh once and print every key's verdict; exit 0 when nothing is noncompliant, 1 when something is, 2 on error.")
+		auditOutput = auditCmd.Flag("output", "Output format.").Default("table").Enum("table", "json")
+
+		remCmd     = app.Command("remediate", "Enable rotation on noncompliant keys (the API's eligibility rules and verification); exit 0 when all were remediated, 1 otherwise, 2 on error.")
+		remKeyID   = remCmd.Flag("key-id", "Key id or ARN to remediate.").String()
+		remRegion  = remCmd.Flag("region", "Region of the key (default: the only audited region).").String()
+		remAccount = remCmd.Flag("account-id", "Account of the key (needed when several accounts are audited).").String()
+		remAll     = remCmd.Flag("all-noncompliant", "Remediate every noncompliant key (of --region and --account-id, when given).").Bool()
+		remDryRun  = remCmd.Flag("dry-run", "Check eligibility only; change nothing.").Bool()
+		remPeriod  = remCmd.Flag("rotation-period-days", "Rotation period to set (90..policy maximum; default the policy maximum).").Int()
 	)
 	flag.AddFlags(app, promslogConfig)
 	app.Version(version.Print("kms_exporter"))
 	app.HelpFlag.Short('h')
-	if err := parseFlags(app, os.Args[1:]); err != nil {
+	command, err := parseFlags(app, os.Args[1:])
+	if err != nil {
 		app.Fatalf("%v", err)
 	}
 
@@ -79,17 +103,33 @@ func main() {
 		app.Fatalf("--aws.max-attempts: must be at least 1")
 	case *timeout <= 0:
 		app.Fatalf("--aws.timeout: must be positive")
+	case *remRate <= 0:
+		app.Fatalf("--remediation.requests-per-second: must be positive")
+	case *remTimeout <= 0:
+		app.Fatalf("--remediation.timeout: must be positive")
+	case *remPeriod != 0 && (*remPeriod < 90 || *remPeriod > *maxPeriod):
+		app.Fatalf("--rotation-period-days: %d is outside 90..%d (--compliance.max-rotation-period-days)", *remPeriod, *maxPeriod)
+	case command == remCmd.FullCommand() && (*remKeyID == "") == !*remAll:
+		app.Fatalf("--key-id: give either --key-id or --all-noncompliant")
+	}
+	var tokenHash [32]byte
+	if *remEnabled && command == serveCmd.FullCommand() {
+		if *remTokenFile == "" {
+			app.Fatalf("--remediation.token-file: required with --remediation.enabled")
+		}
+		if tokenHash, err = remediate.ReadToken(*remTokenFile); err != nil {
+			app.Fatalf("--remediation.token-file: %v", err)
+		}
 	}
 
+	// Sub-commands print their results on stdout; logs go to stderr.
 	logger := promslog.New(promslogConfig)
-	logger.Info("starting kms_exporter", "version", version.Info(), "build_context", version.BuildContext())
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	awsConfig, err := config.LoadDefaultConfig(ctx)
 	if err != nil {
 		logger.Error("loading the AWS configuration failed", "err", err)
-		os.Exit(1)
+		os.Exit(report.ExitError)
 	}
 	if len(regions) == 0 && !discover {
 		if awsConfig.Region == "" {
@@ -100,22 +140,66 @@ func main() {
 
 	factory := awsclient.NewFactory(awsConfig, awsclient.Options{
 		RequestsPerSecond: *requestRate, MaxConcurrency: *concurrency, MaxAttempts: *maxAttempts, Timeout: *timeout})
-	auditor := &inventory.Auditor{
-		Policy:    policy.Policy{MaxRotationPeriodDays: *maxPeriod, ExemptionTag: *exemptionTag},
-		TagLabels: *tagLabels,
-		Workers:   *concurrency,
-		Now:       time.Now,
-	}
+	compliance := policy.Policy{MaxRotationPeriodDays: *maxPeriod, ExemptionTag: *exemptionTag}
+	auditor := &inventory.Auditor{Policy: compliance, TagLabels: *tagLabels, Workers: *concurrency, Now: time.Now}
 	kmsCollector := collector.New(*tagLabels, logger)
 	refresher := inventory.NewRefresher(
 		&inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover, Logger: logger},
 		auditor, logger, kmsCollector.Update)
+	remediator := &remediate.Remediator{
+		Inventory:          refresher,
+		Client:             func(role awsclient.Role, region string) remediate.KMS { return factory.KMS(role, region) },
+		Policy:             compliance,
+		AllowTags:          *remAllowTags,
+		AllowAliasPrefixes: *remAllowAlias,
+		Logger:             logger,
+		Now:                time.Now,
+	}
 
+	switch command {
+	case auditCmd.FullCommand():
+		s := refresher.Refresh(ctx)
+		if err := report.WriteAudit(os.Stdout, s, *auditOutput); err != nil {
+			logger.Error("writing the audit failed", "err", err)
+			os.Exit(report.ExitError)
+		}
+		os.Exit(report.AuditExitCode(s))
+
+	case remCmd.FullCommand():
+		s := refresher.Refresh(ctx)
+		if code := report.AuditExitCode(s); code == report.ExitError {
+			_ = report.WriteAudit(os.Stderr, s, "table")
+			logger.Error("the audit before remediation failed; nothing was changed")
+			os.Exit(code)
+		}
+		var period *int
+		if *remPeriod != 0 {
+			period = remPeriod
+		}
+		if *remRegion == "" && len(regions) == 1 {
+			*remRegion = regions[0]
+		}
+		var results []remediate.Result
+		if *remAll {
+			results, err = remediator.RemediateAll(ctx, remediate.Selector{AccountID: *remAccount, Region: *remRegion, DryRun: *remDryRun, RotationPeriodDays: period}, "command line")
+			if err != nil {
+				logger.Error("remediation failed", "err", err)
+				os.Exit(report.ExitError)
+			}
+		} else {
+			results = []remediate.Result{remediator.Remediate(ctx, remediate.Request{AccountID: *remAccount, Region: *remRegion,
+				KeyID: *remKeyID, DryRun: *remDryRun, RotationPeriodDays: period}, "command line")}
+		}
+		os.Exit(report.WriteRemediations(os.Stdout, results))
+	}
+
+	logger.Info("starting kms_exporter", "version", version.Info(), "build_context", version.BuildContext(),
+		"remediation", *remEnabled)
 	registry := prometheus.NewRegistry()
 	// The snapshot's metrics are not in the registry: kmsCollector.Handler
 	// serves them, encoded once per refresh, after the registry's.
 	registry.MustRegister(
-		factory,
+		factory, remediator.Metrics(),
 		versioncollector.NewCollector("kms_exporter"),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -132,6 +216,11 @@ func main() {
 			http.Error(w, "Not ready: the first refresh has not finished", http.StatusServiceUnavailable)
 		}
 	})
+	api := &remediate.API{TokenHash: tokenHash, Limiter: rate.NewLimiter(rate.Limit(*remRate), 5), Timeout: *remTimeout, Logger: logger}
+	if *remEnabled {
+		api.Remediator = remediator
+	}
+	api.Register(mux)
 	if *metricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "KMS Exporter",
@@ -152,7 +241,7 @@ func main() {
 
 	go refresher.Run(ctx, *interval)
 
-	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -166,21 +255,21 @@ func main() {
 	logger.Info("stopped")
 }
 
-// parseFlags parses the command line; a value kingpin refuses is reported
-// with the name of the flag that carried it.
-func parseFlags(app *kingpin.Application, args []string) error {
-	_, err := app.Parse(args)
+// parseFlags parses the command line and returns the selected command; a
+// value kingpin refuses is reported with the name of the flag that carried it.
+func parseFlags(app *kingpin.Application, args []string) (string, error) {
+	command, err := app.Parse(args)
 	if err == nil || strings.HasPrefix(err.Error(), "unknown") || strings.Contains(err.Error(), "--") {
-		return err
+		return command, err
 	}
 	if pc, perr := app.ParseContext(args); perr == nil {
 		for _, el := range pc.Elements {
 			if f, ok := el.Clause.(*kingpin.FlagClause); ok && el.Value != nil && *el.Value != "" && strings.Contains(err.Error(), *el.Value) {
-				return fmt.Errorf("--%s: %w", f.Model().Name, err)
+				return "", fmt.Errorf("--%s: %w", f.Model().Name, err)
 			}
 		}
 	}
-	return err
+	return "", err
 }
 
 // parseRoles reads the --aws.assume-role values; the zero Role (own

@@ -293,6 +293,9 @@ func ErrorCode(err error) string {
 
 var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
 
+// ValidRegion tells whether s is shaped like an AWS region name.
+func ValidRegion(s string) bool { return regionPattern.MatchString(s) }
+
 // ParseRegions reads the --aws.region values, each one region or a
 // comma-separated list. It returns discover=true for the single value "all",
 // and nil regions when none were given.
@@ -304,7 +307,7 @@ func ParseRegions(values []string) (regions []string, discover bool, err error) 
 			switch {
 			case r == "all":
 				discover = true
-			case !regionPattern.MatchString(r):
+			case !ValidRegion(r):
 				return nil, false, fmt.Errorf("%q is not an AWS region name (e.g. eu-west-1) nor \"all\"", r)
 			case !seen[r]:
 				seen[r] = true

@@ -215,6 +215,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) bool {
 			in.TagsError = awsclient.ErrorCode(err)
 		default:
 			in.Tags = tags
+			k.Tags = tags
 			if len(a.TagLabels) > 0 {
 				k.TagValues = make([]string, len(a.TagLabels))
 				for i, l := range a.TagLabels {

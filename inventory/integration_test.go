@@ -155,16 +155,16 @@ func TestRotationChangeSeenOnNextRefresh(t *testing.T) {
 	f := newFactory(srv.URL)
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard())
 	id := ids["legacy-billing"]
-	if k := r.Refresh(ctx).Find("", "eu-west-1", id); k == nil || k.Verdict.Status != policy.Noncompliant {
+	if _, k := r.Refresh(ctx).Locate("", "eu-west-1", id); k == nil || k.Verdict.Status != policy.Noncompliant {
 		t.Fatalf("before: %+v", k)
 	}
 	if _, err := srv.Client().EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String(id)}); err != nil {
 		t.Fatal(err)
 	}
-	if k := r.Snapshot().Find("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
+	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
 		t.Fatalf("the published snapshot changed without a refresh: %s", k.Verdict.Status)
 	}
-	k := r.Refresh(ctx).Find(kmstest.DefaultAccount, "eu-west-1", id)
+	_, k := r.Refresh(ctx).Locate(kmstest.DefaultAccount, "eu-west-1", id)
 	if k == nil || k.Verdict.Status != policy.Compliant || k.Rotation == nil || !k.Rotation.Enabled {
 		t.Fatalf("after: %+v", k)
 	}

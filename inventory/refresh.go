@@ -29,6 +29,8 @@ type Refresher struct {
 	onUpdate []func(*Snapshot)
 
 	mu      sync.Mutex // serialises refreshes: they never overlap
+	pubMu   sync.Mutex // serialises publishing; guards pending
+	pending []RotationChange
 	current atomic.Pointer[Snapshot]
 	ready   chan struct{}
 	once    sync.Once
@@ -84,17 +86,25 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 		// Shutting down: keep what was published.
 		return r.current.Load()
 	}
-	s := &Snapshot{Targets: r.uniqueTargets(states), TagLabels: r.auditor.TagLabels}
-	for _, f := range r.onUpdate {
-		f(s)
-	}
-	r.current.Store(s)
+	r.pubMu.Lock()
+	s := r.withPending(&Snapshot{Targets: r.uniqueTargets(states), TagLabels: r.auditor.TagLabels}, start)
+	r.publish(s)
+	r.pubMu.Unlock()
 	r.once.Do(func() { close(r.ready) })
 	c := s.Counts()
 	r.logger.Info("refresh finished", "targets", len(states), "duration", time.Since(start).Round(time.Millisecond),
 		"compliant", c["compliant"], "noncompliant", c["noncompliant"], "unknown", c["unknown"],
 		"exempt", c["exempt"], "not_applicable", c["not_applicable"])
 	return s
+}
+
+// publish hands a new snapshot to the onUpdate functions, then makes it
+// current. Callers hold pubMu.
+func (r *Refresher) publish(s *Snapshot) {
+	for _, f := range r.onUpdate {
+		f(s)
+	}
+	r.current.Store(s)
 }
 
 type targetID struct{ role, region string }

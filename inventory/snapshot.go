@@ -51,7 +51,10 @@ type Key struct {
 	Rotation *policy.Rotation
 	// TagValues holds the values of Snapshot.TagLabels, in that order.
 	TagValues []string
-	Verdict   policy.Verdict
+	// Tags are the key's tags where they were read (keys whose verdict
+	// depends on them, or all customer keys with tag labels), else nil.
+	Tags    map[string]string
+	Verdict policy.Verdict
 }
 
 // Counts returns the number of keys per verdict status over all targets.
@@ -65,18 +68,18 @@ func (s *Snapshot) Counts() map[policy.Status]int {
 	return out
 }
 
-// Find returns the key with this id (or ARN) in a region, and the account it
-// belongs to when accountID is empty. It returns nil when no such key is known.
-func (s *Snapshot) Find(accountID, region, keyID string) *Key {
+// Locate returns the key with this id (or ARN) in a region, with its target.
+// An empty accountID matches any account. It returns nils when no such key is known.
+func (s *Snapshot) Locate(accountID, region, keyID string) (*TargetState, *Key) {
 	for _, t := range s.Targets {
 		if (accountID != "" && t.AccountID != accountID) || t.Region != region {
 			continue
 		}
 		for i := range t.Keys {
 			if t.Keys[i].ID == keyID || t.Keys[i].ARN == keyID {
-				return &t.Keys[i]
+				return t, &t.Keys[i]
 			}
 		}
 	}
-	return nil
+	return nil, nil
 }

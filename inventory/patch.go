@@ -1,0 +1,71 @@
+package inventory
+
+import (
+	"time"
+
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// RotationChange is a rotation status read from AWS after the exporter changed it.
+type RotationChange struct {
+	AccountID string
+	// KeyID is the key changed. For a multi-Region key it is the shared
+	// mrk- id: the change applies to the primary and every replica.
+	KeyID    string
+	Rotation policy.Rotation
+	At       time.Time
+}
+
+// ApplyRotationChanges publishes a snapshot in which the changed keys carry
+// their new rotation status and verdict, at once, without waiting for the
+// next refresh. A refresh already running when the change was made would
+// publish the old state: its result is patched with the change too.
+func (r *Refresher) ApplyRotationChanges(changes ...RotationChange) *Snapshot {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	r.pending = append(r.pending, changes...)
+	s := r.patched(r.current.Load(), changes)
+	r.publish(s)
+	return s
+}
+
+// patched returns a copy of s with the changes applied; s is not modified.
+func (r *Refresher) patched(s *Snapshot, changes []RotationChange) *Snapshot {
+	if len(changes) == 0 {
+		return s
+	}
+	out := &Snapshot{TagLabels: s.TagLabels, Targets: make([]*TargetState, len(s.Targets))}
+	for i, t := range s.Targets {
+		out.Targets[i] = t
+		for j := range t.Keys {
+			for _, c := range changes {
+				if t.AccountID != c.AccountID || t.Keys[j].ID != c.KeyID {
+					continue
+				}
+				if out.Targets[i] == t { // copy on first write
+					cp := *t
+					cp.Keys = append([]Key(nil), t.Keys...)
+					out.Targets[i] = &cp
+				}
+				k := &out.Targets[i].Keys[j]
+				rot := c.Rotation
+				k.Rotation = &rot
+				k.Verdict = policy.Decide(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags}, r.auditor.Policy, r.auditor.Now())
+			}
+		}
+	}
+	return out
+}
+
+// withPending applies the changes made after a refresh started to its
+// result, and forgets those the refresh has seen. Callers hold pubMu.
+func (r *Refresher) withPending(s *Snapshot, refreshStart time.Time) *Snapshot {
+	keep := r.pending[:0]
+	for _, c := range r.pending {
+		if c.At.After(refreshStart) {
+			keep = append(keep, c)
+		}
+	}
+	r.pending = keep
+	return r.patched(s, keep)
+}

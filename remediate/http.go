@@ -1,0 +1,276 @@
+package remediate
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Routes of the remediation API.
+const (
+	PathRemediate    = "/api/v1/remediate"
+	PathBulk         = "/api/v1/remediate/bulk"
+	PathAlertmanager = "/api/v1/alertmanager"
+)
+
+// MaxBodyBytes bounds a request body; Alertmanager groups stay far below it.
+const MaxBodyBytes = 256 << 10
+
+// API serves the remediation endpoints.
+type API struct {
+	// Remediator is nil when remediation is not enabled: every route then
+	// answers 403 and changes nothing.
+	Remediator *Remediator
+	// TokenHash is the SHA-256 of the bearer token.
+	TokenHash [32]byte
+	// Limiter bounds accepted requests (429 beyond it).
+	Limiter *rate.Limiter
+	// Timeout bounds the work of one request.
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// ReadToken reads a bearer token file: its content without surrounding white
+// space, which must not be empty.
+func ReadToken(path string) ([32]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	token := strings.TrimSpace(string(raw))
+	if token == "" {
+		return [32]byte{}, fmt.Errorf("%s is empty", path)
+	}
+	return sha256.Sum256([]byte(token)), nil
+}
+
+// Register adds the routes to mux.
+func (a *API) Register(mux *http.ServeMux) {
+	mux.Handle(PathRemediate, a.guard(a.single))
+	mux.Handle(PathBulk, a.guard(a.bulk))
+	mux.Handle(PathAlertmanager, a.guard(a.alertmanager))
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// handler does the work of a route once the request passed the guard;
+// body is the request's body, who names the requester.
+type handler func(ctx context.Context, body []byte, who string) (int, any)
+
+// guard applies, in order: enabled (403), POST only (405), bearer token
+// (401), rate limit (429), JSON only (415), body size (413), timeout.
+func (a *API) guard(h handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a.Remediator == nil {
+			writeJSON(w, http.StatusForbidden, errorBody{"remediation is not enabled (start the exporter with --remediation.enabled)"})
+			return
+		}
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody{"only POST is allowed"})
+			return
+		}
+		who := "remote " + r.RemoteAddr
+		if !a.authorized(r.Header.Get("Authorization")) {
+			a.Logger.Warn("remediation request refused: missing or wrong bearer token", "by", who, "path", r.URL.Path)
+			a.Remediator.count(OutcomeUnauthorized)
+			w.Header().Set("WWW-Authenticate", `Bearer realm="kms_exporter remediation"`)
+			writeJSON(w, http.StatusUnauthorized, errorBody{"missing or wrong bearer token"})
+			return
+		}
+		who += " with the remediation token"
+		if a.Limiter != nil && !a.Limiter.Allow() {
+			a.Remediator.count(OutcomeRateLimited)
+			w.Header().Set("Retry-After", "1")
+			writeJSON(w, http.StatusTooManyRequests, errorBody{"too many remediation requests; retry later"})
+			return
+		}
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			writeJSON(w, http.StatusUnsupportedMediaType, errorBody{"Content-Type must be application/json"})
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+		if err != nil {
+			var tooBig *http.MaxBytesError
+			if errors.As(err, &tooBig) {
+				writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)})
+				return
+			}
+			writeJSON(w, http.StatusBadRequest, errorBody{"reading the body failed"})
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), a.Timeout)
+		defer cancel()
+		status, v := h(ctx, body, who)
+		writeJSON(w, status, v)
+	})
+}
+
+// authorized compares the bearer token in constant time (hashes of equal length).
+func (a *API) authorized(header string) bool {
+	token, ok := strings.CutPrefix(header, "Bearer ")
+	if !ok {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return subtle.ConstantTimeCompare(sum[:], a.TokenHash[:]) == 1
+}
+
+// decode reads exactly one JSON object into v, refusing unknown fields.
+func decode(body []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("invalid JSON: %v", err)
+	}
+	if dec.More() {
+		return errors.New("invalid JSON: more than one value")
+	}
+	return nil
+}
+
+// ParseRequest reads a single-key request.
+func ParseRequest(body []byte) (Request, error) {
+	var req Request
+	if err := decode(body, &req); err != nil {
+		return Request{}, err
+	}
+	if req.KeyID == "" {
+		return Request{}, errors.New("key_id is required")
+	}
+	if req.Region == "" && !strings.HasPrefix(req.KeyID, "arn:") {
+		return Request{}, errors.New("region is required (or give the key ARN as key_id)")
+	}
+	return req, nil
+}
+
+func (a *API) single(ctx context.Context, body []byte, who string) (int, any) {
+	req, err := ParseRequest(body)
+	if err != nil {
+		a.Remediator.count(OutcomeInvalid)
+		return http.StatusBadRequest, errorBody{err.Error()}
+	}
+	res := a.Remediator.Remediate(ctx, req, who)
+	return res.Status, res
+}
+
+// BulkResponse answers a bulk request.
+type BulkResponse struct {
+	Matched int      `json:"matched"`
+	OK      int      `json:"ok"`
+	Results []Result `json:"results"`
+}
+
+func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
+	var sel Selector
+	if err := decode(body, &sel); err != nil {
+		a.Remediator.count(OutcomeInvalid)
+		return http.StatusBadRequest, errorBody{err.Error()}
+	}
+	results, err := a.Remediator.RemediateAll(ctx, sel, who)
+	if err != nil && results == nil {
+		a.Remediator.count(OutcomeInvalid)
+		return http.StatusBadRequest, errorBody{err.Error()}
+	}
+	resp := BulkResponse{Matched: len(results), Results: results}
+	status := http.StatusOK
+	for _, r := range results {
+		if r.OK() {
+			resp.OK++
+		} else if r.Status >= 500 {
+			status = http.StatusBadGateway
+		}
+	}
+	if resp.Results == nil {
+		resp.Results = []Result{}
+	}
+	return status, resp
+}
+
+// AlertmanagerPayload is the part of Alertmanager's webhook payload (version 4) used here.
+type AlertmanagerPayload struct {
+	Version string `json:"version"`
+	Alerts  []struct {
+		Status      string            `json:"status"`
+		Labels      map[string]string `json:"labels"`
+		Fingerprint string            `json:"fingerprint"`
+	} `json:"alerts"`
+}
+
+// AlertResult answers one alert of a webhook call.
+type AlertResult struct {
+	Fingerprint string  `json:"fingerprint,omitempty"`
+	Alertname   string  `json:"alertname,omitempty"`
+	Action      string  `json:"action"` // remediated, ignored
+	Reason      string  `json:"reason,omitempty"`
+	Result      *Result `json:"result,omitempty"`
+}
+
+// ParseAlertmanager reads a webhook payload.
+func ParseAlertmanager(body []byte) (AlertmanagerPayload, error) {
+	var p AlertmanagerPayload
+	// Alertmanager sends more fields than used here: unknown fields are fine.
+	if err := json.Unmarshal(body, &p); err != nil {
+		return p, fmt.Errorf("invalid JSON: %v", err)
+	}
+	if p.Version != "4" {
+		return p, fmt.Errorf("unsupported webhook payload version %q (want \"4\")", p.Version)
+	}
+	return p, nil
+}
+
+func (a *API) alertmanager(ctx context.Context, body []byte, who string) (int, any) {
+	p, err := ParseAlertmanager(body)
+	if err != nil {
+		a.Remediator.count(OutcomeInvalid)
+		return http.StatusBadRequest, errorBody{err.Error()}
+	}
+	out := struct {
+		Alerts []AlertResult `json:"alerts"`
+	}{Alerts: []AlertResult{}}
+	status := http.StatusOK
+	for _, al := range p.Alerts {
+		ar := AlertResult{Fingerprint: al.Fingerprint, Alertname: al.Labels["alertname"], Action: "ignored"}
+		account, region, key := al.Labels["account_id"], al.Labels["region"], al.Labels["key_id"]
+		switch {
+		case al.Status != "firing":
+			ar.Reason = "alert is " + al.Status
+		case region == "" || key == "":
+			ar.Reason = "alert has no region and key_id labels"
+		default:
+			res := a.Remediator.Remediate(ctx, Request{AccountID: account, Region: region, KeyID: key}, who+" via alertmanager")
+			ar.Action, ar.Result = "remediated", &res
+			if !res.OK() {
+				ar.Action, ar.Reason = "refused", res.Reason
+				if res.Status >= 500 {
+					ar.Action = "failed"
+					// Ask Alertmanager to retry: AWS failed, not the request.
+					status = http.StatusBadGateway
+				}
+			}
+		}
+		out.Alerts = append(out.Alerts, ar)
+	}
+	return status, out
+}

@@ -1,0 +1,371 @@
+// Package remediate turns automatic rotation on for noncompliant keys, the
+// way the rule's own procedure does (EnableKeyRotation, then
+// GetKeyRotationStatus must say true), and proves it worked.
+//
+// Every request is checked against the inventory first: a key that is
+// unknown, out of scope, compliant, exempt, unreadable or outside the
+// allow-list is refused without any AWS call.
+package remediate
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/arn"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// KMS is the part of the KMS API remediation calls.
+type KMS interface {
+	EnableKeyRotation(context.Context, *kms.EnableKeyRotationInput, ...func(*kms.Options)) (*kms.EnableKeyRotationOutput, error)
+	GetKeyRotationStatus(context.Context, *kms.GetKeyRotationStatusInput, ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error)
+}
+
+// Inventory is where keys are looked up and where verified changes go.
+type Inventory interface {
+	Snapshot() *inventory.Snapshot
+	ApplyRotationChanges(...inventory.RotationChange) *inventory.Snapshot
+}
+
+// Request asks to remediate one key.
+type Request struct {
+	AccountID          string `json:"account_id"`
+	Region             string `json:"region"`
+	KeyID              string `json:"key_id"`
+	DryRun             bool   `json:"dry_run"`
+	RotationPeriodDays *int   `json:"rotation_period_days,omitempty"`
+}
+
+// Selector asks to remediate every noncompliant key it matches.
+type Selector struct {
+	AccountID          string `json:"account_id"`
+	Region             string `json:"region"`
+	AliasPrefix        string `json:"alias_prefix"`
+	Tag                string `json:"tag"` // KEY or KEY=VALUE
+	DryRun             bool   `json:"dry_run"`
+	RotationPeriodDays *int   `json:"rotation_period_days,omitempty"`
+}
+
+// Outcomes of a request; they are the values of the result label of
+// kms_remediations_total.
+const (
+	OutcomeEnabled            = "enabled"
+	OutcomeDryRun             = "dry_run"
+	OutcomeNotFound           = "not_found"
+	OutcomeInvalid            = "invalid_request"
+	OutcomeIneligible         = "ineligible"
+	OutcomeNoAction           = "no_action_needed"
+	OutcomeFailed             = "aws_error"
+	OutcomeVerificationFailed = "verification_failed"
+	OutcomeUnauthorized       = "unauthorized"
+	OutcomeRateLimited        = "rate_limited"
+)
+
+// Outcomes lists every outcome, for counters initialised at zero.
+var Outcomes = []string{OutcomeEnabled, OutcomeDryRun, OutcomeNotFound, OutcomeInvalid, OutcomeIneligible,
+	OutcomeNoAction, OutcomeFailed, OutcomeVerificationFailed, OutcomeUnauthorized, OutcomeRateLimited}
+
+// Result is the answer for one key.
+type Result struct {
+	AccountID string `json:"account_id,omitempty"`
+	Region    string `json:"region,omitempty"`
+	KeyID     string `json:"key_id,omitempty"`
+	Aliases   string `json:"aliases,omitempty"`
+	// Outcome is one of the Outcome constants; Reason says why.
+	Outcome string `json:"outcome"`
+	Reason  string `json:"reason,omitempty"`
+	DryRun  bool   `json:"dry_run"`
+	// ActedOn names the key EnableKeyRotation was (or would be) called on:
+	// a multi-Region replica is remediated through its primary.
+	ActedOnRegion string `json:"acted_on_region,omitempty"`
+	ActedOnKeyID  string `json:"acted_on_key_id,omitempty"`
+	// The rotation status re-read after the change.
+	RotationEnabled    *bool      `json:"rotation_enabled,omitempty"`
+	RotationPeriodDays int32      `json:"rotation_period_days,omitempty"`
+	NextRotation       *time.Time `json:"next_rotation,omitempty"`
+	Verdict            string     `json:"verdict,omitempty"`
+	// Status is the HTTP status that goes with the outcome.
+	Status int `json:"-"`
+}
+
+// OK tells whether the key is (or, for a dry run, would be) remediated.
+func (r Result) OK() bool { return r.Outcome == OutcomeEnabled || r.Outcome == OutcomeDryRun }
+
+// Remediator decides and acts.
+type Remediator struct {
+	Inventory Inventory
+	// Client returns the KMS client of an account (by role) in a region.
+	Client func(role awsclient.Role, region string) KMS
+	Policy policy.Policy
+	// AllowTags (KEY or KEY=VALUE) and AllowAliasPrefixes, when any is set,
+	// limit remediation to keys matching at least one of them.
+	AllowTags          []string
+	AllowAliasPrefixes []string
+	Logger             *slog.Logger
+	Now                func() time.Time
+
+	once    sync.Once
+	results *prometheus.CounterVec
+}
+
+// Metrics returns the collector of kms_remediations_total, its outcomes at zero.
+func (r *Remediator) Metrics() prometheus.Collector {
+	r.once.Do(func() {
+		r.results = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kms_remediations_total",
+			Help: "Remediation decisions by result: enabled, dry_run, not_found, invalid_request, ineligible, no_action_needed, aws_error, verification_failed, unauthorized, rate_limited.",
+		}, []string{"result"})
+		for _, o := range Outcomes {
+			r.results.WithLabelValues(o)
+		}
+	})
+	return r.results
+}
+
+var (
+	keyIDPattern  = regexp.MustCompile(`^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$`)
+	accountRegexp = regexp.MustCompile(`^[0-9]{12}$`)
+)
+
+// normalise validates a request's names; a key ARN fills in account and region.
+func normalise(req *Request) error {
+	if a, err := arn.Parse(req.KeyID); err == nil {
+		id, ok := strings.CutPrefix(a.Resource, "key/")
+		if a.Service != "kms" || !ok {
+			return fmt.Errorf("key_id %q is not a KMS key ARN", req.KeyID)
+		}
+		if (req.AccountID != "" && req.AccountID != a.AccountID) || (req.Region != "" && req.Region != a.Region) {
+			return fmt.Errorf("key_id ARN names account %s, region %s: it contradicts account_id or region", a.AccountID, a.Region)
+		}
+		req.KeyID, req.AccountID, req.Region = id, a.AccountID, a.Region
+	}
+	switch {
+	case !keyIDPattern.MatchString(req.KeyID):
+		return fmt.Errorf("key_id %q is not a KMS key id (UUID or mrk-…) nor a key ARN", req.KeyID)
+	case !awsclient.ValidRegion(req.Region):
+		return fmt.Errorf("region %q is not an AWS region name", req.Region)
+	case req.AccountID != "" && !accountRegexp.MatchString(req.AccountID):
+		return fmt.Errorf("account_id %q is not a 12-digit AWS account id", req.AccountID)
+	}
+	return nil
+}
+
+// period returns the rotation period to set, or a refusal.
+func (r *Remediator) period(requested *int) (int, *Result) {
+	if requested == nil {
+		return r.Policy.MaxRotationPeriodDays, nil
+	}
+	p := *requested
+	if p < 90 || p > 2560 {
+		return 0, &Result{Outcome: OutcomeInvalid, Reason: fmt.Sprintf("rotation_period_days %d is outside KMS's 90..2560", p), Status: http.StatusBadRequest}
+	}
+	if p > r.Policy.MaxRotationPeriodDays {
+		return 0, &Result{Outcome: OutcomeIneligible, Reason: fmt.Sprintf("rotation_period_days %d exceeds the policy's %d", p, r.Policy.MaxRotationPeriodDays), Status: http.StatusUnprocessableEntity}
+	}
+	return p, nil
+}
+
+// Remediate handles one key; who names the requester in the log.
+func (r *Remediator) Remediate(ctx context.Context, req Request, who string) Result {
+	res := r.remediate(ctx, req)
+	r.record(res, who)
+	return res
+}
+
+func (r *Remediator) remediate(ctx context.Context, req Request) Result {
+	if err := normalise(&req); err != nil {
+		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeInvalid, Reason: err.Error(), Status: http.StatusBadRequest}
+	}
+	days, refusal := r.period(req.RotationPeriodDays)
+	if refusal != nil {
+		refusal.KeyID, refusal.Region, refusal.AccountID = req.KeyID, req.Region, req.AccountID
+		return *refusal
+	}
+	snap := r.Inventory.Snapshot()
+	if req.AccountID == "" {
+		accounts := map[string]bool{}
+		for _, t := range snap.Targets {
+			accounts[t.AccountID] = true
+		}
+		if len(accounts) > 1 {
+			return Result{KeyID: req.KeyID, Region: req.Region, Outcome: OutcomeInvalid,
+				Reason: "account_id is required: several accounts are audited", Status: http.StatusBadRequest}
+		}
+	}
+	target, key := snap.Locate(req.AccountID, req.Region, req.KeyID)
+	if key == nil {
+		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
+			Reason: "no such key in the inventory (audited accounts and regions, as of the last refresh)", Status: http.StatusNotFound}
+	}
+	return r.act(ctx, target, key, days, req.DryRun)
+}
+
+// RemediateAll handles every noncompliant key the selector matches.
+func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string) ([]Result, error) {
+	if sel.Region != "" && !awsclient.ValidRegion(sel.Region) {
+		return nil, fmt.Errorf("region %q is not an AWS region name", sel.Region)
+	}
+	if sel.AccountID != "" && !accountRegexp.MatchString(sel.AccountID) {
+		return nil, fmt.Errorf("account_id %q is not a 12-digit AWS account id", sel.AccountID)
+	}
+	days, refusal := r.period(sel.RotationPeriodDays)
+	if refusal != nil {
+		return nil, fmt.Errorf("%s", refusal.Reason)
+	}
+	snap := r.Inventory.Snapshot()
+	var results []Result
+	for _, t := range snap.Targets {
+		if (sel.AccountID != "" && t.AccountID != sel.AccountID) || (sel.Region != "" && t.Region != sel.Region) {
+			continue
+		}
+		for i := range t.Keys {
+			k := &t.Keys[i]
+			if k.Verdict.Status != policy.Noncompliant || !matches(k, sel.AliasPrefix, sel.Tag) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return results, err
+			}
+			res := r.act(ctx, t, k, days, sel.DryRun)
+			r.record(res, who)
+			results = append(results, res)
+		}
+	}
+	return results, nil
+}
+
+// matches tells whether a key has an alias with the prefix and the tag (each when given).
+func matches(k *inventory.Key, aliasPrefix, tag string) bool {
+	if aliasPrefix != "" && !hasAliasPrefix(k, []string{aliasPrefix}) {
+		return false
+	}
+	return tag == "" || hasTag(k, []string{tag})
+}
+
+func hasAliasPrefix(k *inventory.Key, prefixes []string) bool {
+	for _, a := range k.Aliases {
+		for _, p := range prefixes {
+			if strings.HasPrefix(a, p) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hasTag(k *inventory.Key, tags []string) bool {
+	for _, t := range tags {
+		key, value, withValue := strings.Cut(t, "=")
+		if v, ok := k.Tags[key]; ok && (!withValue || v == value) {
+			return true
+		}
+	}
+	return false
+}
+
+// eligibility refuses a key that must not be remediated; nil means go ahead.
+func (r *Remediator) eligibility(k *inventory.Key) *Result {
+	refuse := func(outcome, reason string, status int) *Result {
+		return &Result{Outcome: outcome, Reason: reason, Status: status}
+	}
+	if reason := policy.Scope(k.Meta); reason != "" && k.Verdict.Status != policy.Unknown {
+		return refuse(OutcomeIneligible, "not applicable: "+reason, http.StatusUnprocessableEntity)
+	}
+	switch k.Verdict.Status {
+	case policy.Compliant:
+		return refuse(OutcomeNoAction, "already compliant", http.StatusConflict)
+	case policy.Exempt:
+		return refuse(OutcomeIneligible, "exempt: "+k.Verdict.ExemptionReason, http.StatusConflict)
+	case policy.Unknown:
+		return refuse(OutcomeIneligible, "verdict unknown ("+k.Verdict.Reason+"): refresh first", http.StatusConflict)
+	case policy.Noncompliant:
+	default:
+		return refuse(OutcomeIneligible, "verdict "+string(k.Verdict.Status), http.StatusConflict)
+	}
+	if len(r.AllowTags)+len(r.AllowAliasPrefixes) > 0 && !hasTag(k, r.AllowTags) && !hasAliasPrefix(k, r.AllowAliasPrefixes) {
+		return refuse(OutcomeIneligible, "not in the remediation allow-list (--remediation.allow-tag, --remediation.allow-alias-prefix)", http.StatusUnprocessableEntity)
+	}
+	if k.MultiRegionType == "REPLICA" && k.PrimaryRegion == "" {
+		return refuse(OutcomeIneligible, "multi-Region replica whose primary is unknown", http.StatusConflict)
+	}
+	return nil
+}
+
+// act checks a located key and, unless refused or a dry run, enables
+// rotation, re-reads the status and publishes it.
+func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inventory.Key, days int, dryRun bool) Result {
+	res := Result{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, Aliases: strings.Join(k.Aliases, ","), DryRun: dryRun,
+		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Status)}
+	if refusal := r.eligibility(k); refusal != nil {
+		refusal.AccountID, refusal.Region, refusal.KeyID, refusal.Aliases, refusal.DryRun, refusal.Verdict =
+			res.AccountID, res.Region, res.KeyID, res.Aliases, dryRun, res.Verdict
+		return *refusal
+	}
+	if k.MultiRegionType == "REPLICA" {
+		// Rotation of a multi-Region key is set on its primary, in the primary's region.
+		res.ActedOnRegion = k.PrimaryRegion
+	}
+	if dryRun {
+		res.Outcome, res.Reason, res.Status = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days), http.StatusOK
+		return res
+	}
+	api := r.Client(awsclient.Role{ARN: t.RoleARN}, res.ActedOnRegion)
+	id := aws.String(res.ActedOnKeyID)
+	if _, err := api.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: id, RotationPeriodInDays: aws.Int32(int32(days))}); err != nil {
+		res.Outcome, res.Reason, res.Status = OutcomeFailed, "EnableKeyRotation: "+awsclient.ErrorCode(err), http.StatusBadGateway
+		return res
+	}
+	st, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
+	if err != nil {
+		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "GetKeyRotationStatus: "+awsclient.ErrorCode(err), http.StatusBadGateway
+		return res
+	}
+	rot := policy.Rotation{Enabled: st.KeyRotationEnabled, PeriodDays: aws.ToInt32(st.RotationPeriodInDays), NextRotation: aws.ToTime(st.NextRotationDate)}
+	res.RotationEnabled, res.RotationPeriodDays = &rot.Enabled, rot.PeriodDays
+	if !rot.NextRotation.IsZero() {
+		res.NextRotation = &rot.NextRotation
+	}
+	switch {
+	case !rot.Enabled:
+		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "rotation still disabled after EnableKeyRotation", http.StatusBadGateway
+	case rot.PeriodDays != 0 && int(rot.PeriodDays) != days:
+		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, fmt.Sprintf("rotation period is %d days, %d was set", rot.PeriodDays, days), http.StatusBadGateway
+	default:
+		res.Outcome, res.Status = OutcomeEnabled, http.StatusOK
+	}
+	snap := r.Inventory.ApplyRotationChanges(inventory.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()})
+	if _, now := snap.Locate(k.AccountID, k.Region, k.ID); now != nil {
+		res.Verdict = string(now.Verdict.Status)
+	}
+	return res
+}
+
+// count counts one decision.
+func (r *Remediator) count(outcome string) {
+	r.Metrics()
+	r.results.WithLabelValues(outcome).Inc()
+}
+
+// record logs one decision as one line and counts it.
+func (r *Remediator) record(res Result, who string) {
+	r.count(res.Outcome)
+	level := slog.LevelInfo
+	if !res.OK() && res.Outcome != OutcomeNoAction {
+		level = slog.LevelWarn
+	}
+	r.Logger.Log(context.Background(), level, "remediation", "by", who, "account_id", res.AccountID, "region", res.Region,
+		"key_id", res.KeyID, "acted_on_region", res.ActedOnRegion, "dry_run", res.DryRun, "result", res.Outcome,
+		"reason", res.Reason, "verdict", res.Verdict)
+}

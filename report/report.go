@@ -1,0 +1,167 @@
+// Package report prints audits and remediations for people and for CI jobs.
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
+	"github.com/kms-exporter/kms_exporter/remediate"
+)
+
+// Exit codes of the audit and remediate commands.
+const (
+	ExitOK      = 0 // nothing noncompliant / every remediation done
+	ExitFinding = 1 // something noncompliant / a remediation refused or failed
+	ExitError   = 2 // the audit itself failed
+)
+
+// KeyRecord is one key in the JSON audit output.
+type KeyRecord struct {
+	AccountID          string     `json:"account_id"`
+	Region             string     `json:"region"`
+	KeyID              string     `json:"key_id"`
+	KeyARN             string     `json:"key_arn"`
+	Aliases            []string   `json:"aliases"`
+	KeyManager         string     `json:"key_manager"`
+	KeySpec            string     `json:"key_spec"`
+	KeyState           string     `json:"key_state"`
+	Origin             string     `json:"origin"`
+	MultiRegionType    string     `json:"multi_region_type,omitempty"`
+	Status             string     `json:"status"`
+	Reason             string     `json:"reason"`
+	RotationEnabled    *bool      `json:"rotation_enabled,omitempty"`
+	RotationPeriodDays int32      `json:"rotation_period_days,omitempty"`
+	NextRotation       *time.Time `json:"next_rotation,omitempty"`
+	ExemptionReason    string     `json:"exemption_reason,omitempty"`
+	ExemptionExpiry    *time.Time `json:"exemption_expiry,omitempty"`
+}
+
+// TargetRecord is one account and region in the JSON audit output.
+type TargetRecord struct {
+	AccountID string `json:"account_id"`
+	Region    string `json:"region"`
+	Success   bool   `json:"success"`
+	Error     string `json:"error,omitempty"`
+	Keys      int    `json:"keys"`
+}
+
+// AuditExitCode is ExitError when any target failed, else ExitFinding when
+// any key is noncompliant, else ExitOK.
+func AuditExitCode(s *inventory.Snapshot) int {
+	for _, t := range s.Targets {
+		if !t.Success {
+			return ExitError
+		}
+	}
+	if s.Counts()[policy.Noncompliant] > 0 {
+		return ExitFinding
+	}
+	return ExitOK
+}
+
+// WriteAudit prints every key with its verdict, as a table or as JSON.
+func WriteAudit(w io.Writer, s *inventory.Snapshot, format string) error {
+	if format == "json" {
+		out := struct {
+			Targets []TargetRecord        `json:"targets"`
+			Keys    []KeyRecord           `json:"keys"`
+			Counts  map[policy.Status]int `json:"counts"`
+		}{Targets: []TargetRecord{}, Keys: []KeyRecord{}, Counts: s.Counts()}
+		for _, t := range s.Targets {
+			out.Targets = append(out.Targets, TargetRecord{t.AccountID, t.Region, t.Success, t.Error, len(t.Keys)})
+			for i := range t.Keys {
+				out.Keys = append(out.Keys, record(&t.Keys[i]))
+			}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACCOUNT\tREGION\tKEY ID\tALIASES\tSTATUS\tREASON")
+	for _, t := range s.Targets {
+		for i := range t.Keys {
+			k := &t.Keys[i]
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.AccountID, k.Region, k.ID, orDash(strings.Join(k.Aliases, ",")), k.Verdict.Status, k.Verdict.Reason)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	c := s.Counts()
+	fmt.Fprintf(w, "\n%d compliant, %d noncompliant, %d exempt, %d not applicable, %d unknown\n",
+		c[policy.Compliant], c[policy.Noncompliant], c[policy.Exempt], c[policy.NotApplicable], c[policy.Unknown])
+	for _, t := range s.Targets {
+		if !t.Success {
+			fmt.Fprintf(w, "account %s, region %s: refresh failed: %s\n", orDash(t.AccountID), t.Region, t.Error)
+		}
+	}
+	return nil
+}
+
+func record(k *inventory.Key) KeyRecord {
+	r := KeyRecord{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, KeyARN: k.ARN, Aliases: k.Aliases,
+		KeyManager: k.Meta.KeyManager, KeySpec: k.Meta.KeySpec, KeyState: k.Meta.KeyState, Origin: k.Meta.Origin,
+		MultiRegionType: k.MultiRegionType, Status: string(k.Verdict.Status), Reason: k.Verdict.Reason,
+		ExemptionReason: k.Verdict.ExemptionReason}
+	if r.Aliases == nil {
+		r.Aliases = []string{}
+	}
+	if rot := k.Rotation; rot != nil {
+		r.RotationEnabled, r.RotationPeriodDays = &rot.Enabled, rot.PeriodDays
+		if !rot.NextRotation.IsZero() {
+			r.NextRotation = &rot.NextRotation
+		}
+	}
+	if !k.Verdict.ExemptionExpiry.IsZero() {
+		r.ExemptionExpiry = &k.Verdict.ExemptionExpiry
+	}
+	return r
+}
+
+// WriteRemediations prints one line per key and a summary; it returns
+// ExitOK when every key was remediated (or would be, in a dry run).
+func WriteRemediations(w io.Writer, results []remediate.Result) int {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACCOUNT\tREGION\tKEY ID\tALIASES\tRESULT\tDETAIL")
+	code, ok := ExitOK, 0
+	for _, r := range results {
+		detail := r.Reason
+		if r.Outcome == remediate.OutcomeEnabled {
+			detail = fmt.Sprintf("verified: rotation enabled, period %s, now %s", days(r.RotationPeriodDays), r.Verdict)
+		}
+		if r.OK() {
+			ok++
+		} else {
+			code = ExitFinding
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.AccountID), r.Region, r.KeyID, orDash(r.Aliases), r.Outcome, detail)
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "\n%d of %d keys remediated", ok, len(results))
+	if len(results) > 0 && results[0].DryRun {
+		fmt.Fprint(w, " (dry run: nothing was changed)")
+	}
+	fmt.Fprintln(w)
+	return code
+}
+
+func days(d int32) string {
+	if d == 0 {
+		return "not reported"
+	}
+	return fmt.Sprintf("%d days", d)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
