@@ -240,7 +240,7 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 	denied := kmstest.AWSManagedKey("eu-west-1", kmstest.DefaultAccount, managedDenied, "backup")
 	denied.RotationError = "AccessDeniedException"
 	proxy.AddFake(denied)
-	proxy.AddFake(kmstest.ReplicaKey("eu-west-1", "us-east-1", kmstest.DefaultAccount, replica, false))
+	proxy.AddFake(kmstest.MultiRegionKey("eu-west-1", "us-east-1", kmstest.DefaultAccount, replica, false))
 	// AccessDenied on one key's status; two throttles on another's description.
 	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: ids["payments"], Code: "AccessDeniedException"})
 	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: ids["legacy-billing"], Code: "ThrottlingException", Times: 2})

@@ -121,7 +121,7 @@ type Remediator struct {
 }
 
 // Metrics returns the collector of kms_remediations_total, its outcomes at zero.
-func (r *Remediator) Metrics() prometheus.Collector {
+func (r *Remediator) Metrics() *prometheus.CounterVec {
 	r.once.Do(func() {
 		r.results = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kms_remediations_total",

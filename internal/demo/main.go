@@ -63,7 +63,7 @@ func main() {
 		log.Fatal(err)
 	}
 	proxy.AddFake(kmstest.AWSManagedKey(*region, kmstest.DefaultAccount, "7c1f5c7e-aaaa-4bbb-8ccc-0000000000a1", "s3"))
-	proxy.AddFake(kmstest.ReplicaKey(*region, "us-east-1", kmstest.DefaultAccount, "mrk-0d3mo0000000000000000000000000aa", false))
+	proxy.AddFake(kmstest.MultiRegionKey(*region, "us-east-1", kmstest.DefaultAccount, "mrk-0d3mo0000000000000000000000000aa", false))
 
 	fmt.Printf("\nSample inventory in account %s, region %s:\n", kmstest.DefaultAccount, *region)
 	for _, k := range kmstest.MixedInventory {

@@ -29,10 +29,13 @@ type Proxy struct {
 
 	mu      sync.Mutex
 	periods map[string]int32
-	fakes   map[string]*FakeKey
+	fakes   map[fakeID]*FakeKey
 	faults  []*Fault
 	calls   map[string]int
 }
+
+// fakeID names a fake key: a multi-Region primary and its replicas share an id.
+type fakeID struct{ region, id string }
 
 // FakeKey is a key only the proxy knows, described as DescribeKey's
 // KeyMetadata in the API's JSON (epoch-second dates).
@@ -48,6 +51,8 @@ type FakeKey struct {
 
 func (f *FakeKey) id() string { return f.Metadata["KeyId"].(string) }
 
+func (f *FakeKey) region() string { return strings.Split(f.Metadata["Arn"].(string), ":")[3] }
+
 // Fault makes the proxy answer an error instead of passing a call on.
 type Fault struct {
 	Op     string // e.g. "DescribeKey"; "" matches every operation
@@ -61,7 +66,7 @@ type Fault struct {
 
 // StartProxy starts a proxy in front of the emulator at upstream, on a free loopback port.
 func StartProxy(upstream string) *Proxy {
-	p := &Proxy{upstream: upstream, periods: map[string]int32{}, fakes: map[string]*FakeKey{}, calls: map[string]int{}}
+	p := &Proxy{upstream: upstream, periods: map[string]int32{}, fakes: map[fakeID]*FakeKey{}, calls: map[string]int{}}
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	p.URL = p.srv.URL
 	return p
@@ -81,7 +86,7 @@ func (p *Proxy) Close() { p.srv.Close() }
 func (p *Proxy) AddFake(k *FakeKey) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.fakes[k.id()] = k
+	p.fakes[fakeID{k.region(), k.id()}] = k
 }
 
 // AddFault injects a fault; it applies to calls from now on.
@@ -103,6 +108,23 @@ func (p *Proxy) Calls(op string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.calls[op]
+}
+
+// Fake returns the fake key with this id in a region (nil if none).
+func (p *Proxy) Fake(region, id string) *FakeKey {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.fakes[fakeID{region, id}]
+}
+
+// signedRegion is the region a request was signed for (SigV4 credential scope).
+func signedRegion(r *http.Request) string {
+	_, scope, _ := strings.Cut(r.Header.Get("Authorization"), "Credential=")
+	parts := strings.Split(scope, "/")
+	if len(parts) < 3 {
+		return ""
+	}
+	return parts[2]
 }
 
 func keyIDOf(s string) string {
@@ -147,11 +169,11 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	fake := p.fakes[keyID]
+	fake := p.fakes[fakeID{signedRegion(r), keyID}]
 	p.mu.Unlock()
 
 	if fake != nil {
-		p.serveFake(w, op, fake)
+		p.serveFake(w, op, fake, req)
 		return
 	}
 	if op == "EnableKeyRotation" {
@@ -199,8 +221,10 @@ func (p *Proxy) amend(r *http.Request, op, keyID string, out []byte) []byte {
 	}
 	p.mu.Lock()
 	fakes := make([]*FakeKey, 0, len(p.fakes))
-	for _, f := range p.fakes {
-		fakes = append(fakes, f)
+	for id, f := range p.fakes {
+		if id.region == signedRegion(r) {
+			fakes = append(fakes, f)
+		}
 	}
 	period := p.periods[keyID]
 	p.mu.Unlock()
@@ -259,7 +283,9 @@ func (p *Proxy) keyState(r *http.Request, keyID string) string {
 	return d.KeyMetadata.KeyState
 }
 
-func (p *Proxy) serveFake(w http.ResponseWriter, op string, k *FakeKey) {
+func (p *Proxy) serveFake(w http.ResponseWriter, op string, k *FakeKey, req map[string]any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	switch op {
 	case "DescribeKey":
 		writeJSON(w, 200, map[string]any{"KeyMetadata": k.Metadata})
@@ -279,12 +305,28 @@ func (p *Proxy) serveFake(w http.ResponseWriter, op string, k *FakeKey) {
 			tags = append(tags, map[string]string{"TagKey": key, "TagValue": v})
 		}
 		writeJSON(w, 200, map[string]any{"Tags": tags, "Truncated": false})
-	case "EnableKeyRotation", "DisableKeyRotation":
-		if k.Metadata["KeyManager"] == "AWS" {
+	case "EnableKeyRotation":
+		mrc, _ := k.Metadata["MultiRegionConfiguration"].(map[string]any)
+		switch {
+		case k.Metadata["KeyManager"] == "AWS":
 			writeError(w, 400, "AccessDeniedException")
-			return
+		case mrc != nil && mrc["MultiRegionKeyType"] == "REPLICA":
+			// AWS: rotation of a multi-Region key is set on its primary.
+			writeError(w, 400, "UnsupportedOperationException")
+		default:
+			period := 365.0
+			if d, ok := req["RotationPeriodInDays"].(float64); ok {
+				period = d
+			}
+			// The setting is shared by the primary and every replica.
+			for id, f := range p.fakes {
+				if id.id == k.id() {
+					f.Rotation = map[string]any{"KeyRotationEnabled": true, "KeyId": k.id(), "RotationPeriodInDays": period,
+						"NextRotationDate": float64(time.Now().Add(time.Duration(period) * 24 * time.Hour).Unix())}
+				}
+			}
+			writeJSON(w, 200, map[string]any{})
 		}
-		writeError(w, 400, "UnsupportedOperationException")
 	default:
 		writeError(w, 400, "UnsupportedOperationException")
 	}
@@ -301,21 +343,25 @@ func AWSManagedKey(region, account, id, service string) *FakeKey {
 	}
 }
 
-// ReplicaKey returns a fake multi-Region replica key whose primary is in primaryRegion.
-func ReplicaKey(region, primaryRegion, account, id string, rotating bool) *FakeKey {
-	primaryARN := fmt.Sprintf("arn:aws:kms:%s:%s:key/%s", primaryRegion, account, id)
+// MultiRegionKey returns a fake multi-Region key in region whose primary is
+// in primaryRegion: the primary itself when the two are equal, else a replica.
+func MultiRegionKey(region, primaryRegion, account, id string, rotating bool) *FakeKey {
+	arnIn := func(r string) string { return fmt.Sprintf("arn:aws:kms:%s:%s:key/%s", r, account, id) }
 	rot := map[string]any{"KeyRotationEnabled": rotating, "KeyId": id}
 	if rotating {
 		rot["RotationPeriodInDays"] = 365
 		rot["NextRotationDate"] = float64(time.Now().Add(30 * 24 * time.Hour).Unix())
 	}
+	kind := "REPLICA"
+	if region == primaryRegion {
+		kind = "PRIMARY"
+	}
 	return &FakeKey{
 		Metadata: keyMetadata(region, account, id, "CUSTOMER", map[string]any{
 			"MultiRegion": true,
 			"MultiRegionConfiguration": map[string]any{
-				"MultiRegionKeyType": "REPLICA",
-				"PrimaryKey":         map[string]any{"Arn": primaryARN, "Region": primaryRegion},
-				"ReplicaKeys":        []any{map[string]any{"Arn": fmt.Sprintf("arn:aws:kms:%s:%s:key/%s", region, account, id), "Region": region}},
+				"MultiRegionKeyType": kind,
+				"PrimaryKey":         map[string]any{"Arn": arnIn(primaryRegion), "Region": primaryRegion},
 			},
 		}),
 		Rotation: rot,

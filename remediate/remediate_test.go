@@ -1,0 +1,410 @@
+package remediate_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"golang.org/x/time/rate"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/collector"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
+	"github.com/kms-exporter/kms_exporter/remediate"
+)
+
+const (
+	token   = "test-token-0123456789"
+	region  = "eu-west-1"
+	replica = "mrk-5ca1ab1e000000000000000000000001"
+	account = kmstest.DefaultAccount
+)
+
+type env struct {
+	t          *testing.T
+	srv        *kmstest.Server
+	proxy      *kmstest.Proxy
+	ids        map[string]string
+	refresher  *inventory.Refresher
+	collector  *collector.Collector
+	remediator *remediate.Remediator
+	api        *httptest.Server
+	logs       *bytes.Buffer
+}
+
+// setup runs local-kms with the mixed inventory behind the AWS-faithful
+// proxy, a multi-Region replica (primary in us-east-1), one key whose status
+// is unreadable, and the remediation API in front of an inventory refreshed once.
+func setup(t *testing.T, configure func(*remediate.API)) *env {
+	t.Helper()
+	srv, ids := kmstest.StartMixedT(t, region)
+	proxy := kmstest.NewProxy(t, srv.URL)
+	proxy.AddFake(kmstest.MultiRegionKey(region, "us-east-1", account, replica, false))
+	proxy.AddFake(kmstest.MultiRegionKey("us-east-1", "us-east-1", account, replica, false))
+	c := kmstest.Client(proxy.URL, region)
+	out, err := c.CreateKey(context.Background(), &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids["unreadable"] = aws.ToString(out.KeyMetadata.KeyId)
+	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: ids["unreadable"], Code: "AccessDeniedException"})
+
+	factory := awsclient.NewFactory(aws.Config{Region: region, BaseEndpoint: aws.String(proxy.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("x", "x", "")},
+		awsclient.Options{MaxConcurrency: 4, MaxAttempts: 2, Timeout: 5 * time.Second})
+	logs := &bytes.Buffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, nil))
+	pol := policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}
+	coll := collector.New(nil, logger)
+	refresher := inventory.NewRefresher(
+		inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}},
+		&inventory.Auditor{Policy: pol, Workers: 4, Now: time.Now}, logger, coll.Update)
+	refresher.Refresh(context.Background())
+	rem := &remediate.Remediator{
+		Inventory: refresher,
+		Client:    func(role awsclient.Role, r string) remediate.KMS { return factory.KMS(role, r) },
+		Policy:    pol, Logger: logger, Now: time.Now,
+	}
+	api := &remediate.API{Remediator: rem, TokenHash: sha256.Sum256([]byte(token)), Timeout: 30 * time.Second, Logger: logger}
+	if configure != nil {
+		configure(api)
+	}
+	mux := http.NewServeMux()
+	api.Register(mux)
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	return &env{t: t, srv: srv, proxy: proxy, ids: ids, refresher: refresher, collector: coll, remediator: rem, api: ts, logs: logs}
+}
+
+// post sends a JSON body with the token; it returns the status and the decoded body.
+func (e *env) post(path, body string, headers ...string) (int, map[string]any) {
+	e.t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, e.api.URL+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		e.t.Fatalf("%s: answer is not JSON: %q", path, raw)
+	}
+	return resp.StatusCode, out
+}
+
+func (e *env) request(name string, extra string) string {
+	return `{"region":"` + region + `","key_id":"` + e.ids[name] + `"` + extra + `}`
+}
+
+func (e *env) verdict(id string) policy.Status {
+	_, k := e.refresher.Snapshot().Locate(account, region, id)
+	if k == nil {
+		return ""
+	}
+	return k.Verdict.Status
+}
+
+// awsCLIRotation asks the real AWS CLI (Debian's awscli) whether rotation is
+// enabled, straight from local-kms.
+func (e *env) awsCLIRotation(id string) bool {
+	e.t.Helper()
+	const cli = "/usr/bin/aws"
+	if _, err := os.Stat(cli); err != nil {
+		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+			e.t.Fatal("Debian's awscli is not installed (make deps)")
+		}
+		e.t.Skip("Debian's awscli is not installed (make deps)")
+	}
+	cmd := exec.Command(cli, "--endpoint-url", e.srv.URL, "--region", region, "--output", "json",
+		"kms", "get-key-rotation-status", "--key-id", id)
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_CONFIG_FILE=/dev/null",
+		"AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true", "AWS_PAGER=")
+	out, err := cmd.Output()
+	if err != nil {
+		e.t.Fatalf("aws kms get-key-rotation-status: %v %s", err, out)
+	}
+	var st struct{ KeyRotationEnabled bool }
+	if err := json.Unmarshal(out, &st); err != nil {
+		e.t.Fatalf("aws output %q: %v", out, err)
+	}
+	return st.KeyRotationEnabled
+}
+
+func TestRefusedRequestsNeverCallAWS(t *testing.T) {
+	e := setup(t, nil)
+	tests := []struct {
+		name, body string
+		status     int
+		outcome    string
+	}{
+		{"invalid key id", `{"region":"eu-west-1","key_id":"not a key"}`, 400, ""},
+		{"invalid region", `{"region":"mars","key_id":"` + e.ids["legacy-billing"] + `"}`, 400, "invalid_request"},
+		{"missing key id", `{"region":"eu-west-1"}`, 400, ""},
+		{"unknown field", `{"region":"eu-west-1","key_id":"` + e.ids["legacy-billing"] + `","force":true}`, 400, ""},
+		{"not JSON", `{"region":`, 400, ""},
+		{"period below KMS minimum", e.request("legacy-billing", `,"rotation_period_days":30`), 400, "invalid_request"},
+		{"period above policy", e.request("legacy-billing", `,"rotation_period_days":730`), 422, "ineligible"},
+		{"unknown key", `{"region":"eu-west-1","key_id":"00000000-0000-4000-8000-000000000000"}`, 404, "not_found"},
+		{"key in another region", `{"region":"us-west-2","key_id":"` + e.ids["legacy-billing"] + `"}`, 404, "not_found"},
+		{"asymmetric", e.request("signing-rsa", ""), 422, "ineligible"},
+		{"ecc", e.request("signing-ecc", ""), 422, "ineligible"},
+		{"hmac", e.request("webhook-hmac", ""), 422, "ineligible"},
+		{"imported material", e.request("imported-material", ""), 422, "ineligible"},
+		{"disabled key", e.request("disabled", ""), 422, "ineligible"},
+		{"pending deletion", e.request("retired", ""), 422, "ineligible"},
+		{"already compliant", e.request("payments", ""), 409, "no_action_needed"},
+		{"exempt", e.request("vendor-appliance", ""), 409, "ineligible"},
+		{"status unknown", e.request("unreadable", ""), 409, "ineligible"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, body := e.post(remediate.PathRemediate, tt.body)
+			if status != tt.status {
+				t.Errorf("status %d, want %d: %v", status, tt.status, body)
+			}
+			if tt.outcome != "" && body["outcome"] != tt.outcome {
+				t.Errorf("outcome %v, want %s: %v", body["outcome"], tt.outcome, body)
+			}
+			if body["error"] == nil && body["reason"] == nil {
+				t.Errorf("no reason given: %v", body)
+			}
+		})
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
+		t.Errorf("EnableKeyRotation called %d times for refused requests", n)
+	}
+	if e.verdict(e.ids["legacy-billing"]) != policy.Noncompliant {
+		t.Error("a refused request changed the inventory")
+	}
+}
+
+func TestGuard(t *testing.T) {
+	e := setup(t, func(a *remediate.API) { a.Limiter = rate.NewLimiter(rate.Every(time.Hour), 3) })
+	body := e.request("legacy-billing", `,"dry_run":true`)
+	do := func(method, contentType, auth, body string) (int, http.Header, string) {
+		req, _ := http.NewRequest(method, e.api.URL+remediate.PathRemediate, strings.NewReader(body))
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		if !json.Valid(raw) || resp.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("%s %s: answer is not JSON: %q", method, auth, raw)
+		}
+		return resp.StatusCode, resp.Header, string(raw)
+	}
+	if code, h, _ := do(http.MethodGet, "", "Bearer "+token, ""); code != 405 || h.Get("Allow") != "POST" {
+		t.Errorf("GET: %d, Allow %q", code, h.Get("Allow"))
+	}
+	if code, h, _ := do(http.MethodPost, "application/json", "", body); code != 401 || h.Get("WWW-Authenticate") == "" {
+		t.Errorf("no token: %d", code)
+	}
+	for _, bad := range []string{"Bearer wrong", "Bearer " + token + "x", "Basic " + token, token} {
+		if code, _, _ := do(http.MethodPost, "application/json", bad, body); code != 401 {
+			t.Errorf("%q: %d, want 401", bad, code)
+		}
+	}
+	if strings.Contains(e.logs.String(), token) {
+		t.Error("the token appears in the logs")
+	}
+	if code, _, _ := do(http.MethodPost, "text/plain", "Bearer "+token, body); code != 415 {
+		t.Errorf("text/plain: %d, want 415", code)
+	}
+	big := `{"region":"eu-west-1","key_id":"` + strings.Repeat("a", remediate.MaxBodyBytes) + `"}`
+	if code, _, _ := do(http.MethodPost, "application/json", "Bearer "+token, big); code != 413 {
+		t.Errorf("large body: %d, want 413", code)
+	}
+	// The limiter allowed 3 requests (text/plain, large body and this one); the next is refused.
+	if code, _, b := do(http.MethodPost, "application/json; charset=utf-8", "Bearer "+token, body); code != 200 {
+		t.Errorf("valid dry run: %d %s", code, b)
+	}
+	if code, h, _ := do(http.MethodPost, "application/json", "Bearer "+token, body); code != 429 || h.Get("Retry-After") == "" {
+		t.Errorf("beyond the rate limit: %d", code)
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
+		t.Errorf("EnableKeyRotation called %d times", n)
+	}
+}
+
+func TestDisabledAnswers403AndChangesNothing(t *testing.T) {
+	e := setup(t, func(a *remediate.API) { a.Remediator = nil })
+	for _, path := range []string{remediate.PathRemediate, remediate.PathBulk, remediate.PathAlertmanager} {
+		status, body := e.post(path, e.request("legacy-billing", ""))
+		if status != 403 || !strings.Contains(body["error"].(string), "not enabled") {
+			t.Errorf("%s: %d %v", path, status, body)
+		}
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
+		t.Errorf("EnableKeyRotation called %d times while disabled", n)
+	}
+}
+
+func TestDryRunChangesNothing(t *testing.T) {
+	e := setup(t, nil)
+	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", `,"dry_run":true`))
+	if status != 200 || body["outcome"] != "dry_run" || body["dry_run"] != true {
+		t.Fatalf("dry run: %d %v", status, body)
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
+		t.Errorf("EnableKeyRotation called %d times in a dry run", n)
+	}
+	if e.awsCLIRotation(e.ids["legacy-billing"]) {
+		t.Error("the AWS CLI sees rotation enabled after a dry run")
+	}
+	if e.verdict(e.ids["legacy-billing"]) != policy.Noncompliant {
+		t.Error("the inventory changed after a dry run")
+	}
+}
+
+func TestRemediateVerifiesAndUpdatesSnapshot(t *testing.T) {
+	e := setup(t, nil)
+	id := e.ids["legacy-billing"]
+	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
+	if status != 200 || body["outcome"] != "enabled" || body["rotation_enabled"] != true || body["rotation_period_days"] != 365.0 ||
+		body["verdict"] != "compliant" || body["next_rotation"] == nil {
+		t.Fatalf("remediate: %d %v", status, body)
+	}
+	if !e.awsCLIRotation(id) {
+		t.Error("the AWS CLI does not see rotation enabled")
+	}
+	// Shown at once, before any refresh.
+	if v := e.verdict(id); v != policy.Compliant {
+		t.Errorf("snapshot verdict %s, want compliant without waiting for a refresh", v)
+	}
+	rec := httptest.NewRecorder()
+	e.collector.Handler(prometheus.NewRegistry(), slog.Default()).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	want := `kms_key_compliance{account_id="` + account + `",key_id="` + id + `",reason="rotation_enabled",region="eu-west-1",status="compliant"} 1`
+	if !strings.Contains(rec.Body.String(), want) {
+		t.Errorf("metrics do not show the key compliant: no %s", want)
+	}
+	// The next refresh agrees.
+	e.refresher.Refresh(context.Background())
+	if v := e.verdict(id); v != policy.Compliant {
+		t.Errorf("after the next refresh: %s", v)
+	}
+	// A chosen period, below the policy, is set and verified (the proxy keeps it as AWS does).
+	status, body = e.post(remediate.PathRemediate, e.request("old-exemption", `,"rotation_period_days":180`))
+	if status != 200 || body["rotation_period_days"] != 180.0 {
+		t.Errorf("period 180: %d %v", status, body)
+	}
+	// One structured line per decision, counted.
+	if n := strings.Count(e.logs.String(), `"msg":"remediation"`); n != 2 {
+		t.Errorf("%d remediation log lines, want 2:\n%s", n, e.logs)
+	}
+	if got := testutil.ToFloat64(e.remediator.Metrics().WithLabelValues(remediate.OutcomeEnabled)); got != 2 {
+		t.Errorf(`kms_remediations_total{result="enabled"} = %v, want 2`, got)
+	}
+}
+
+func TestReplicaRemediatedThroughPrimary(t *testing.T) {
+	e := setup(t, nil)
+	status, body := e.post(remediate.PathRemediate, `{"region":"eu-west-1","key_id":"`+replica+`"}`)
+	if status != 200 || body["outcome"] != "enabled" || body["acted_on_region"] != "us-east-1" || body["acted_on_key_id"] != replica {
+		t.Fatalf("replica: %d %v", status, body)
+	}
+	if e.proxy.Fake("us-east-1", replica).Rotation["KeyRotationEnabled"] != true {
+		t.Error("the primary in us-east-1 was not changed")
+	}
+	if e.verdict(replica) != policy.Compliant {
+		t.Error("the replica is not shown compliant")
+	}
+}
+
+func TestAlertmanagerWebhook(t *testing.T) {
+	e := setup(t, nil)
+	alert := func(status, name string, labels string) string {
+		return `{"status":"` + status + `","labels":{"alertname":"KMSKeyRotationNoncompliant"` + labels + `},"annotations":{},"startsAt":"2026-11-27T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"http://prometheus","fingerprint":"` + name + `"}`
+	}
+	key := func(name string) string {
+		return `,"account_id":"` + account + `","region":"eu-west-1","key_id":"` + e.ids[name] + `"`
+	}
+	payload := `{"version":"4","groupKey":"{}:{alertname=\"KMSKeyRotationNoncompliant\"}","truncatedAlerts":0,"status":"firing","receiver":"kms-remediation",
+"groupLabels":{},"commonLabels":{},"commonAnnotations":{},"externalURL":"http://alertmanager","alerts":[` +
+		alert("firing", "a1", key("legacy-billing")) + `,` +
+		alert("firing", "a2", key("signing-rsa")) + `,` +
+		alert("resolved", "a3", key("old-exemption")) + `,` +
+		alert("firing", "a4", "") + `]}`
+	status, body := e.post(remediate.PathAlertmanager, payload)
+	if status != 200 {
+		t.Fatalf("webhook: %d %v", status, body)
+	}
+	alerts := body["alerts"].([]any)
+	want := []string{"remediated", "refused", "ignored", "ignored"}
+	if len(alerts) != len(want) {
+		t.Fatalf("%d answers for 4 alerts: %v", len(alerts), body)
+	}
+	for i, a := range alerts {
+		if got := a.(map[string]any)["action"]; got != want[i] {
+			t.Errorf("alert %d: %v, want %s (%v)", i, got, want[i], a)
+		}
+	}
+	if !e.awsCLIRotation(e.ids["legacy-billing"]) || e.awsCLIRotation(e.ids["old-exemption"]) {
+		t.Error("only the firing, eligible alert's key may change")
+	}
+	if status, _ := e.post(remediate.PathAlertmanager, `{"version":"3","alerts":[]}`); status != 400 {
+		t.Errorf("payload version 3: %d, want 400", status)
+	}
+}
+
+func TestBulk(t *testing.T) {
+	e := setup(t, nil)
+	status, body := e.post(remediate.PathBulk, `{"alias_prefix":"alias/legacy","dry_run":true}`)
+	if status != 200 || body["matched"] != 1.0 || body["ok"] != 1.0 {
+		t.Fatalf("bulk dry run: %d %v", status, body)
+	}
+	status, body = e.post(remediate.PathBulk, `{"region":"eu-west-1"}`)
+	// legacy-billing, old-exemption and the replica are noncompliant.
+	if status != 200 || body["matched"] != 3.0 || body["ok"] != 3.0 {
+		t.Fatalf("bulk: %d %v", status, body)
+	}
+	if c := e.refresher.Snapshot().Counts(); c[policy.Noncompliant] != 0 {
+		t.Errorf("%d keys still noncompliant", c[policy.Noncompliant])
+	}
+	if status, body := e.post(remediate.PathBulk, `{"region":"nowhere"}`); status != 400 {
+		t.Errorf("bad selector: %d %v", status, body)
+	}
+}
+
+func TestAllowList(t *testing.T) {
+	e := setup(t, nil)
+	e.remediator.AllowAliasPrefixes = []string{"alias/team-a/"}
+	e.remediator.AllowTags = []string{"kms-rotation-exempt"}
+	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
+	if status != 422 || !strings.Contains(body["reason"].(string), "allow-list") {
+		t.Errorf("outside the allow-list: %d %v", status, body)
+	}
+	// old-exemption carries the tag kms-rotation-exempt (expired): allowed by tag.
+	if status, body := e.post(remediate.PathRemediate, e.request("old-exemption", "")); status != 200 {
+		t.Errorf("allowed by tag: %d %v", status, body)
+	}
+}
