@@ -34,10 +34,18 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Fuzz targets of every parser of outside input, as package:Target; `make test` runs each briefly.
+FUZZ      := policy:FuzzParseExemptionUntil remediate:FuzzParseRequest remediate:FuzzParseAlertmanager
+FUZZTIME  ?= 10s
+
 # test runs the whole suite: lint, race detector, integration tests against local-kms, and a short fuzz run.
 test: deps lint
 	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -race -count=1 -timeout 15m ./...
-	$(GO) test -run '^$$' -fuzz FuzzParseExemptionUntil -fuzztime 10s ./policy
+	@for f in $(FUZZ); do \
+		echo "fuzzing $$f for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} >/dev/null || exit 1; \
+	done
+	@echo "fuzzing passed"
 
 demo: build $(BIN)/local-kms
 	LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) run ./internal/demo -exporter ./kms_exporter

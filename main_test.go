@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -251,5 +252,151 @@ func TestNoRegionAnywhere(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err == nil || !regexp.MustCompile(`--aws.region: no region`).Match(out) {
 		t.Errorf("want a start-up error naming --aws.region, got %v: %s", err, out)
+	}
+}
+
+// runCLI runs a sub-command against endpoint and returns its output and exit code.
+func runCLI(t *testing.T, endpoint string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+endpoint, "AWS_REGION=eu-west-1",
+		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	code = cmd.ProcessState.ExitCode()
+	if err != nil && code < 0 {
+		t.Fatalf("%v: %v", args, err)
+	}
+	return out.String(), errOut.String(), code
+}
+
+func TestAuditCommand(t *testing.T) {
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	out, errOut, code := runCLI(t, srv.URL, "audit")
+	if code != 1 {
+		t.Errorf("audit with noncompliant keys: exit %d, want 1\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{ids["legacy-billing"], "alias/legacy-billing", "noncompliant", "rotation_disabled", "2 compliant, 2 noncompliant, 1 exempt, 6 not applicable, 0 unknown"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code = runCLI(t, srv.URL, "audit", "--output=json")
+	var report struct {
+		Keys []struct {
+			KeyID, Status, Reason string
+			Aliases               []string
+		}
+		Counts map[string]int
+	}
+	if err := json.Unmarshal([]byte(out), &report); err != nil || code != 1 {
+		t.Fatalf("json audit: exit %d, %v\n%s", code, err, out)
+	}
+	if len(report.Keys) != len(kmstest.MixedInventory) || report.Counts["noncompliant"] != 2 {
+		t.Errorf("json audit: %d keys, counts %v", len(report.Keys), report.Counts)
+	}
+	// KMS unreachable: an error, not a clean bill of health.
+	if _, _, code := runCLI(t, "http://127.0.0.1:1", "audit", "--aws.max-attempts=1"); code != 2 {
+		t.Errorf("audit against a dead endpoint: exit %d, want 2", code)
+	}
+}
+
+func TestRemediateCommand(t *testing.T) {
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	if _, errOut, code := runCLI(t, srv.URL, "remediate"); code == 0 || !strings.Contains(errOut, "--key-id") {
+		t.Errorf("remediate without a key: exit %d: %s", code, errOut)
+	}
+	out, _, code := runCLI(t, srv.URL, "remediate", "--key-id", ids["legacy-billing"], "--dry-run")
+	if code != 0 || !strings.Contains(out, "dry_run") || !strings.Contains(out, "1 of 1 keys would be remediated (dry run: nothing was changed)") {
+		t.Errorf("dry run: exit %d\n%s", code, out)
+	}
+	out, _, code = runCLI(t, srv.URL, "remediate", "--key-id", ids["signing-rsa"])
+	if code != 1 || !strings.Contains(out, "not applicable: asymmetric") {
+		t.Errorf("asymmetric key: exit %d, want 1\n%s", code, out)
+	}
+	out, _, code = runCLI(t, srv.URL, "remediate", "--all-noncompliant")
+	if code != 0 || !strings.Contains(out, "2 of 2 keys remediated") || !strings.Contains(out, "verified: rotation enabled") {
+		t.Errorf("--all-noncompliant: exit %d\n%s", code, out)
+	}
+	if out, _, code := runCLI(t, srv.URL, "audit"); code != 0 {
+		t.Errorf("audit after remediation: exit %d, want 0\n%s", code, out)
+	}
+}
+
+func TestServeWithRemediation(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"--remediation.enabled"}, {"--remediation.enabled", "--remediation.token-file=" + empty},
+		{"--remediation.enabled", "--remediation.token-file=" + filepath.Join(dir, "missing")}} {
+		if _, errOut, code := runCLI(t, "http://127.0.0.1:1", append([]string{"--web.listen-address=" + freeAddr(t)}, args...)...); code == 0 ||
+			!strings.Contains(errOut, "--remediation.token-file") {
+			t.Errorf("%v: exit %d: %s", args, code, errOut)
+		}
+	}
+
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr, logs := startExporter(t, srv.URL, "--remediation.enabled", "--remediation.token-file="+tokenFile)
+	base := "http://" + addr
+	poll(t, 30*time.Second, func() string {
+		if code, _ := get(t, base+"/-/ready"); code != 200 {
+			return "not ready"
+		}
+		return ""
+	})
+	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/remediate",
+		strings.NewReader(`{"region":"eu-west-1","key_id":"`+ids["legacy-billing"]+`"}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer s3cret-token")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"outcome":"enabled"`) {
+		t.Fatalf("remediate: %d %s", resp.StatusCode, body)
+	}
+	_, metrics := get(t, base+"/metrics")
+	for _, want := range []string{complianceLine(ids["legacy-billing"], "compliant", "rotation_enabled"),
+		`kms_remediations_total{result="enabled"} 1`, `kms_remediations_total{result="unauthorized"} 0`} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(logs.String(), "s3cret-token") {
+		t.Error("the token appears in the logs")
+	}
+}
+
+func TestRemediationOffByDefault(t *testing.T) {
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	addr, _ := startExporter(t, srv.URL)
+	poll(t, 30*time.Second, func() string {
+		if code, _ := get(t, "http://"+addr+"/-/ready"); code != 200 {
+			return "not ready"
+		}
+		return ""
+	})
+	resp, err := http.Post("http://"+addr+"/api/v1/remediate", "application/json",
+		strings.NewReader(`{"region":"eu-west-1","key_id":"`+ids["legacy-billing"]+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 403 || !strings.Contains(string(body), "not enabled") {
+		t.Errorf("remediation without --remediation.enabled: %d %s", resp.StatusCode, body)
+	}
+	if rotating, err := srv.Client().GetKeyRotationStatus(context.Background(), &kms.GetKeyRotationStatusInput{KeyId: aws.String(ids["legacy-billing"])}); err != nil || rotating.KeyRotationEnabled {
+		t.Errorf("the key changed: %v %v", rotating, err)
 	}
 }

@@ -144,11 +144,11 @@ func WriteRemediations(w io.Writer, results []remediate.Result) int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.AccountID), r.Region, r.KeyID, orDash(r.Aliases), r.Outcome, detail)
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(w, "\n%d of %d keys remediated", ok, len(results))
 	if len(results) > 0 && results[0].DryRun {
-		fmt.Fprint(w, " (dry run: nothing was changed)")
+		fmt.Fprintf(w, "\n%d of %d keys would be remediated (dry run: nothing was changed)\n", ok, len(results))
+	} else {
+		fmt.Fprintf(w, "\n%d of %d keys remediated\n", ok, len(results))
 	}
-	fmt.Fprintln(w)
 	return code
 }
 

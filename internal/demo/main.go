@@ -6,6 +6,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"flag"
 	"fmt"
 	"log"
@@ -77,7 +79,25 @@ func main() {
 	fmt.Printf("Change a key and watch the next refresh (15s):\n  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws --endpoint-url %s --region %s kms enable-key-rotation --key-id %s\n\n",
 		srv.URL, *region, ids["legacy-billing"])
 
-	cmd := exec.CommandContext(ctx, *exporter, "--web.listen-address="+*listen, "--aws.region="+*region, "--refresh.interval=15s")
+	// Remediation on, with a token made for this run.
+	secret := make([]byte, 16)
+	if _, err := rand.Read(secret); err != nil {
+		log.Fatal(err)
+	}
+	tokenFile := filepath.Join(os.TempDir(), "kms_exporter-demo-token")
+	if err := os.WriteFile(tokenFile, []byte(hex.EncodeToString(secret)+"\n"), 0o600); err != nil {
+		log.Fatal(err)
+	}
+	defer os.Remove(tokenFile)
+	fmt.Printf("Remediation is enabled for the demo (token in %s). Dry run, then for real:\n", tokenFile)
+	fmt.Printf("  curl -s -H \"Authorization: Bearer $(cat %s)\" -H 'Content-Type: application/json' \\\n", tokenFile)
+	fmt.Printf("    -d '{\"region\":\"%s\",\"key_id\":\"%s\",\"dry_run\":true}' http://%s/api/v1/remediate\n", *region, ids["legacy-billing"], *listen)
+	fmt.Printf("  (the same without \"dry_run\" to change the key). From the command line:\n")
+	fmt.Printf("  AWS_ENDPOINT_URL_KMS=%s AWS_REGION=%s AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x %s audit\n", proxy.URL, *region, *exporter)
+	fmt.Printf("  AWS_ENDPOINT_URL_KMS=%s AWS_REGION=%s AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x %s remediate --all-noncompliant --dry-run\n\n", proxy.URL, *region, *exporter)
+
+	cmd := exec.CommandContext(ctx, *exporter, "--web.listen-address="+*listen, "--aws.region="+*region, "--refresh.interval=15s",
+		"--remediation.enabled", "--remediation.token-file="+tokenFile)
 	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+proxy.URL, "AWS_REGION="+*region,
 		"AWS_ACCESS_KEY_ID=demo", "AWS_SECRET_ACCESS_KEY=demo", "AWS_EC2_METADATA_DISABLED=true")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
