@@ -9,27 +9,50 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 )
 
-// TestReadOnlyPolicyMatchesCalls keeps the shipped IAM policy to exactly the
-// calls the exporter makes: nothing missing, nothing more (least privilege).
-func TestReadOnlyPolicyMatchesCalls(t *testing.T) {
-	raw, err := os.ReadFile("deploy/iam/kms-exporter-readonly.json")
+type iamPolicy struct {
+	Version   string
+	Statement []struct {
+		Effect    string
+		Action    []string
+		Resource  string
+		Condition map[string]map[string]string
+	}
+}
+
+func readPolicy(t *testing.T, path string) iamPolicy {
+	t.Helper()
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var policy struct {
-		Version   string
-		Statement []struct {
-			Effect   string
-			Action   []string
-			Resource string
-		}
+	var p iamPolicy
+	if err := json.Unmarshal(raw, &p); err != nil {
+		t.Fatalf("%s is not a valid policy: %v", path, err)
 	}
-	if err := json.Unmarshal(raw, &policy); err != nil {
-		t.Fatalf("policy is not valid JSON: %v", err)
+	if p.Version != "2012-10-17" {
+		t.Errorf("%s: Version %q", path, p.Version)
 	}
-	if policy.Version != "2012-10-17" {
-		t.Errorf("Version %q", policy.Version)
+	return p
+}
+
+// TestRemediationPolicy: the remediation addition allows EnableKeyRotation
+// only, with the period bounded by the default policy.
+func TestRemediationPolicy(t *testing.T) {
+	p := readPolicy(t, "deploy/iam/kms-exporter-remediation.json")
+	if len(p.Statement) != 1 {
+		t.Fatalf("%d statements", len(p.Statement))
 	}
+	s := p.Statement[0]
+	if s.Effect != "Allow" || !slices.Equal(s.Action, []string{"kms:EnableKeyRotation"}) ||
+		s.Condition["NumericLessThanEquals"]["kms:RotationPeriodInDays"] != "365" {
+		t.Errorf("statement %+v", s)
+	}
+}
+
+// TestReadOnlyPolicyMatchesCalls keeps the shipped IAM policy to exactly the
+// calls the exporter makes: nothing missing, nothing more (least privilege).
+func TestReadOnlyPolicyMatchesCalls(t *testing.T) {
+	policy := readPolicy(t, "deploy/iam/kms-exporter-readonly.json")
 	var got []string
 	for _, s := range policy.Statement {
 		if s.Effect != "Allow" {
