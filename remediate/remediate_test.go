@@ -408,3 +408,29 @@ func TestAllowList(t *testing.T) {
 		t.Errorf("allowed by tag: %d %v", status, body)
 	}
 }
+
+func TestAWSFailuresAnswer502(t *testing.T) {
+	e := setup(t, nil)
+	e.proxy.AddFault(&kmstest.Fault{Op: "EnableKeyRotation", KeyID: e.ids["legacy-billing"], Code: "AccessDeniedException"})
+	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
+	if status != 502 || body["outcome"] != "aws_error" || body["reason"] != "EnableKeyRotation: AccessDeniedException" {
+		t.Errorf("denied: %d %v", status, body)
+	}
+	if e.verdict(e.ids["legacy-billing"]) != policy.Noncompliant {
+		t.Error("a failed remediation changed the inventory")
+	}
+	// The change is made but cannot be read back: not reported as success.
+	e.proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: e.ids["old-exemption"], Code: "ThrottlingException"})
+	status, body = e.post(remediate.PathRemediate, e.request("old-exemption", ""))
+	if status != 502 || body["outcome"] != "verification_failed" {
+		t.Errorf("unverifiable: %d %v", status, body)
+	}
+	// Alertmanager is asked to retry when AWS failed.
+	payload := `{"version":"4","alerts":[{"status":"firing","labels":{"region":"eu-west-1","key_id":"` + e.ids["legacy-billing"] + `"}}]}`
+	if status, body := e.post(remediate.PathAlertmanager, payload); status != 502 {
+		t.Errorf("webhook with an AWS failure: %d %v", status, body)
+	}
+	if got := testutil.ToFloat64(e.remediator.Metrics().WithLabelValues(remediate.OutcomeFailed)); got != 2 {
+		t.Errorf(`kms_remediations_total{result="aws_error"} = %v, want 2`, got)
+	}
+}
