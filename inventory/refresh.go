@@ -72,7 +72,7 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 	start := time.Now()
 	prev := map[targetID]*TargetState{}
 	for _, t := range r.current.Load().Targets {
-		prev[targetID{t.RoleARN, t.Region}] = t
+		prev[targetID{t.Role.ARN, t.Region}] = t
 	}
 
 	targets := r.source.Targets(ctx)
@@ -128,7 +128,7 @@ func (r *Refresher) uniqueTargets(states []*TargetState) []*TargetState {
 	for _, st := range states {
 		if n := len(out); n > 0 && st.AccountID != "" && out[n-1].AccountID == st.AccountID && out[n-1].Region == st.Region {
 			r.logger.Warn("the same account and region is audited twice; keeping one", "account_id", st.AccountID,
-				"region", st.Region, "role", st.RoleARN, "kept_role", out[n-1].RoleARN)
+				"region", st.Region, "role", st.Role.ARN, "kept_role", out[n-1].Role.ARN)
 			continue
 		}
 		out = append(out, st)
@@ -139,7 +139,7 @@ func (r *Refresher) uniqueTargets(states []*TargetState) []*TargetState {
 func (r *Refresher) refreshTarget(ctx context.Context, t Target, prev *TargetState) *TargetState {
 	start := time.Now()
 	account, keys, err := r.auditor.Audit(ctx, t)
-	st := &TargetState{AccountID: account, Region: t.Region, RoleARN: t.Role.ARN, Keys: keys,
+	st := &TargetState{AccountID: account, Region: t.Region, Role: t.Role, Keys: keys,
 		Success: err == nil, Duration: time.Since(start), LastAttempt: start}
 	if err == nil {
 		st.LastSuccess = start

@@ -3,6 +3,8 @@ package inventory
 import (
 	"time"
 
+	"github.com/kms-exporter/kms_exporter/awsclient"
+
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -19,7 +21,8 @@ type Snapshot struct {
 type TargetState struct {
 	AccountID string
 	Region    string
-	RoleARN   string
+	// Role is how the account is reached (the zero Role: own credentials).
+	Role awsclient.Role
 	// Keys are those of the last successful refresh, sorted by key id.
 	Keys []Key
 	// Success tells whether the last refresh of this target succeeded; when

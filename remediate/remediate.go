@@ -209,7 +209,33 @@ func (r *Remediator) remediate(ctx context.Context, req Request) Result {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
 			Reason: "no such key in the inventory (audited accounts and regions, as of the last refresh)", Status: http.StatusNotFound}
 	}
-	return r.act(ctx, target, key, days, req.DryRun)
+	res, change := r.act(ctx, target, key, days, req.DryRun)
+	results := []Result{res}
+	r.publish(results, change)
+	return results[0]
+}
+
+// publish makes the verified changes visible at once, in one new snapshot,
+// and sets each result's verdict from it.
+func (r *Remediator) publish(results []Result, changes ...*inventory.RotationChange) {
+	var apply []inventory.RotationChange
+	for _, c := range changes {
+		if c != nil {
+			apply = append(apply, *c)
+		}
+	}
+	if len(apply) == 0 {
+		return
+	}
+	snap := r.Inventory.ApplyRotationChanges(apply...)
+	for i, res := range results {
+		if res.Outcome != OutcomeEnabled {
+			continue
+		}
+		if _, k := snap.Locate(res.AccountID, res.Region, res.KeyID); k != nil {
+			results[i].Verdict = string(k.Verdict.Status)
+		}
+	}
 }
 
 // RemediateAll handles every noncompliant key the selector matches.
@@ -226,6 +252,14 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 	}
 	snap := r.Inventory.Snapshot()
 	var results []Result
+	var changes []*inventory.RotationChange
+	// However the loop ends, what was changed is published and logged.
+	defer func() {
+		r.publish(results, changes...)
+		for _, res := range results {
+			r.record(res, who)
+		}
+	}()
 	for _, t := range snap.Targets {
 		if (sel.AccountID != "" && t.AccountID != sel.AccountID) || (sel.Region != "" && t.Region != sel.Region) {
 			continue
@@ -238,9 +272,9 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 			if err := ctx.Err(); err != nil {
 				return results, err
 			}
-			res := r.act(ctx, t, k, days, sel.DryRun)
-			r.record(res, who)
+			res, change := r.act(ctx, t, k, days, sel.DryRun)
 			results = append(results, res)
+			changes = append(changes, change)
 		}
 	}
 	return results, nil
@@ -304,14 +338,14 @@ func (r *Remediator) eligibility(k *inventory.Key) *Result {
 }
 
 // act checks a located key and, unless refused or a dry run, enables
-// rotation, re-reads the status and publishes it.
-func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inventory.Key, days int, dryRun bool) Result {
+// rotation and re-reads the status; it returns the verified change to publish.
+func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inventory.Key, days int, dryRun bool) (Result, *inventory.RotationChange) {
 	res := Result{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, Aliases: strings.Join(k.Aliases, ","), DryRun: dryRun,
 		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Status)}
 	if refusal := r.eligibility(k); refusal != nil {
 		refusal.AccountID, refusal.Region, refusal.KeyID, refusal.Aliases, refusal.DryRun, refusal.Verdict =
 			res.AccountID, res.Region, res.KeyID, res.Aliases, dryRun, res.Verdict
-		return *refusal
+		return *refusal, nil
 	}
 	if k.MultiRegionType == "REPLICA" {
 		// Rotation of a multi-Region key is set on its primary, in the primary's region.
@@ -319,18 +353,18 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	}
 	if dryRun {
 		res.Outcome, res.Reason, res.Status = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days), http.StatusOK
-		return res
+		return res, nil
 	}
-	api := r.Client(awsclient.Role{ARN: t.RoleARN}, res.ActedOnRegion)
+	api := r.Client(t.Role, res.ActedOnRegion)
 	id := aws.String(res.ActedOnKeyID)
 	if _, err := api.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: id, RotationPeriodInDays: aws.Int32(int32(days))}); err != nil {
 		res.Outcome, res.Reason, res.Status = OutcomeFailed, "EnableKeyRotation: "+awsclient.ErrorCode(err), http.StatusBadGateway
-		return res
+		return res, nil
 	}
 	st, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
 	if err != nil {
 		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "GetKeyRotationStatus: "+awsclient.ErrorCode(err), http.StatusBadGateway
-		return res
+		return res, nil
 	}
 	rot := policy.Rotation{Enabled: st.KeyRotationEnabled, PeriodDays: aws.ToInt32(st.RotationPeriodInDays), NextRotation: aws.ToTime(st.NextRotationDate)}
 	res.RotationEnabled, res.RotationPeriodDays = &rot.Enabled, rot.PeriodDays
@@ -345,11 +379,8 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	default:
 		res.Outcome, res.Status = OutcomeEnabled, http.StatusOK
 	}
-	snap := r.Inventory.ApplyRotationChanges(inventory.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()})
-	if _, now := snap.Locate(k.AccountID, k.Region, k.ID); now != nil {
-		res.Verdict = string(now.Verdict.Status)
-	}
-	return res
+	// Whatever AWS now says is the truth the inventory shows, success or not.
+	return res, &inventory.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
 }
 
 // count counts one decision.

@@ -1,0 +1,97 @@
+package remediate
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// fakeInventory serves a fixed snapshot and counts publications.
+type fakeInventory struct {
+	snap      *inventory.Snapshot
+	published int
+}
+
+func (f *fakeInventory) Snapshot() *inventory.Snapshot { return f.snap }
+func (f *fakeInventory) ApplyRotationChanges(cs ...inventory.RotationChange) *inventory.Snapshot {
+	f.published++
+	for _, c := range cs {
+		for _, t := range f.snap.Targets {
+			for i := range t.Keys {
+				if t.Keys[i].ID == c.KeyID {
+					t.Keys[i].Verdict = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}
+				}
+			}
+		}
+	}
+	return f.snap
+}
+
+// fakeKMS enables rotation on request.
+type fakeKMS struct{ enabled map[string]int32 }
+
+func (f *fakeKMS) EnableKeyRotation(_ context.Context, in *kms.EnableKeyRotationInput, _ ...func(*kms.Options)) (*kms.EnableKeyRotationOutput, error) {
+	f.enabled[*in.KeyId] = *in.RotationPeriodInDays
+	return &kms.EnableKeyRotationOutput{}, nil
+}
+
+func (f *fakeKMS) GetKeyRotationStatus(_ context.Context, in *kms.GetKeyRotationStatusInput, _ ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error) {
+	p, ok := f.enabled[*in.KeyId]
+	return &kms.GetKeyRotationStatusOutput{KeyRotationEnabled: ok, RotationPeriodInDays: aws.Int32(p)}, nil
+}
+
+func noncompliant(id string) inventory.Key {
+	return inventory.Key{AccountID: "444455556666", Region: "eu-west-1", ID: id,
+		Meta:    policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled", Origin: "AWS_KMS"},
+		Verdict: policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}}
+}
+
+func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
+	role := awsclient.Role{ARN: "arn:aws:iam::444455556666:role/kms-audit", ExternalID: "org-secret"}
+	inv := &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{{
+		AccountID: "444455556666", Region: "eu-west-1", Role: role, Success: true,
+		Keys: []inventory.Key{
+			noncompliant("11111111-1111-4111-8111-111111111111"),
+			noncompliant("22222222-2222-4222-8222-222222222222"),
+			noncompliant("33333333-3333-4333-8333-333333333333"),
+		},
+	}}}}
+	api := &fakeKMS{enabled: map[string]int32{}}
+	var roles []awsclient.Role
+	r := &Remediator{
+		Inventory: inv,
+		Client:    func(ro awsclient.Role, _ string) KMS { roles = append(roles, ro); return api },
+		Policy:    policy.Policy{MaxRotationPeriodDays: 365},
+		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now:       time.Now,
+	}
+	results, err := r.RemediateAll(context.Background(), Selector{}, "test")
+	if err != nil || len(results) != 3 {
+		t.Fatalf("%d results, %v", len(results), err)
+	}
+	for _, res := range results {
+		if res.Outcome != OutcomeEnabled || res.Verdict != "compliant" {
+			t.Errorf("%s: %s %s (%s)", res.KeyID, res.Outcome, res.Verdict, res.Reason)
+		}
+	}
+	if inv.published != 1 {
+		t.Errorf("published %d snapshots for one bulk request, want 1", inv.published)
+	}
+	for _, ro := range roles {
+		if ro != role {
+			t.Errorf("client asked for role %+v, want %+v (external id kept)", ro, role)
+		}
+	}
+	if len(api.enabled) != 3 || api.enabled["11111111-1111-4111-8111-111111111111"] != 365 {
+		t.Errorf("EnableKeyRotation calls: %v", api.enabled)
+	}
+}
