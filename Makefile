@@ -40,12 +40,11 @@ FUZZTIME  ?= 10s
 
 # test runs the whole suite: lint, race detector, integration tests against local-kms, and a short fuzz run.
 test: deps lint
-	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -race -count=1 -timeout 15m ./...
 	@for f in $(FUZZ); do \
 		echo "fuzzing $$f for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} >/dev/null || exit 1; \
 	done
-	@echo "fuzzing passed"
+	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -race -count=1 -timeout 15m ./...
 
 demo: build $(BIN)/local-kms
 	LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) run ./internal/demo -exporter ./kms_exporter
