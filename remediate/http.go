@@ -165,11 +165,16 @@ func ParseRequest(body []byte) (Request, error) {
 	return req, nil
 }
 
+// invalid answers a request that could not be read: 400 with the reason, counted.
+func (a *API) invalid(err error) (int, any) {
+	a.Remediator.count(OutcomeInvalid)
+	return http.StatusBadRequest, errorBody{err.Error()}
+}
+
 func (a *API) single(ctx context.Context, body []byte, who string) (int, any) {
 	req, err := ParseRequest(body)
 	if err != nil {
-		a.Remediator.count(OutcomeInvalid)
-		return http.StatusBadRequest, errorBody{err.Error()}
+		return a.invalid(err)
 	}
 	res := a.Remediator.Remediate(ctx, req, who)
 	return res.Status, res
@@ -185,13 +190,11 @@ type BulkResponse struct {
 func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
 	var sel Selector
 	if err := decode(body, &sel); err != nil {
-		a.Remediator.count(OutcomeInvalid)
-		return http.StatusBadRequest, errorBody{err.Error()}
+		return a.invalid(err)
 	}
 	results, err := a.Remediator.RemediateAll(ctx, sel, who)
 	if err != nil && results == nil {
-		a.Remediator.count(OutcomeInvalid)
-		return http.StatusBadRequest, errorBody{err.Error()}
+		return a.invalid(err)
 	}
 	resp := BulkResponse{Matched: len(results), Results: results}
 	status := http.StatusOK
@@ -243,8 +246,7 @@ func ParseAlertmanager(body []byte) (AlertmanagerPayload, error) {
 func (a *API) alertmanager(ctx context.Context, body []byte, who string) (int, any) {
 	p, err := ParseAlertmanager(body)
 	if err != nil {
-		a.Remediator.count(OutcomeInvalid)
-		return http.StatusBadRequest, errorBody{err.Error()}
+		return a.invalid(err)
 	}
 	out := struct {
 		Alerts []AlertResult `json:"alerts"`
