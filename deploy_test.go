@@ -2,9 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"io"
 	"os"
+	"os/exec"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
+
+	"gopkg.in/yaml.v3"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 )
@@ -68,5 +74,150 @@ func TestReadOnlyPolicyMatchesCalls(t *testing.T) {
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Errorf("policy actions %v, want exactly %v", got, want)
+	}
+}
+
+// tool returns the path of a Debian-packaged tool, skipping (or failing,
+// under `make test`) when it is not installed.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+			t.Fatalf("%s not found: `make deps` installs it", name)
+		}
+		t.Skipf("%s not installed (make deps)", name)
+	}
+	return p
+}
+
+func run(t *testing.T, dir, name string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(tool(t, name), args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+}
+
+func TestAlertRules(t *testing.T) {
+	run(t, "deploy/prometheus", "promtool", "check", "rules", "kms-rotation.rules.yml")
+	run(t, "deploy/prometheus", "promtool", "test", "rules", "tests/kms-rotation.test.yml")
+}
+
+func TestAlertmanagerConfig(t *testing.T) {
+	run(t, ".", "amtool", "check-config", "deploy/alertmanager/alertmanager.yml")
+}
+
+func readYAML(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var docs []map[string]any
+	dec := yaml.NewDecoder(f)
+	for {
+		var doc map[string]any
+		if err := dec.Decode(&doc); err == io.EOF {
+			return docs
+		} else if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		docs = append(docs, doc)
+	}
+}
+
+// dig follows a path of map keys and list indexes.
+func dig(v any, path ...any) any {
+	for _, p := range path {
+		switch k := p.(type) {
+		case string:
+			m, _ := v.(map[string]any)
+			v = m[k]
+		case int:
+			l, _ := v.([]any)
+			if k >= len(l) {
+				return nil
+			}
+			v = l[k]
+		}
+	}
+	return v
+}
+
+func TestPrometheusRuleMatchesRuleFile(t *testing.T) {
+	plain := readYAML(t, "deploy/prometheus/kms-rotation.rules.yml")[0]
+	crd := readYAML(t, "deploy/kubernetes/prometheusrule.yaml")[0]
+	if crd["kind"] != "PrometheusRule" || crd["apiVersion"] != "monitoring.coreos.com/v1" {
+		t.Errorf("kind %v, apiVersion %v", crd["kind"], crd["apiVersion"])
+	}
+	if !reflect.DeepEqual(dig(crd, "spec", "groups"), plain["groups"]) {
+		t.Error("deploy/kubernetes/prometheusrule.yaml differs from deploy/prometheus/kms-rotation.rules.yml")
+	}
+}
+
+func TestKubernetesManifests(t *testing.T) {
+	kustomization := readYAML(t, "deploy/kubernetes/kustomization.yaml")[0]
+	kinds := map[string]map[string]any{}
+	for _, r := range kustomization["resources"].([]any) {
+		for _, doc := range readYAML(t, "deploy/kubernetes/"+r.(string)) {
+			kinds[doc["kind"].(string)] = doc
+		}
+	}
+	for _, k := range []string{"ServiceAccount", "Deployment", "Service", "ServiceMonitor", "PrometheusRule"} {
+		if kinds[k] == nil {
+			t.Errorf("kustomization lacks a %s", k)
+		}
+	}
+	if dig(kinds["ServiceAccount"], "metadata", "annotations", "eks.amazonaws.com/role-arn") == nil {
+		t.Error("ServiceAccount without the IRSA annotation")
+	}
+	pod := dig(kinds["Deployment"], "spec", "template", "spec")
+	c := dig(pod, "containers", 0)
+	checks := map[string]bool{
+		"runAsNonRoot":                     dig(pod, "securityContext", "runAsNonRoot") == true,
+		"non-root user":                    dig(pod, "securityContext", "runAsUser") != 0 && dig(pod, "securityContext", "runAsUser") != nil,
+		"readOnlyRootFilesystem":           dig(c, "securityContext", "readOnlyRootFilesystem") == true,
+		"no privilege escalation":          dig(c, "securityContext", "allowPrivilegeEscalation") == false,
+		"capabilities dropped":             dig(c, "securityContext", "capabilities", "drop", 0) == "ALL",
+		"cpu request":                      dig(c, "resources", "requests", "cpu") != nil,
+		"memory request":                   dig(c, "resources", "requests", "memory") != nil,
+		"liveness on /-/healthy":           dig(c, "livenessProbe", "httpGet", "path") == "/-/healthy",
+		"readiness on /-/ready":            dig(c, "readinessProbe", "httpGet", "path") == "/-/ready",
+		"the default port":                 dig(c, "ports", 0, "containerPort") == 10863,
+		"service account":                  dig(pod, "serviceAccountName") == dig(kinds["ServiceAccount"], "metadata", "name"),
+		"service selects the pods":         reflect.DeepEqual(dig(kinds["Service"], "spec", "selector"), dig(kinds["Deployment"], "spec", "template", "metadata", "labels")),
+		"service monitor scrapes the port": dig(kinds["ServiceMonitor"], "spec", "endpoints", 0, "port") == dig(kinds["Service"], "spec", "ports", 0, "name"),
+		"job name the alerts expect":       dig(kinds["Service"], "metadata", "name") == "kms-exporter",
+	}
+	for what, ok := range checks {
+		if !ok {
+			t.Errorf("Kubernetes manifests: %s is missing or wrong", what)
+		}
+	}
+}
+
+func TestCrossAccountTrustPolicy(t *testing.T) {
+	raw, err := os.ReadFile("deploy/iam/kms-exporter-audit-role-trust.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Statement []struct {
+			Effect    string
+			Principal struct{ AWS string }
+			Action    string
+			Condition map[string]map[string]string
+		}
+	}
+	if err := json.Unmarshal(raw, &p); err != nil || len(p.Statement) != 1 {
+		t.Fatalf("trust policy: %v", err)
+	}
+	s := p.Statement[0]
+	if s.Effect != "Allow" || s.Action != "sts:AssumeRole" || !strings.HasPrefix(s.Principal.AWS, "arn:aws:iam::") ||
+		s.Condition["StringEquals"]["sts:ExternalId"] == "" {
+		t.Errorf("trust policy statement %+v", s)
 	}
 }
