@@ -88,7 +88,21 @@ func TestDockerImage(t *testing.T) {
 	}
 	suffix := fmt.Sprintf("%d", time.Now().UnixNano())
 	goImage, baseImage, image := "kms-exporter-test/go:"+suffix, "kms-exporter-test/base:"+suffix, "kms-exporter-test/exporter:"+suffix
-	t.Cleanup(func() { _ = exec.Command("docker", "rmi", "-f", image, goImage, baseImage).Run() })
+	// The legacy builder leaves the build stage's layers dangling: remove
+	// those this test made, and nothing that was there before.
+	before := map[string]bool{}
+	for _, id := range strings.Fields(docker(t, "images", "-aq", "--no-trunc")) {
+		before[id] = true
+	}
+	t.Cleanup(func() {
+		_ = exec.Command("docker", "rmi", "-f", image, goImage, baseImage).Run()
+		out, _ := exec.Command("docker", "images", "-aq", "--no-trunc", "--filter", "dangling=true").Output()
+		for _, id := range strings.Fields(string(out)) {
+			if !before[id] {
+				_ = exec.Command("docker", "rmi", "-f", id).Run()
+			}
+		}
+	})
 
 	// The Go stand-in: this machine's toolchain and a static busybox shell.
 	goroot := strings.TrimSpace(string(must(exec.Command("go", "env", "GOROOT").Output())))
