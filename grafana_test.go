@@ -1,0 +1,182 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/grafana/grafana-foundation-sdk/go/cog"
+	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
+	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
+	"github.com/prometheus/client_golang/prometheus"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/remediate"
+)
+
+const dashboardFile = "grafana/kms-rotation.json"
+
+// exposedMetricNames lists every metric family the exporter serves (besides
+// Go and process metrics): the snapshot's, from the golden exposition, and
+// the registry's, gathered from the real collectors.
+func exposedMetricNames(t *testing.T) map[string]bool {
+	t.Helper()
+	f, err := os.Open("collector/fixtures/snapshot.prom")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for n := range families {
+		names[n] = true
+	}
+	factory := awsclient.NewFactory(aws.Config{Region: "eu-west-1"}, awsclient.Options{MaxConcurrency: 1, MaxAttempts: 1, Timeout: time.Second})
+	factory.KMS(awsclient.Role{}, "eu-west-1")
+	rem := &remediate.Remediator{Logger: slog.Default()}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(factory, rem.Metrics(), versioncollector.NewCollector("kms_exporter"))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	return names
+}
+
+type dashboardQueries struct {
+	Panels []struct {
+		Title   string
+		Type    string
+		Targets []struct{ Expr string }
+	}
+	Templating struct {
+		List []struct {
+			Name       string
+			Type       string
+			Definition string
+		}
+	}
+}
+
+var (
+	grafanaVariable = regexp.MustCompile(`\$(__rate_interval|__range|__interval|job|instance|account_id|region)\b`)
+	labelValues     = regexp.MustCompile(`^label_values\((.*),\s*[a-z_]+\)$`)
+	metricName      = regexp.MustCompile(`\bkms_[a-z_]+\b`)
+)
+
+// promQL replaces the dashboard's variables as Grafana would.
+func promQL(expr string) string {
+	return grafanaVariable.ReplaceAllStringFunc(expr, func(v string) string {
+		switch v {
+		case "$__rate_interval", "$__interval":
+			return "5m"
+		case "$__range":
+			return "1h"
+		}
+		return ".*"
+	})
+}
+
+// dashboardExprs returns every PromQL expression of the dashboard (panel
+// targets, and the selectors of the variables' label_values queries) by where it is.
+func dashboardExprs(t *testing.T) map[string]string {
+	t.Helper()
+	raw, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d dashboardQueries
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	exprs := map[string]string{}
+	for _, p := range d.Panels {
+		for i, target := range p.Targets {
+			exprs[fmt.Sprintf("panel %q, target %d", p.Title, i)] = promQL(target.Expr)
+		}
+	}
+	for _, v := range d.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
+		m := labelValues.FindStringSubmatch(v.Definition)
+		if m == nil {
+			t.Errorf("variable %s: %q is not label_values(selector, label)", v.Name, v.Definition)
+			continue
+		}
+		exprs["variable "+v.Name] = promQL(m[1])
+	}
+	return exprs
+}
+
+func TestDashboardParsesStrictly(t *testing.T) {
+	raw, err := os.ReadFile(dashboardFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugins.RegisterDefaultPlugins()
+	var d dashboard.Dashboard
+	if err := d.UnmarshalJSONStrict(raw); err != nil {
+		// The SDK returns a typed-nil list of errors on success.
+		var errs cog.BuildErrors
+		if !errors.As(err, &errs) || len(errs) > 0 {
+			t.Fatalf("strict parse: %v", err)
+		}
+	}
+	var vars []string
+	for _, v := range d.Templating.List {
+		vars = append(vars, v.Name)
+	}
+	for _, want := range []string{"datasource", "job", "instance", "account_id", "region"} {
+		if !slices.Contains(vars, want) {
+			t.Errorf("dashboard lacks the $%s variable (has %v)", want, vars)
+		}
+	}
+	if len(d.Panels) < 10 {
+		t.Errorf("only %d panels", len(d.Panels))
+	}
+}
+
+// TestDashboardQueries: every query parses as PromQL (promtool checks them as
+// recording rules) and names only metrics the exporter exposes.
+func TestDashboardQueries(t *testing.T) {
+	exprs := dashboardExprs(t)
+	exposed := exposedMetricNames(t)
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	i := 0
+	for where, expr := range exprs {
+		for _, name := range metricName.FindAllString(expr, -1) {
+			if !exposed[name] {
+				t.Errorf("%s: %s is not a metric the exporter exposes", where, name)
+			}
+		}
+		i++
+		quoted, _ := json.Marshal(expr)
+		fmt.Fprintf(&rules, "      - record: dashboard:query_%d\n        expr: %s\n", i, quoted)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-queries.yml")
+	if err := os.WriteFile(path, []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, ".", "promtool", "check", "rules", path)
+}
