@@ -11,7 +11,7 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests run for real: promtool (prometheus), amtool and Alertmanager (prometheus-alertmanager), the AWS CLI (awscli, /usr/bin/aws), a static shell for the Docker test (busybox-static).
 DEB_PKGS  := prometheus prometheus-alertmanager awscli busybox-static
 
-.PHONY: all build test deps demo bench lint fmt clean
+.PHONY: all build test e2e deps demo bench lint fmt clean
 
 all: build
 
@@ -45,6 +45,11 @@ test: deps lint
 		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} >/dev/null || exit 1; \
 	done
 	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -race -count=1 -timeout 15m ./...
+
+# e2e runs the monitoring stack on loopback: local-kms, the exporter, Debian's Prometheus and Alertmanager
+# (the alerts reach the exporter's remediation webhook), and checks every dashboard query. `make test` runs it too.
+e2e: deps
+	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -count=1 -v ./e2e/
 
 demo: build $(BIN)/local-kms
 	LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) run ./internal/demo -exporter ./kms_exporter

@@ -1,0 +1,358 @@
+// Package e2e runs the whole monitoring stack on loopback: local-kms (behind
+// the AWS-faithful proxy) with a mixed inventory, kms_exporter with
+// remediation on, the real Prometheus (Debian's) evaluating the shipped alert
+// rules with shortened for:, and the real Alertmanager (Debian's) whose
+// webhook calls the exporter. `make e2e` runs it; `make test` too.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+)
+
+const region = "eu-west-1"
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func binary(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+			t.Fatalf("%s not found: `make deps` installs it", name)
+		}
+		t.Skipf("%s not installed (make deps)", name)
+	}
+	return p
+}
+
+// start runs a program until the test ends; its output is shown if the test fails.
+func start(t *testing.T, name string, env []string, path string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), env...)
+	logFile, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			out, _ := os.ReadFile(logFile.Name())
+			if len(out) > 6000 {
+				out = out[len(out)-6000:]
+			}
+			t.Logf("%s log (tail):\n%s", name, out)
+		}
+		logFile.Close()
+	})
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %d %s", url, resp.StatusCode, body)
+	}
+	return json.Unmarshal(body, v)
+}
+
+// poll retries check until it returns "" or the deadline passes.
+func poll(t *testing.T, within time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, msg)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+type promAlert struct {
+	Labels map[string]string
+	State  string
+}
+
+// firing lists the firing alerts, or nil when Prometheus does not answer (yet).
+func firing(prom string) []promAlert {
+	var r struct{ Data struct{ Alerts []promAlert } }
+	if err := getJSON(prom+"/api/v1/alerts", &r); err != nil {
+		return nil
+	}
+	var out []promAlert
+	for _, a := range r.Data.Alerts {
+		if a.State == "firing" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+func describe(alerts []promAlert) string {
+	var s []string
+	for _, a := range alerts {
+		s = append(s, a.Labels["alertname"]+"/"+a.Labels["key_id"])
+	}
+	sort.Strings(s)
+	return strings.Join(s, " ")
+}
+
+var forClause = regexp.MustCompile(`(?m)^(\s+)for: \S+$`)
+
+func TestStack(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs Prometheus, Alertmanager, local-kms and the exporter")
+	}
+	prometheusBin, alertmanagerBin := binary(t, "prometheus"), binary(t, "prometheus-alertmanager")
+	root := kmstest.RepoRoot()
+	dir := t.TempDir()
+
+	// KMS: the mixed inventory, a key rotating every two years, one key
+	// whose status cannot be read.
+	srv, ids := kmstest.StartMixedT(t, region)
+	proxy := kmstest.NewProxy(t, srv.URL)
+	ctx := context.Background()
+	c := kmstest.Client(proxy.URL, region)
+	slow, err := c.CreateKey(ctx, &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids["legacy-archive"] = aws.ToString(slow.KeyMetadata.KeyId)
+	if _, err := c.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: slow.KeyMetadata.KeyId, RotationPeriodInDays: aws.Int32(730)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/legacy-archive"), TargetKeyId: slow.KeyMetadata.KeyId}); err != nil {
+		t.Fatal(err)
+	}
+	unreadable, err := c.CreateKey(ctx, &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids["unreadable"] = aws.ToString(unreadable.KeyMetadata.KeyId)
+	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: ids["unreadable"], Code: "AccessDeniedException"})
+
+	// The exporter, remediation on for alias/legacy* only: legacy-billing and
+	// legacy-archive get fixed, old-exemption stays noncompliant.
+	exporter := filepath.Join(dir, "kms_exporter")
+	if out, err := exec.Command("go", "build", "-o", exporter, root).CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("e2e-token-5f1c\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	exporterAddr, promAddr, amAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	start(t, "kms_exporter", []string{"AWS_ENDPOINT_URL_KMS=" + proxy.URL, "AWS_REGION=" + region, "AWS_ACCESS_KEY_ID=x",
+		"AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null"},
+		exporter, "--web.listen-address="+exporterAddr, "--aws.region="+region, "--refresh.interval=2s",
+		"--remediation.enabled", "--remediation.token-file="+token, "--remediation.allow-alias-prefix=alias/legacy",
+		"--remediation.requests-per-second=50")
+
+	// Alertmanager: the noncompliance alerts go to the exporter's webhook.
+	amConfig := fmt.Sprintf(`route:
+  receiver: "null"
+  group_by: [alertname, account_id, region, key_id]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1m
+  routes:
+    - matchers: ['alertname=~"KMSKeyRotationNoncompliant|KMSKeyRotationPeriodAbovePolicy"']
+      receiver: kms-remediation
+receivers:
+  - name: "null"
+  - name: kms-remediation
+    webhook_configs:
+      - url: http://%s/api/v1/alertmanager
+        send_resolved: false
+        http_config:
+          authorization:
+            type: Bearer
+            credentials_file: %s
+`, exporterAddr, token)
+	writeFile(t, filepath.Join(dir, "alertmanager.yml"), amConfig)
+	start(t, "alertmanager", nil, alertmanagerBin, "--config.file="+filepath.Join(dir, "alertmanager.yml"),
+		"--storage.path="+filepath.Join(dir, "am-data"), "--web.listen-address="+amAddr, "--cluster.listen-address=")
+
+	// Prometheus: the shipped rules, for: shortened to 2s.
+	rules, err := os.ReadFile(filepath.Join(root, "deploy/prometheus/kms-rotation.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "rules.yml"), forClause.ReplaceAllString(string(rules), "${1}for: 2s"))
+	writeFile(t, filepath.Join(dir, "prometheus.yml"), fmt.Sprintf(`global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files: [%s]
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["%s"]
+scrape_configs:
+  - job_name: kms-exporter
+    static_configs:
+      - targets: ["%s"]
+`, filepath.Join(dir, "rules.yml"), amAddr, exporterAddr))
+	start(t, "prometheus", nil, prometheusBin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "prom-data"), "--web.listen-address="+promAddr)
+	prom := "http://" + promAddr
+
+	// The noncompliant keys alert; Alertmanager calls the exporter; the keys
+	// it may fix become compliant in KMS and their alerts resolve.
+	fixed := []string{ids["legacy-billing"], ids["legacy-archive"]}
+	poll(t, 90*time.Second, func() string {
+		for _, id := range fixed {
+			st, err := srv.Client().GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String(id)})
+			if err != nil || !st.KeyRotationEnabled {
+				return fmt.Sprintf("key %s not remediated yet (firing: %s)", id, describe(firing(prom)))
+			}
+		}
+		if p := proxy.Calls("EnableKeyRotation"); p < 2 {
+			return "EnableKeyRotation not called through the proxy"
+		}
+		return ""
+	})
+	want := "KMSKeyRotationNoncompliant/" + ids["old-exemption"] + " KMSKeyRotationStatusUnknown/" + ids["unreadable"]
+	wantSorted := strings.Fields(want)
+	sort.Strings(wantSorted)
+	poll(t, 60*time.Second, func() string {
+		if got := describe(firing(prom)); got != strings.Join(wantSorted, " ") {
+			return fmt.Sprintf("firing alerts %q, want %q (nothing for compliant, exempt or not-applicable keys)", got, want)
+		}
+		return ""
+	})
+
+	// The remediations went through the webhook, were verified and counted.
+	var q struct {
+		Data struct {
+			Result []struct {
+				Metric map[string]string
+				Value  []any
+			}
+		}
+	}
+	if err := getJSON(prom+"/api/v1/query?query="+url.QueryEscape(`kms_remediations_total{result="enabled"}`), &q); err != nil {
+		t.Fatal(err)
+	}
+	if len(q.Data.Result) != 1 || q.Data.Result[0].Value[1] == "0" {
+		t.Errorf("kms_remediations_total{result=\"enabled\"}: %+v", q.Data.Result)
+	}
+
+	// Every dashboard query returns data from this Prometheus.
+	for where, expr := range dashboardExprs(t, filepath.Join(root, "grafana/kms-rotation.json")) {
+		var r struct {
+			Status string
+			Data   struct{ Result []json.RawMessage }
+		}
+		if err := getJSON(prom+"/api/v1/query?query="+url.QueryEscape(expr), &r); err != nil {
+			t.Errorf("%s: %v", where, err)
+			continue
+		}
+		if len(r.Data.Result) == 0 {
+			t.Errorf("%s returns no data: %s", where, expr)
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var (
+	grafanaVariable = regexp.MustCompile(`\$(__rate_interval|__range|__interval|job|instance|account_id|region)\b`)
+	labelValues     = regexp.MustCompile(`^label_values\((.*),\s*[a-z_]+\)$`)
+)
+
+// dashboardExprs reads the dashboard's queries with its variables replaced
+// as Grafana would for "All" over the last 10 minutes.
+func dashboardExprs(t *testing.T, path string) map[string]string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+		Templating struct {
+			List []struct{ Name, Type, Definition string }
+		}
+	}
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	subst := func(expr string) string {
+		return grafanaVariable.ReplaceAllStringFunc(expr, func(v string) string {
+			switch v {
+			case "$__rate_interval", "$__interval":
+				return "1m"
+			case "$__range":
+				return "10m"
+			}
+			return ".*"
+		})
+	}
+	out := map[string]string{}
+	for _, p := range d.Panels {
+		for i, target := range p.Targets {
+			out[fmt.Sprintf("panel %q target %d", p.Title, i)] = subst(target.Expr)
+		}
+	}
+	for _, v := range d.Templating.List {
+		if m := labelValues.FindStringSubmatch(v.Definition); v.Type == "query" && m != nil {
+			out["variable "+v.Name] = subst(m[1])
+		}
+	}
+	return out
+}
