@@ -2,15 +2,19 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 )
@@ -219,5 +223,54 @@ func TestCrossAccountTrustPolicy(t *testing.T) {
 	if s.Effect != "Allow" || s.Action != "sts:AssumeRole" || !strings.HasPrefix(s.Principal.AWS, "arn:aws:iam::") ||
 		s.Condition["StringEquals"]["sts:ExternalId"] == "" {
 		t.Errorf("trust policy statement %+v", s)
+	}
+}
+
+func TestComposeStack(t *testing.T) {
+	const dir = "deploy/compose"
+	run(t, ".", "docker-compose", "-f", dir+"/docker-compose.yml", "config", "-q")
+	run(t, ".", "amtool", "check-config", dir+"/alertmanager.yml")
+	compose := readYAML(t, dir+"/docker-compose.yml")[0]
+	services, _ := compose["services"].(map[string]any)
+	for _, s := range []string{"local-kms", "kms-exporter", "prometheus", "alertmanager", "grafana"} {
+		if services[s] == nil {
+			t.Errorf("compose stack lacks %s", s)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, fmt.Sprint(dig(services, "kms-exporter", "build", "context")), "Dockerfile")); err != nil {
+		t.Errorf("the exporter is not built from this repository's Dockerfile: %v", err)
+	}
+	// Every file or folder mounted from the repository exists.
+	for name, svc := range services {
+		vols, _ := dig(svc, "volumes").([]any)
+		for _, v := range vols {
+			host := strings.Split(v.(string), ":")[0]
+			if _, err := os.Stat(filepath.Join(dir, host)); err != nil {
+				t.Errorf("%s mounts %s, which does not exist", name, host)
+			}
+		}
+	}
+	if _, err := os.Stat("grafana/kms-rotation.json"); err != nil {
+		t.Error(err)
+	}
+	prom := readYAML(t, dir+"/prometheus.yml")[0]
+	if dig(prom, "rule_files", 0) != "/etc/prometheus/rules/kms-rotation.rules.yml" ||
+		dig(prom, "scrape_configs", 0, "job_name") != "kms-exporter" {
+		t.Errorf("compose prometheus.yml: %v", prom)
+	}
+}
+
+// TestComposeSeed audits the compose stack's local-kms seed.
+func TestComposeSeed(t *testing.T) {
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1", SeedPath: "deploy/compose/local-kms-seed.yaml"})
+	out, _, code := runCLI(t, srv.URL, "audit")
+	if code != 1 {
+		t.Errorf("audit of the seed: exit %d, want 1 (one noncompliant key)\n%s", code, out)
+	}
+	for _, want := range []string{"alias/payments", "compliant", "alias/legacy-billing", "rotation_disabled", "external_origin", "hmac",
+		"1 compliant, 1 noncompliant, 0 exempt, 2 not applicable, 0 unknown"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("audit of the seed lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -67,6 +67,8 @@ type Options struct {
 	Account string // default DefaultAccount
 	// Log receives the emulator's output after start-up (it logs every request); nil discards it.
 	Log io.Writer
+	// SeedPath is a local-kms seed file to load at start-up; empty for none.
+	SeedPath string
 }
 
 // Server is a running local-kms.
@@ -102,8 +104,12 @@ func Start(opts Options) (*Server, error) {
 	}
 	cmd := exec.Command(bin)
 	// PORT=0: the emulator picks a free port and logs it, so two never race for one.
+	seed := opts.SeedPath
+	if seed == "" {
+		seed = filepath.Join(dir, "none.yaml")
+	}
 	cmd.Env = append(os.Environ(), "PORT=0", "KMS_REGION="+opts.Region, "KMS_ACCOUNT_ID="+opts.Account,
-		"KMS_DATA_PATH="+filepath.Join(dir, "data"), "KMS_SEED_PATH="+filepath.Join(dir, "none.yaml"))
+		"KMS_DATA_PATH="+filepath.Join(dir, "data"), "KMS_SEED_PATH="+seed)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
