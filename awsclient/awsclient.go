@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"regexp"
@@ -277,16 +278,16 @@ func ErrorCode(err error) string {
 		return "RequestCanceled"
 	}
 	var respErr *awshttp.ResponseError
-	if errors.As(err, &respErr) {
+	if errors.As(err, &respErr) && respErr.HTTPStatusCode() > 0 {
 		return fmt.Sprintf("HTTP%d", respErr.HTTPStatusCode())
 	}
 	var deser *smithy.DeserializationError
-	if errors.As(err, &deser) {
+	switch {
+	case errors.As(err, &netErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		// Refused, reset or closed connections, DNS failures.
+		return "ConnectionError"
+	case errors.As(err, &deser):
 		return "DeserializationError"
-	}
-	var opErr *smithy.OperationError
-	if errors.As(err, &opErr) {
-		return "NetworkError"
 	}
 	return "Error"
 }

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +56,8 @@ func (f *FakeKey) id() string { return f.Metadata["KeyId"].(string) }
 
 func (f *FakeKey) region() string { return strings.Split(f.Metadata["Arn"].(string), ":")[3] }
 
-// Fault makes the proxy answer an error instead of passing a call on.
+// Fault makes the proxy misbehave instead of passing a call on: answer an
+// AWS error, answer late, or cut the connection.
 type Fault struct {
 	Op     string // e.g. "DescribeKey"; "" matches every operation
 	KeyID  string // "" matches every key
@@ -61,6 +65,12 @@ type Fault struct {
 	Status int    // HTTP status; 400 when 0
 	// Times is how many matching calls fail; 0 means all of them.
 	Times int
+	// Rate, when above 0, is the share of matching calls that fail (at random).
+	Rate float64
+	// Delay holds the call that long before it goes on (or fails).
+	Delay time.Duration
+	// Reset closes the connection without an answer.
+	Reset bool
 	hits  int
 }
 
@@ -159,16 +169,29 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	keyID, _ := req["KeyId"].(string)
 	keyID = keyIDOf(keyID)
 
+	if form, err := url.ParseQuery(string(body)); op == "" && err == nil && form.Get("Action") == "AssumeRole" {
+		// STS, when pointed here: credentials that fail.
+		w.Header().Set("Content-Type", "text/xml")
+		w.WriteHeader(http.StatusForbidden)
+		fmt.Fprint(w, `<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized to perform sts:AssumeRole</Message></Error><RequestId>0</RequestId></ErrorResponse>`)
+		return
+	}
 	p.mu.Lock()
 	p.calls[op]++
+	var fault *Fault
 	for _, f := range p.faults {
-		if (f.Op == "" || f.Op == op) && (f.KeyID == "" || f.KeyID == keyID) && (f.Times == 0 || f.hits < f.Times) {
+		if (f.Op == "" || f.Op == op) && (f.KeyID == "" || f.KeyID == keyID) && (f.Times == 0 || f.hits < f.Times) &&
+			(f.Rate == 0 || rand.Float64() < f.Rate) {
 			f.hits++
-			p.mu.Unlock()
-			writeError(w, f.Status, f.Code)
-			return
+			fault = f
+			break
 		}
 	}
+	p.mu.Unlock()
+	if fault != nil && misbehave(w, r, fault) {
+		return
+	}
+	p.mu.Lock()
 	fake := p.fakes[fakeID{signedRegion(r), keyID}]
 	p.mu.Unlock()
 
@@ -196,6 +219,34 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 	w.WriteHeader(status)
 	_, _ = w.Write(out)
+}
+
+// misbehave applies a fault; it returns true when the call was answered
+// (or cut), false when it goes on, late, as usual.
+func misbehave(w http.ResponseWriter, r *http.Request, f *Fault) bool {
+	if f.Delay > 0 {
+		select {
+		case <-time.After(f.Delay):
+		case <-r.Context().Done():
+			return true
+		}
+	}
+	if f.Reset {
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				if tcp, ok := conn.(*net.TCPConn); ok {
+					_ = tcp.SetLinger(0) // RST, not FIN
+				}
+				conn.Close()
+				return true
+			}
+		}
+	}
+	if f.Code != "" {
+		writeError(w, f.Status, f.Code)
+		return true
+	}
+	return false
 }
 
 func (p *Proxy) forward(r *http.Request, body []byte) (int, []byte, error) {
