@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -417,5 +418,49 @@ func TestRemediationOffByDefault(t *testing.T) {
 	}
 	if rotating, err := srv.Client().GetKeyRotationStatus(context.Background(), &kms.GetKeyRotationStatusInput{KeyId: aws.String(ids["legacy-billing"])}); err != nil || rotating.KeyRotationEnabled {
 		t.Errorf("the key changed: %v %v", rotating, err)
+	}
+}
+
+// TestGracefulShutdownDuringRefresh sends SIGTERM while a refresh waits on a
+// KMS that does not answer: the exporter stops promptly and cleanly.
+func TestGracefulShutdownDuringRefresh(t *testing.T) {
+	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
+	proxy := kmstest.NewProxy(t, srv.URL)
+	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", Delay: time.Minute})
+	addr := freeAddr(t)
+	cmd := exec.Command(binary, "--web.listen-address="+addr, "--aws.timeout=1m")
+	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+proxy.URL, "AWS_REGION=eu-west-1",
+		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true")
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	poll(t, 20*time.Second, func() string {
+		if proxy.Calls("DescribeKey") == 0 {
+			return "the refresh has not reached DescribeKey"
+		}
+		return ""
+	})
+	if code, _ := get(t, "http://"+addr+"/-/ready"); code != http.StatusServiceUnavailable {
+		t.Errorf("ready while the first refresh hangs: %d", code)
+	}
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, logs)
+		}
+		if took := time.Since(start); !strings.Contains(logs.String(), "msg=stopped") {
+			t.Errorf("no clean stop after %s:\n%s", took, logs)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10s after SIGTERM during a refresh:\n%s", logs)
 	}
 }
