@@ -35,7 +35,8 @@ lint:
 	$(GO) vet ./...
 
 # Fuzz targets of every parser of outside input, as package:Target; `make test` runs each briefly.
-FUZZ      := policy:FuzzParseExemptionUntil remediate:FuzzParseRequest remediate:FuzzParseAlertmanager
+FUZZ      := policy:FuzzParseExemptionUntil remediate:FuzzParseRequest remediate:FuzzParseAlertmanager \
+             awsclient:FuzzParseRole awsclient:FuzzParseRegions inventory:FuzzParseShard
 FUZZTIME  ?= 10s
 
 # test runs the whole suite: lint, race detector, integration tests against local-kms, and a short fuzz run.

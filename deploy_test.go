@@ -274,3 +274,22 @@ func TestComposeSeed(t *testing.T) {
 		}
 	}
 }
+
+func TestShardedStatefulSet(t *testing.T) {
+	docs := readYAML(t, "deploy/kubernetes/sharded/statefulset.yaml")
+	if len(docs) != 2 || docs[0]["kind"] != "StatefulSet" || docs[1]["kind"] != "Service" || dig(docs[1], "spec", "clusterIP") != "None" {
+		t.Fatalf("want a StatefulSet and a headless Service")
+	}
+	sts := docs[0]
+	c := dig(sts, "spec", "template", "spec", "containers", 0)
+	args := fmt.Sprint(dig(c, "args"))
+	if want := fmt.Sprintf("--total-shards=%v", dig(sts, "spec", "replicas")); !strings.Contains(args, want) {
+		t.Errorf("args %s lack %s (replicas and shards must match)", args, want)
+	}
+	if dig(c, "env", 0, "name") != "KMS_EXPORTER_SHARD" || dig(c, "env", 0, "valueFrom", "fieldRef", "fieldPath") != "metadata.name" {
+		t.Errorf("the shard does not come from the pod name: %v", dig(c, "env"))
+	}
+	if dig(sts, "spec", "template", "metadata", "labels", "app.kubernetes.io/name") != "kms-exporter" {
+		t.Error("pods are not selected by the ServiceMonitor's labels")
+	}
+}

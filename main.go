@@ -59,6 +59,8 @@ func main() {
 		remAllowAlias  = app.Flag("remediation.allow-alias-prefix", "Only remediate keys with an alias starting with this prefix (e.g. alias/team-a/); repeatable.").Strings()
 		remRate        = app.Flag("remediation.requests-per-second", "Remediation API requests accepted per second (burst 5); beyond it: 429.").Default("1").Float64()
 		remTimeout     = app.Flag("remediation.timeout", "Time one remediation request may take.").Default("60s").Duration()
+		shardFlag      = app.Flag("shard", "This replica's shard: a number from 0, or a name ending in -N such as a StatefulSet pod's name.").Envar("KMS_EXPORTER_SHARD").Default("0").String()
+		totalShards    = app.Flag("total-shards", "Number of replicas sharing the (account, region) targets by a stable hash; 1 = no sharding.").Default("1").Int()
 		promslogConfig = &promslog.Config{}
 
 		serveCmd = app.Command("serve", "Serve metrics (and, if enabled, remediation); the default.").Default()
@@ -85,6 +87,13 @@ func main() {
 	regions, discover, err := awsclient.ParseRegions(*regionFlags)
 	if err != nil {
 		app.Fatalf("--aws.region: %v", err)
+	}
+	shard, err := inventory.ParseShard(*shardFlag)
+	if err != nil {
+		app.Fatalf("--shard: %v", err)
+	}
+	if *totalShards < 1 || shard >= *totalShards {
+		app.Fatalf("--total-shards: shard %d needs --total-shards of at least %d", shard, shard+1)
 	}
 	roles, err := parseRoles(*roleFlags, *ownAccount)
 	if err != nil {
@@ -144,7 +153,8 @@ func main() {
 	auditor := &inventory.Auditor{Policy: compliance, TagLabels: *tagLabels, Workers: *concurrency, Now: time.Now}
 	kmsCollector := collector.New(*tagLabels, logger)
 	refresher := inventory.NewRefresher(
-		&inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover, Logger: logger},
+		&inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover,
+			Shard: shard, TotalShards: *totalShards, Logger: logger},
 		auditor, logger, kmsCollector.Update)
 	remediator := &remediate.Remediator{
 		Inventory:          refresher,
@@ -201,6 +211,10 @@ func main() {
 	registry.MustRegister(
 		factory, remediator.Metrics(),
 		versioncollector.NewCollector("kms_exporter"),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kms_exporter_shard_ordinal",
+			Help: "This replica's shard (--shard)."}, func() float64 { return float64(shard) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kms_exporter_total_shards",
+			Help: "Number of shards the (account, region) targets are split into (--total-shards)."}, func() float64 { return float64(*totalShards) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

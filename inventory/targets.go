@@ -2,7 +2,11 @@ package inventory
 
 import (
 	"context"
+	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
@@ -18,7 +22,10 @@ type Resolver struct {
 	Regions []string
 	// DiscoverRegions lists each account's enabled regions at every refresh.
 	DiscoverRegions bool
-	Logger          *slog.Logger
+	// Shard and TotalShards split the targets between replicas: this one
+	// audits the targets whose ShardOf is Shard. TotalShards 0 or 1: all.
+	Shard, TotalShards int
+	Logger             *slog.Logger
 
 	mu         sync.Mutex
 	discovered map[awsclient.Role][]string
@@ -30,10 +37,36 @@ func (r *Resolver) Targets(ctx context.Context) []Target {
 	var out []Target
 	for _, role := range r.Roles {
 		for _, region := range r.regions(ctx, role) {
+			if r.TotalShards > 1 && ShardOf(role, region, r.TotalShards) != r.Shard {
+				continue
+			}
 			out = append(out, Target{Role: role, Region: region, API: r.Factory.KMS(role, region)})
 		}
 	}
 	return out
+}
+
+// ShardOf is the shard that audits a (role, region) target: a stable hash,
+// the same in every replica and every release.
+func ShardOf(role awsclient.Role, region string, totalShards int) int {
+	h := fnv.New32a()
+	h.Write([]byte(role.ARN))
+	h.Write([]byte{0})
+	h.Write([]byte(region))
+	return int(h.Sum32() % uint32(totalShards))
+}
+
+// ParseShard reads a --shard value: an ordinal, or a name ending in -N such
+// as a StatefulSet pod's (kms-exporter-2 is shard 2).
+func ParseShard(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if i := strings.LastIndexByte(s, '-'); err != nil && i > 0 {
+		n, err = strconv.Atoi(s[i+1:])
+	}
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is neither a shard number nor a name ending in -N", s)
+	}
+	return n, nil
 }
 
 func (r *Resolver) regions(ctx context.Context, role awsclient.Role) []string {

@@ -74,3 +74,66 @@ func TestSameAccountTwiceExposedOnce(t *testing.T) {
 		t.Fatalf("%d targets, want the account and region once", len(s.Targets))
 	}
 }
+
+// TestShardingAuditsEveryTargetOnce: over 3 shards, each (role, region)
+// target is audited by exactly one of them, and always the same one.
+func TestShardingAuditsEveryTargetOnce(t *testing.T) {
+	f := awsclient.NewFactory(testConfig("http://127.0.0.1:1"), awsclient.Options{MaxConcurrency: 1, MaxAttempts: 1})
+	roles := []awsclient.Role{{}}
+	for i := range 40 {
+		roles = append(roles, awsclient.Role{ARN: fmt.Sprintf("arn:aws:iam::%012d:role/audit", 100000000000+i)})
+	}
+	regions := []string{"eu-west-1", "eu-west-2", "eu-central-1", "us-east-1", "us-west-2", "ap-southeast-1", "ap-northeast-1"}
+	const shards = 3
+	seen := map[string]int{}
+	for shard := range shards {
+		r := &inventory.Resolver{Factory: f, Roles: roles, Regions: regions, Shard: shard, TotalShards: shards, Logger: discard()}
+		targets := r.Targets(context.Background())
+		if len(targets) < len(roles)*len(regions)/shards/2 {
+			t.Errorf("shard %d audits only %d of %d targets", shard, len(targets), len(roles)*len(regions))
+		}
+		for _, tg := range targets {
+			seen[tg.Role.ARN+"|"+tg.Region]++
+			if inventory.ShardOf(tg.Role, tg.Region, shards) != shard {
+				t.Errorf("%s %s in shard %d, hash says %d", tg.Role.ARN, tg.Region, shard, inventory.ShardOf(tg.Role, tg.Region, shards))
+			}
+		}
+	}
+	if len(seen) != len(roles)*len(regions) {
+		t.Errorf("%d targets audited, want all %d", len(seen), len(roles)*len(regions))
+	}
+	for target, n := range seen {
+		if n != 1 {
+			t.Errorf("%s audited by %d shards", target, n)
+		}
+	}
+	// The hash is part of the contract between replicas of different releases.
+	if got := inventory.ShardOf(awsclient.Role{ARN: "arn:aws:iam::123456789012:role/audit"}, "eu-west-1", 7); got != inventory.ShardOf(awsclient.Role{ARN: "arn:aws:iam::123456789012:role/audit"}, "eu-west-1", 7) {
+		t.Error("ShardOf is not stable")
+	}
+}
+
+func TestParseShard(t *testing.T) {
+	for in, want := range map[string]int{"0": 0, "3": 3, "kms-exporter-2": 2, "kms-exporter-0": 0, "a-b-12": 12} {
+		if got, err := inventory.ParseShard(in); err != nil || got != want {
+			t.Errorf("ParseShard(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "-1", "kms-exporter", "x-", "1.5"} {
+		if _, err := inventory.ParseShard(bad); err == nil {
+			t.Errorf("ParseShard(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzParseShard: any --shard value is refused or yields a shard number.
+func FuzzParseShard(f *testing.F) {
+	for _, s := range []string{"0", "kms-exporter-2", "-1", "x-", "9999999999999999999999"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if n, err := inventory.ParseShard(s); err == nil && n < 0 {
+			t.Fatalf("%q: negative shard %d", s, n)
+		}
+	})
+}
