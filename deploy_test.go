@@ -70,7 +70,7 @@ func TestReadOnlyPolicyMatchesCalls(t *testing.T) {
 		}
 		got = append(got, s.Action...)
 	}
-	want := []string{"account:ListRegions"}
+	want := []string{"account:ListRegions", "organizations:ListAccounts"}
 	for _, op := range awsclient.Operations {
 		want = append(want, "kms:"+op)
 	}

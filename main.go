@@ -44,6 +44,8 @@ func main() {
 		metricsPath    = app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").String()
 		regionFlags    = app.Flag("aws.region", `Region to audit; repeatable or comma-separated; "all" discovers the enabled regions of each account. Default: the SDK's configured region (AWS_REGION, profile).`).Envar("KMS_EXPORTER_REGIONS").Strings()
 		roleFlags      = app.Flag("aws.assume-role", "Role to assume to audit another account: ROLE_ARN[,external-id=ID]; repeatable.").Strings()
+		orgRole        = app.Flag("aws.organizations-role-name", "Audit every active member account of the AWS Organization (organizations:ListAccounts from the management or a delegated administrator account) by assuming this role name in each.").String()
+		orgExternalID  = app.Flag("aws.organizations-external-id", "External id for the --aws.organizations-role-name roles.").Envar("KMS_EXPORTER_ORGANIZATIONS_EXTERNAL_ID").String()
 		ownAccount     = app.Flag("aws.own-account", "Audit the account of the exporter's own credentials too (use --no-aws.own-account to audit only assumed roles).").Default("true").Bool()
 		concurrency    = app.Flag("aws.max-concurrency", "Most AWS requests in flight at once, over all accounts and regions.").Default("16").Int()
 		requestRate    = app.Flag("aws.requests-per-second", "Client-side limit of KMS requests per second per account and region (the KMS quota is shared with the account's applications); 0 = no limit.").Default("100").Float64()
@@ -98,6 +100,9 @@ func main() {
 	roles, err := parseRoles(*roleFlags, *ownAccount)
 	if err != nil {
 		app.Fatalf("--aws.assume-role: %v", err)
+	}
+	if len(roles) == 0 && *orgRole == "" {
+		app.Fatalf("--aws.assume-role: nothing to audit: --no-aws.own-account needs a role or --aws.organizations-role-name")
 	}
 	switch {
 	case *interval < time.Second:
@@ -154,6 +159,7 @@ func main() {
 	kmsCollector := collector.New(*tagLabels, logger)
 	refresher := inventory.NewRefresher(
 		&inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover,
+			OrganizationsRoleName: *orgRole, OrganizationsExternalID: *orgExternalID,
 			Shard: shard, TotalShards: *totalShards, Logger: logger},
 		auditor, logger, kmsCollector.Update)
 	remediator := &remediate.Remediator{
@@ -299,9 +305,6 @@ func parseRoles(values []string, own bool) ([]awsclient.Role, error) {
 			return nil, err
 		}
 		roles = append(roles, r)
-	}
-	if len(roles) == 0 {
-		return nil, fmt.Errorf("nothing to audit: --no-aws.own-account needs at least one role")
 	}
 	return roles, nil
 }

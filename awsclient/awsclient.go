@@ -26,6 +26,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/account"
 	accounttypes "github.com/aws/aws-sdk-go-v2/service/account/types"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/organizations"
+	orgtypes "github.com/aws/aws-sdk-go-v2/service/organizations/types"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
@@ -235,6 +237,46 @@ func (f *Factory) EnabledRegions(ctx context.Context, role Role) ([]string, erro
 		}
 	}
 	return regions, nil
+}
+
+// OrganizationRoles lists the roles to assume in the organisation's active
+// member accounts: organizations:ListAccounts with the exporter's own
+// credentials (the management or a delegated administrator account), the
+// role roleName in each, except the caller's own account (sts:GetCallerIdentity),
+// which its own credentials audit.
+func (f *Factory) OrganizationRoles(ctx context.Context, roleName, externalID string) ([]Role, error) {
+	f.mu.Lock()
+	cfg := f.config(Role{}, f.base.Region)
+	f.mu.Unlock()
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1"
+	}
+	me, err := sts.NewFromConfig(cfg).GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+	if err != nil {
+		return nil, fmt.Errorf("sts:GetCallerIdentity: %w", err)
+	}
+	caller, err := arn.Parse(aws.ToString(me.Arn))
+	if err != nil {
+		return nil, fmt.Errorf("caller ARN: %w", err)
+	}
+	var roles []Role
+	p := organizations.NewListAccountsPaginator(organizations.NewFromConfig(cfg), &organizations.ListAccountsInput{})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("organizations:ListAccounts: %w", err)
+		}
+		for _, a := range page.Accounts {
+			id := aws.ToString(a.Id)
+			active := a.State == orgtypes.AccountStateActive ||
+				(a.State == "" && a.Status == orgtypes.AccountStatusActive) //nolint:staticcheck // Status until State is everywhere
+			if !active || id == aws.ToString(me.Account) {
+				continue
+			}
+			roles = append(roles, Role{ARN: fmt.Sprintf("arn:%s:iam::%s:role/%s", caller.Partition, id, roleName), ExternalID: externalID})
+		}
+	}
+	return roles, nil
 }
 
 // perAttempt returns the middleware run for every attempt of every call: wait

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,10 @@ type Resolver struct {
 	Regions []string
 	// DiscoverRegions lists each account's enabled regions at every refresh.
 	DiscoverRegions bool
+	// OrganizationsRoleName, when set, adds the role of that name in every
+	// active member account of the organisation, listed at every refresh.
+	OrganizationsRoleName   string
+	OrganizationsExternalID string
 	// Shard and TotalShards split the targets between replicas: this one
 	// audits the targets whose ShardOf is Shard. TotalShards 0 or 1: all.
 	Shard, TotalShards int
@@ -29,13 +34,14 @@ type Resolver struct {
 
 	mu         sync.Mutex
 	discovered map[awsclient.Role][]string
+	members    []awsclient.Role
 }
 
 // Targets implements TargetSource. When region discovery fails for an
 // account, the regions found last time are used.
 func (r *Resolver) Targets(ctx context.Context) []Target {
 	var out []Target
-	for _, role := range r.Roles {
+	for _, role := range r.roles(ctx) {
 		for _, region := range r.regions(ctx, role) {
 			if r.TotalShards > 1 && ShardOf(role, region, r.TotalShards) != r.Shard {
 				continue
@@ -67,6 +73,29 @@ func ParseShard(s string) (int, error) {
 		return 0, fmt.Errorf("%q is neither a shard number nor a name ending in -N", s)
 	}
 	return n, nil
+}
+
+// roles returns the configured roles and, with Organizations, the member
+// accounts' roles; when listing them fails, those found last time are used.
+func (r *Resolver) roles(ctx context.Context) []awsclient.Role {
+	if r.OrganizationsRoleName == "" {
+		return r.Roles
+	}
+	members, err := r.Factory.OrganizationRoles(ctx, r.OrganizationsRoleName, r.OrganizationsExternalID)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		r.Logger.Warn("listing the organisation's accounts failed; using the accounts found before", "err", err)
+	} else {
+		r.members = members
+	}
+	roles := append([]awsclient.Role(nil), r.Roles...)
+	for _, m := range r.members {
+		if !slices.ContainsFunc(roles, func(x awsclient.Role) bool { return x.ARN == m.ARN }) {
+			roles = append(roles, m)
+		}
+	}
+	return roles
 }
 
 func (r *Resolver) regions(ctx context.Context, role awsclient.Role) []string {

@@ -3,8 +3,10 @@ package inventory_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -136,4 +138,63 @@ func FuzzParseShard(f *testing.F) {
 			t.Fatalf("%q: negative shard %d", s, n)
 		}
 	})
+}
+
+// fakeOrganization answers sts:GetCallerIdentity and
+// organizations:ListAccounts (two pages) as AWS does.
+func fakeOrganization(t *testing.T, fail *atomic.Bool) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		switch {
+		case r.Header.Get("X-Amz-Target") == "AWSOrganizationsV20161128.ListAccounts":
+			w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+			if fail.Load() {
+				w.WriteHeader(400)
+				fmt.Fprint(w, `{"__type":"AWSOrganizationsNotInUseException","Message":"not in an organization"}`)
+				return
+			}
+			if !strings.Contains(string(body), "page2") {
+				fmt.Fprint(w, `{"NextToken":"page2","Accounts":[
+{"Id":"111122223333","Arn":"arn:aws:organizations::111122223333:account/o-x/111122223333","Name":"management","State":"ACTIVE"},
+{"Id":"444455556666","Arn":"arn:aws:organizations::111122223333:account/o-x/444455556666","Name":"payments","State":"ACTIVE"}]}`)
+				return
+			}
+			fmt.Fprint(w, `{"Accounts":[
+{"Id":"777788889999","Arn":"arn:aws:organizations::111122223333:account/o-x/777788889999","Name":"closed","State":"SUSPENDED"},
+{"Id":"222233334444","Arn":"arn:aws:organizations::111122223333:account/o-x/222233334444","Name":"data","State":"ACTIVE"}]}`)
+		case strings.Contains(string(body), "Action=GetCallerIdentity"):
+			w.Header().Set("Content-Type", "text/xml")
+			fmt.Fprint(w, `<GetCallerIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><GetCallerIdentityResult>
+<Arn>arn:aws:sts::111122223333:assumed-role/kms-exporter/pod</Arn><UserId>AROA:pod</UserId><Account>111122223333</Account>
+</GetCallerIdentityResult><ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></GetCallerIdentityResponse>`)
+		default:
+			http.Error(w, "unexpected request", 400)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+func TestOrganizationsDiscovery(t *testing.T) {
+	var fail atomic.Bool
+	f := awsclient.NewFactory(testConfig(fakeOrganization(t, &fail)), awsclient.Options{MaxConcurrency: 1, MaxAttempts: 1})
+	r := &inventory.Resolver{Factory: f, Roles: []awsclient.Role{{}}, Regions: []string{"eu-west-1"},
+		OrganizationsRoleName: "kms-exporter-audit", OrganizationsExternalID: "org-ext", Logger: discard()}
+	describe := func() string {
+		var s []string
+		for _, tg := range r.Targets(context.Background()) {
+			s = append(s, tg.Role.ARN+"|"+tg.Role.ExternalID)
+		}
+		return strings.Join(s, " ")
+	}
+	// Own account with its own credentials; active members through the role;
+	// the caller's account and suspended accounts not assumed into.
+	want := "| arn:aws:iam::444455556666:role/kms-exporter-audit|org-ext arn:aws:iam::222233334444:role/kms-exporter-audit|org-ext"
+	if got := describe(); got != want {
+		t.Fatalf("targets\n got %s\nwant %s", got, want)
+	}
+	fail.Store(true)
+	if got := describe(); got != want {
+		t.Errorf("after a failed listing: %s, want the accounts found before", got)
+	}
 }
