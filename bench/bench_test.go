@@ -118,6 +118,16 @@ func summary() {
 	if v, ok := figures["update_s"]; ok {
 		fmt.Printf("  building and encoding the metrics, once per refresh: %.2fs\n", v)
 	}
+	for _, n := range []int{10000, 100000} {
+		if v, ok := figures[fmt.Sprintf("scale_%d_scrape_ms", n)]; ok {
+			fmt.Printf("  %d keys (synthetic): scrape %.1f ms (target at 100k < 1000 ms), update %.2fs, memory %.0f B/key (snapshot %.0f B/key)\n",
+				n, v, figures[fmt.Sprintf("scale_%d_update_s", n)], figures[fmt.Sprintf("scale_%d_bytes_per_key", n)],
+				figures[fmt.Sprintf("scale_%d_snapshot_bytes_per_key", n)])
+		}
+	}
+	if a, b := figures["scale_10000_bytes_per_key"], figures["scale_100000_bytes_per_key"]; a > 0 && b > 0 {
+		fmt.Printf("  memory growth 10k -> 100k keys: %.2fx per key (1.00 = linear): %s\n", b/a, verdict(b/a < 1.2 && b/a > 0.8))
+	}
 }
 
 func factory(url string) *awsclient.Factory {

@@ -61,12 +61,13 @@ var (
 		"When the last successful refresh of this account and region started; the age of the data served.")
 )
 
-// Collector serves the latest snapshot: as a prometheus.Collector, and
-// pre-encoded through Handler, which is what the exporter serves.
+// Collector serves the latest snapshot: pre-encoded through Handler, which
+// is what the exporter serves, and as a prometheus.Collector (which builds
+// the metrics anew at every collection: for tests and library use).
 type Collector struct {
 	info       *prometheus.Desc
 	logger     *slog.Logger
-	metrics    atomic.Pointer[[]prometheus.Metric]
+	snapshot   atomic.Pointer[inventory.Snapshot]
 	exposition atomic.Pointer[exposition]
 }
 
@@ -79,7 +80,7 @@ func New(tagLabels []string, logger *slog.Logger) *Collector {
 	}
 	c := &Collector{logger: logger, info: keyDesc("kms_key_info",
 		"Metadata of a KMS key, always 1; alias holds the key's aliases, comma-separated and sorted.", labels...)}
-	c.metrics.Store(&[]prometheus.Metric{})
+	c.snapshot.Store(&inventory.Snapshot{})
 	c.exposition.Store(&exposition{})
 	return c
 }
@@ -102,14 +103,27 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	for _, m := range *c.metrics.Load() {
+	for _, m := range c.build(c.snapshot.Load()) {
 		ch <- m
 	}
 }
 
-// Update builds and encodes the metrics of a new snapshot; later scrapes
-// serve them as they are.
+// Update encodes the metrics of a new snapshot once; later scrapes serve the
+// bytes as they are. Only the encoded form is kept, not the metrics.
 func (c *Collector) Update(s *inventory.Snapshot) {
+	exp, err := encode(c.build(s))
+	if err != nil {
+		// Only an inconsistent metric set fails here: a bug, not bad input.
+		// Keep serving the previous exposition and say why.
+		c.logger.Error("encoding the snapshot's metrics failed; serving the previous ones", "err", err)
+		return
+	}
+	c.snapshot.Store(s)
+	c.exposition.Store(exp)
+}
+
+// build makes the metrics of a snapshot.
+func (c *Collector) build(s *inventory.Snapshot) []prometheus.Metric {
 	n := 0
 	for _, t := range s.Targets {
 		n += 4 + len(policy.Statuses) + 5*len(t.Keys)
@@ -166,15 +180,7 @@ func (c *Collector) Update(s *inventory.Snapshot) {
 			gauge(keysCount, float64(counts[st]), t.AccountID, t.Region, string(st))
 		}
 	}
-	exp, err := encode(out)
-	if err != nil {
-		// Only an inconsistent metric set fails here: a bug, not bad input.
-		// Keep serving the previous exposition and say why.
-		c.logger.Error("encoding the snapshot's metrics failed; serving the previous ones", "err", err)
-		return
-	}
-	c.metrics.Store(&out)
-	c.exposition.Store(exp)
+	return out
 }
 
 func boolValue(b bool) float64 {
