@@ -125,6 +125,18 @@ func summary() {
 				figures[fmt.Sprintf("scale_%d_snapshot_bytes_per_key", n)])
 		}
 	}
+	if v, ok := figures["load_requests"]; ok {
+		fmt.Printf("  /metrics at 10000 keys, 50 clients, refreshes running (%.0f during the run): %.0f scrapes, latency avg %.1f ms, p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+			figures["load_refreshes"], v, figures["load_latency_avg"], figures["load_latency_p50"], figures["load_latency_p90"],
+			figures["load_latency_p99"], figures["load_latency_max"])
+	}
+	if v, ok := figures["budget_refresh_s"]; ok {
+		fmt.Printf("  %.0f keys in 2 regions behind 20 ms latency, budget %.0f req/s per region: refresh %.1fs, %.0f req/s per region,\n"+
+			"    budget %.0f%% busy (target >= 90%%): %s; %.0f calls for a minimum of %.0f: %s\n",
+			figures["budget_keys"], figures["budget_rps"], v, figures["budget_rate"], figures["budget_busy"]*100,
+			verdict(figures["budget_busy"] >= 0.9), figures["budget_calls"], figures["budget_minimum"],
+			verdict(figures["budget_calls"] <= figures["budget_minimum"]))
+	}
 	if a, b := figures["scale_10000_bytes_per_key"], figures["scale_100000_bytes_per_key"]; a > 0 && b > 0 {
 		fmt.Printf("  memory growth 10k -> 100k keys: %.2fx per key (1.00 = linear): %s\n", b/a, verdict(b/a < 1.2 && b/a > 0.8))
 	}
