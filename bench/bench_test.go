@@ -131,7 +131,7 @@ func summary() {
 			figures["load_latency_p99"], figures["load_latency_max"])
 	}
 	if v, ok := figures["budget_refresh_s"]; ok {
-		fmt.Printf("  %.0f keys in 2 regions behind 20 ms latency, budget %.0f req/s per region: refresh %.1fs, %.0f req/s per region,\n"+
+		fmt.Printf("  %.0f keys in 2 accounts x 2 regions behind 20 ms latency, budget %.0f req/s per account and region: refresh %.1fs, %.0f req/s each,\n"+
 			"    budget %.0f%% busy (target >= 90%%): %s; %.0f calls for a minimum of %.0f: %s\n",
 			figures["budget_keys"], figures["budget_rps"], v, figures["budget_rate"], figures["budget_busy"]*100,
 			verdict(figures["budget_busy"] >= 0.9), figures["budget_calls"], figures["budget_minimum"],
