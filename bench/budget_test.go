@@ -78,7 +78,7 @@ func router(b *testing.B, latency time.Duration, upstreams map[string]string) *h
 // verdicts need. KMS_BENCH_KEYS and KMS_BENCH_RPS change the size and budget.
 func BenchmarkBudget(b *testing.B) {
 	keysPerRegion := envInt("KMS_BENCH_KEYS", 10000)
-	rps := float64(envInt("KMS_BENCH_RPS", 500))
+	rps := float64(envInt("KMS_BENCH_RPS", 250))
 	regions := []string{"eu-west-1", "us-east-1"}
 	accounts := []string{"444455556666", "777788889999"}
 	upstreams := map[string]string{}
