@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
@@ -81,23 +82,9 @@ func TestReadOnlyPolicyMatchesCalls(t *testing.T) {
 	}
 }
 
-// tool returns the path of a Debian-packaged tool, skipping (or failing,
-// under `make test`) when it is not installed.
-func tool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
-			t.Fatalf("%s not found: `make deps` installs it", name)
-		}
-		t.Skipf("%s not installed (make deps)", name)
-	}
-	return p
-}
-
 func run(t *testing.T, dir, name string, args ...string) {
 	t.Helper()
-	cmd := exec.Command(tool(t, name), args...)
+	cmd := exec.Command(harness.Tool(t, name), args...)
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
 
@@ -162,7 +163,7 @@ func TestDockerImage(t *testing.T) {
 
 	// Run it as users do, read-only, against local-kms; host networking keeps it on loopback.
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
-	addr := freeAddr(t)
+	addr := harness.FreeAddr(t)
 	name := "kms-exporter-test-" + suffix
 	docker(t, "run", "-d", "--name", name, "--network=host", "--read-only", "--cap-drop=ALL",
 		"-e", "AWS_ENDPOINT_URL_KMS="+srv.URL, "-e", "AWS_REGION=eu-west-1",
@@ -175,7 +176,7 @@ func TestDockerImage(t *testing.T) {
 		}
 		_ = exec.Command("docker", "rm", "-f", name).Run()
 	})
-	poll(t, 60*time.Second, func() string {
+	harness.Poll(t, 60*time.Second, func() string {
 		if code, _ := get(t, "http://"+addr+"/-/ready"); code != 200 {
 			return "the container is not ready"
 		}

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/remediate"
 )
 
@@ -62,71 +63,7 @@ func exposedMetricNames(t *testing.T) map[string]bool {
 	return names
 }
 
-type dashboardQueries struct {
-	Panels []struct {
-		Title   string
-		Type    string
-		Targets []struct{ Expr string }
-	}
-	Templating struct {
-		List []struct {
-			Name       string
-			Type       string
-			Definition string
-		}
-	}
-}
-
-var (
-	grafanaVariable = regexp.MustCompile(`\$(__rate_interval|__range|__interval|job|instance|account_id|region)\b`)
-	labelValues     = regexp.MustCompile(`^label_values\((.*),\s*[a-z_]+\)$`)
-	metricName      = regexp.MustCompile(`\bkms_[a-z_]+\b`)
-)
-
-// promQL replaces the dashboard's variables as Grafana would.
-func promQL(expr string) string {
-	return grafanaVariable.ReplaceAllStringFunc(expr, func(v string) string {
-		switch v {
-		case "$__rate_interval", "$__interval":
-			return "5m"
-		case "$__range":
-			return "1h"
-		}
-		return ".*"
-	})
-}
-
-// dashboardExprs returns every PromQL expression of the dashboard (panel
-// targets, and the selectors of the variables' label_values queries) by where it is.
-func dashboardExprs(t *testing.T) map[string]string {
-	t.Helper()
-	raw, err := os.ReadFile(dashboardFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d dashboardQueries
-	if err := json.Unmarshal(raw, &d); err != nil {
-		t.Fatal(err)
-	}
-	exprs := map[string]string{}
-	for _, p := range d.Panels {
-		for i, target := range p.Targets {
-			exprs[fmt.Sprintf("panel %q, target %d", p.Title, i)] = promQL(target.Expr)
-		}
-	}
-	for _, v := range d.Templating.List {
-		if v.Type != "query" {
-			continue
-		}
-		m := labelValues.FindStringSubmatch(v.Definition)
-		if m == nil {
-			t.Errorf("variable %s: %q is not label_values(selector, label)", v.Name, v.Definition)
-			continue
-		}
-		exprs["variable "+v.Name] = promQL(m[1])
-	}
-	return exprs
-}
+var metricName = regexp.MustCompile(`\bkms_[a-z_]+\b`)
 
 func TestDashboardParsesStrictly(t *testing.T) {
 	raw, err := os.ReadFile(dashboardFile)
@@ -159,7 +96,7 @@ func TestDashboardParsesStrictly(t *testing.T) {
 // TestDashboardQueries: every query parses as PromQL (promtool checks them as
 // recording rules) and names only metrics the exporter exposes.
 func TestDashboardQueries(t *testing.T) {
-	exprs := dashboardExprs(t)
+	exprs := harness.DashboardQueries(t, dashboardFile, "5m", "1h")
 	exposed := exposedMetricNames(t)
 	var rules strings.Builder
 	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")

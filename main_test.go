@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
 
@@ -39,16 +40,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // syncBuffer is a bytes.Buffer that a running process may write while the test reads it.
@@ -72,7 +63,7 @@ func (b *syncBuffer) String() string {
 // startExporter runs the binary as the README and the issue do, against endpoint.
 func startExporter(t *testing.T, endpoint string, args ...string) (addr string, logs *syncBuffer) {
 	t.Helper()
-	addr = freeAddr(t)
+	addr = harness.FreeAddr(t)
 	cmd := exec.Command(binary, append([]string{"--web.listen-address=" + addr}, args...)...)
 	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+endpoint, "AWS_REGION=eu-west-1",
 		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null",
@@ -110,22 +101,6 @@ func get(t *testing.T, url string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
-// poll retries check until it returns "" or the deadline passes, then fails with its last word.
-func poll(t *testing.T, within time.Duration, check func() string) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		msg := check()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, msg)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 func complianceLine(id, status, reason string) string {
 	return fmt.Sprintf(`kms_key_compliance{account_id="%s",key_id="%s",reason="%s",region="eu-west-1",status="%s"} 1`,
 		kmstest.DefaultAccount, id, reason, status)
@@ -139,7 +114,7 @@ func TestServeAgainstLocalKMS(t *testing.T) {
 	addr, _ := startExporter(t, srv.URL, "--aws.region=eu-west-1", "--refresh.interval=3s")
 	base := "http://" + addr
 
-	poll(t, 30*time.Second, func() string {
+	harness.Poll(t, 30*time.Second, func() string {
 		if code, body := get(t, base+"/-/ready"); code != 200 {
 			return fmt.Sprintf("/-/ready: %d %s", code, body)
 		}
@@ -187,7 +162,7 @@ func TestServeAgainstLocalKMS(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := complianceLine(ids["legacy-billing"], "compliant", "rotation_enabled")
-	poll(t, 20*time.Second, func() string {
+	harness.Poll(t, 20*time.Second, func() string {
 		if _, m := get(t, base+"/metrics"); !strings.Contains(m, want) {
 			return "the enabled rotation was not seen: no " + want
 		}
@@ -213,7 +188,7 @@ func TestNotReadyBeforeFirstRefresh(t *testing.T) {
 		}
 	}()
 	addr, _ := startExporter(t, "http://"+l.Addr().String(), "--aws.timeout=1m", "--aws.max-attempts=1")
-	poll(t, 20*time.Second, func() string {
+	harness.Poll(t, 20*time.Second, func() string {
 		if code, _ := get(t, "http://"+addr+"/-/healthy"); code != 200 {
 			return fmt.Sprintf("/-/healthy: %d", code)
 		}
@@ -244,7 +219,7 @@ func TestBadFlagsStopStartup(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			cmd := exec.Command(binary, append([]string{"--web.listen-address=" + freeAddr(t)}, tt.args...)...)
+			cmd := exec.Command(binary, append([]string{"--web.listen-address=" + harness.FreeAddr(t)}, tt.args...)...)
 			cmd.Env = append(os.Environ(), "AWS_REGION=eu-west-1", "AWS_EC2_METADATA_DISABLED=true")
 			done := make(chan struct{})
 			var out []byte
@@ -267,7 +242,7 @@ func TestBadFlagsStopStartup(t *testing.T) {
 }
 
 func TestNoRegionAnywhere(t *testing.T) {
-	cmd := exec.Command(binary, "--web.listen-address="+freeAddr(t))
+	cmd := exec.Command(binary, "--web.listen-address="+harness.FreeAddr(t))
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "AWS_EC2_METADATA_DISABLED=true"}
 	out, err := cmd.CombinedOutput()
 	if err == nil || !regexp.MustCompile(`--aws.region: no region`).Match(out) {
@@ -353,7 +328,7 @@ func TestServeWithRemediation(t *testing.T) {
 	}
 	for _, args := range [][]string{{"--remediation.enabled"}, {"--remediation.enabled", "--remediation.token-file=" + empty},
 		{"--remediation.enabled", "--remediation.token-file=" + filepath.Join(dir, "missing")}} {
-		if _, errOut, code := runCLI(t, "http://127.0.0.1:1", append([]string{"--web.listen-address=" + freeAddr(t)}, args...)...); code == 0 ||
+		if _, errOut, code := runCLI(t, "http://127.0.0.1:1", append([]string{"--web.listen-address=" + harness.FreeAddr(t)}, args...)...); code == 0 ||
 			!strings.Contains(errOut, "--remediation.token-file") {
 			t.Errorf("%v: exit %d: %s", args, code, errOut)
 		}
@@ -366,7 +341,7 @@ func TestServeWithRemediation(t *testing.T) {
 	}
 	addr, logs := startExporter(t, srv.URL, "--remediation.enabled", "--remediation.token-file="+tokenFile)
 	base := "http://" + addr
-	poll(t, 30*time.Second, func() string {
+	harness.Poll(t, 30*time.Second, func() string {
 		if code, _ := get(t, base+"/-/ready"); code != 200 {
 			return "not ready"
 		}
@@ -400,7 +375,7 @@ func TestServeWithRemediation(t *testing.T) {
 func TestRemediationOffByDefault(t *testing.T) {
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	addr, _ := startExporter(t, srv.URL)
-	poll(t, 30*time.Second, func() string {
+	harness.Poll(t, 30*time.Second, func() string {
 		if code, _ := get(t, "http://"+addr+"/-/ready"); code != 200 {
 			return "not ready"
 		}
@@ -427,7 +402,7 @@ func TestGracefulShutdownDuringRefresh(t *testing.T) {
 	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
 	proxy := kmstest.NewProxy(t, srv.URL)
 	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", Delay: time.Minute})
-	addr := freeAddr(t)
+	addr := harness.FreeAddr(t)
 	cmd := exec.Command(binary, "--web.listen-address="+addr, "--aws.timeout=1m")
 	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+proxy.URL, "AWS_REGION=eu-west-1",
 		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true")
@@ -437,7 +412,7 @@ func TestGracefulShutdownDuringRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = cmd.Process.Kill() }()
-	poll(t, 20*time.Second, func() string {
+	harness.Poll(t, 20*time.Second, func() string {
 		if proxy.Calls("DescribeKey") == 0 {
 			return "the refresh has not reached DescribeKey"
 		}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"net/http/httptest"
 	"runtime"
 	"testing"
@@ -77,19 +76,8 @@ func BenchmarkScale(b *testing.B) {
 			reg := prometheus.NewRegistry()
 			ts := httptest.NewServer(c.Handler(reg, slog.Default()))
 			defer ts.Close()
-			client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 			b.ResetTimer()
-			for b.Loop() {
-				req, _ := http.NewRequest(http.MethodGet, ts.URL, nil)
-				req.Header.Set("Accept-Encoding", "gzip")
-				resp, err := client.Do(req)
-				if err != nil {
-					b.Fatal(err)
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-			}
-			ms := float64(b.Elapsed().Microseconds()) / 1000 / float64(b.N)
+			ms, _ := scrapeLoop(b, ts.URL, "gzip")
 			b.ReportMetric(ms, "ms/scrape")
 			b.ReportMetric(update.Seconds(), "s-update")
 			b.ReportMetric(float64(snapshotBytes)/float64(n), "B/key-snapshot")

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
@@ -118,13 +119,7 @@ func TestExpositionLint(t *testing.T) {
 // TestPromtoolCheckMetrics runs the real promtool (Debian's prometheus
 // package, installed by `make test`) on the exposition.
 func TestPromtoolCheckMetrics(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
-			t.Fatal("promtool not found: `make deps` installs it")
-		}
-		t.Skip("promtool not installed (make deps)")
-	}
+	promtool := harness.Tool(t, "promtool")
 	out, err := os.ReadFile("fixtures/snapshot.prom")
 	if err != nil {
 		t.Fatal(err)

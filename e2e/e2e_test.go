@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,32 +24,11 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
 
 const region = "eu-west-1"
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func binary(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
-			t.Fatalf("%s not found: `make deps` installs it", name)
-		}
-		t.Skipf("%s not installed (make deps)", name)
-	}
-	return p
-}
 
 // start runs a program until the test ends; its output is shown if the test fails.
 func start(t *testing.T, name string, env []string, path string, args ...string) {
@@ -99,22 +77,6 @@ func getJSON(url string, v any) error {
 	return json.Unmarshal(body, v)
 }
 
-// poll retries check until it returns "" or the deadline passes.
-func poll(t *testing.T, within time.Duration, check func() string) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		msg := check()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", within, msg)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 type promAlert struct {
 	Labels map[string]string
 	State  string
@@ -150,7 +112,7 @@ func TestStack(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs Prometheus, Alertmanager, local-kms and the exporter")
 	}
-	prometheusBin, alertmanagerBin := binary(t, "prometheus"), binary(t, "prometheus-alertmanager")
+	prometheusBin, alertmanagerBin := harness.Tool(t, "prometheus"), harness.Tool(t, "prometheus-alertmanager")
 	root := kmstest.RepoRoot()
 	dir := t.TempDir()
 
@@ -188,7 +150,7 @@ func TestStack(t *testing.T) {
 	if err := os.WriteFile(token, []byte("e2e-token-5f1c\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	exporterAddr, promAddr, amAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	exporterAddr, promAddr, amAddr := harness.FreeAddr(t), harness.FreeAddr(t), harness.FreeAddr(t)
 	start(t, "kms_exporter", []string{"AWS_ENDPOINT_URL_KMS=" + proxy.URL, "AWS_REGION=" + region, "AWS_ACCESS_KEY_ID=x",
 		"AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null"},
 		exporter, "--web.listen-address="+exporterAddr, "--aws.region="+region, "--refresh.interval=2s",
@@ -246,7 +208,7 @@ scrape_configs:
 	// The noncompliant keys alert; Alertmanager calls the exporter; the keys
 	// it may fix become compliant in KMS and their alerts resolve.
 	fixed := []string{ids["legacy-billing"], ids["legacy-archive"]}
-	poll(t, 90*time.Second, func() string {
+	harness.Poll(t, 90*time.Second, func() string {
 		for _, id := range fixed {
 			st, err := srv.Client().GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String(id)})
 			if err != nil || !st.KeyRotationEnabled {
@@ -261,7 +223,7 @@ scrape_configs:
 	want := "KMSKeyRotationNoncompliant/" + ids["old-exemption"] + " KMSKeyRotationStatusUnknown/" + ids["unreadable"]
 	wantSorted := strings.Fields(want)
 	sort.Strings(wantSorted)
-	poll(t, 60*time.Second, func() string {
+	harness.Poll(t, 60*time.Second, func() string {
 		if got := describe(firing(prom)); got != strings.Join(wantSorted, " ") {
 			return fmt.Sprintf("firing alerts %q, want %q (nothing for compliant, exempt or not-applicable keys)", got, want)
 		}
@@ -285,7 +247,7 @@ scrape_configs:
 	}
 
 	// Every dashboard query returns data from this Prometheus.
-	for where, expr := range dashboardExprs(t, filepath.Join(root, "grafana/kms-rotation.json")) {
+	for where, expr := range harness.DashboardQueries(t, filepath.Join(root, "grafana/kms-rotation.json"), "1m", "10m") {
 		var r struct {
 			Status string
 			Data   struct{ Result []json.RawMessage }
@@ -305,54 +267,4 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-}
-
-var (
-	grafanaVariable = regexp.MustCompile(`\$(__rate_interval|__range|__interval|job|instance|account_id|region)\b`)
-	labelValues     = regexp.MustCompile(`^label_values\((.*),\s*[a-z_]+\)$`)
-)
-
-// dashboardExprs reads the dashboard's queries with its variables replaced
-// as Grafana would for "All" over the last 10 minutes.
-func dashboardExprs(t *testing.T, path string) map[string]string {
-	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d struct {
-		Panels []struct {
-			Title   string
-			Targets []struct{ Expr string }
-		}
-		Templating struct {
-			List []struct{ Name, Type, Definition string }
-		}
-	}
-	if err := json.Unmarshal(raw, &d); err != nil {
-		t.Fatal(err)
-	}
-	subst := func(expr string) string {
-		return grafanaVariable.ReplaceAllStringFunc(expr, func(v string) string {
-			switch v {
-			case "$__rate_interval", "$__interval":
-				return "1m"
-			case "$__range":
-				return "10m"
-			}
-			return ".*"
-		})
-	}
-	out := map[string]string{}
-	for _, p := range d.Panels {
-		for i, target := range p.Targets {
-			out[fmt.Sprintf("panel %q target %d", p.Title, i)] = subst(target.Expr)
-		}
-	}
-	for _, v := range d.Templating.List {
-		if m := labelValues.FindStringSubmatch(v.Definition); v.Type == "query" && m != nil {
-			out["variable "+v.Name] = subst(m[1])
-		}
-	}
-	return out
 }

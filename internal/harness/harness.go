@@ -1,0 +1,116 @@
+// Package harness holds what the tests of several packages share: free
+// loopback ports, polling with a deadline, the real tools they run, and the
+// dashboard's queries.
+package harness
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// FreeAddr returns a free loopback address.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Poll retries check until it returns "" or the deadline passes, then fails
+// the test with check's last word.
+func Poll(t testing.TB, within time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", within, msg)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Tool returns the path of a program the tests run for real (Debian's
+// promtool, amtool, prometheus, ...). Missing, it skips the test, or fails it
+// under `make test` (KMS_EXPORTER_REQUIRE_TOOLS), which installs them.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+			t.Fatalf("%s not found: `make deps` installs it", name)
+		}
+		t.Skipf("%s not installed (make deps)", name)
+	}
+	return p
+}
+
+var (
+	grafanaVariable = regexp.MustCompile(`\$(__rate_interval|__range|__interval|job|instance|account_id|region)\b`)
+	labelValues     = regexp.MustCompile(`^label_values\((.*),\s*[a-z_]+\)$`)
+)
+
+// DashboardQueries returns every PromQL expression of a dashboard, by where
+// it is: panel targets, and the selectors of the variables' label_values
+// queries. The variables are replaced as Grafana would for "All", with
+// rateInterval for $__rate_interval and $__interval and rangeDur for $__range.
+func DashboardQueries(t testing.TB, path, rateInterval, rangeDur string) map[string]string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+		Templating struct {
+			List []struct{ Name, Type, Definition string }
+		}
+	}
+	if err := json.Unmarshal(raw, &d); err != nil {
+		t.Fatal(err)
+	}
+	subst := func(expr string) string {
+		return grafanaVariable.ReplaceAllStringFunc(expr, func(v string) string {
+			switch v {
+			case "$__rate_interval", "$__interval":
+				return rateInterval
+			case "$__range":
+				return rangeDur
+			}
+			return ".*"
+		})
+	}
+	out := map[string]string{}
+	for _, p := range d.Panels {
+		for i, target := range p.Targets {
+			out[fmt.Sprintf("panel %q, target %d", p.Title, i)] = subst(target.Expr)
+		}
+	}
+	for _, v := range d.Templating.List {
+		if v.Type != "query" {
+			continue
+		}
+		m := labelValues.FindStringSubmatch(v.Definition)
+		if m == nil {
+			t.Errorf("variable %s: %q is not label_values(selector, label)", v.Name, v.Definition)
+			continue
+		}
+		out["variable "+v.Name] = subst(m[1])
+	}
+	return out
+}
