@@ -157,11 +157,10 @@ func main() {
 	compliance := policy.Policy{MaxRotationPeriodDays: *maxPeriod, ExemptionTag: *exemptionTag}
 	auditor := &inventory.Auditor{Policy: compliance, TagLabels: *tagLabels, Workers: *concurrency, Now: time.Now}
 	kmsCollector := collector.New(*tagLabels, logger)
-	refresher := inventory.NewRefresher(
-		&inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover,
-			OrganizationsRoleName: *orgRole, OrganizationsExternalID: *orgExternalID,
-			Shard: shard, TotalShards: *totalShards, Logger: logger},
-		auditor, logger, kmsCollector.Update)
+	resolver := &inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover,
+		OrganizationsRoleName: *orgRole, OrganizationsExternalID: *orgExternalID,
+		Shard: shard, TotalShards: *totalShards, Logger: logger}
+	refresher := inventory.NewRefresher(resolver, auditor, logger, kmsCollector.Update)
 	remediator := &remediate.Remediator{
 		Inventory:          refresher,
 		Client:             func(role awsclient.Role, region string) remediate.KMS { return factory.KMS(role, region) },
@@ -215,7 +214,7 @@ func main() {
 	// The snapshot's metrics are not in the registry: kmsCollector.Handler
 	// serves them, encoded once per refresh, after the registry's.
 	registry.MustRegister(
-		factory, remediator.Metrics(),
+		factory, remediator.Metrics(), resolver.Metrics(),
 		versioncollector.NewCollector("kms_exporter"),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kms_exporter_shard_ordinal",
 			Help: "This replica's shard (--shard)."}, func() float64 { return float64(shard) }),

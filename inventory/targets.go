@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kms-exporter/kms_exporter/awsclient"
 )
 
@@ -35,6 +37,21 @@ type Resolver struct {
 	mu         sync.Mutex
 	discovered map[awsclient.Role][]string
 	members    []awsclient.Role
+	once       sync.Once
+	errors     *prometheus.CounterVec
+}
+
+// Metrics returns the counter of failed discoveries, kms_discovery_errors_total{kind}.
+func (r *Resolver) Metrics() *prometheus.CounterVec {
+	r.once.Do(func() {
+		r.errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kms_discovery_errors_total",
+			Help: "Failed discoveries of accounts (organizations) or regions (regions); the targets found before are kept.",
+		}, []string{"kind"})
+		r.errors.WithLabelValues("organizations")
+		r.errors.WithLabelValues("regions")
+	})
+	return r.errors
 }
 
 // Targets implements TargetSource. When region discovery fails for an
@@ -85,6 +102,7 @@ func (r *Resolver) roles(ctx context.Context) []awsclient.Role {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
+		r.Metrics().WithLabelValues("organizations").Inc()
 		r.Logger.Warn("listing the organisation's accounts failed; using the accounts found before", "err", err)
 	} else {
 		r.members = members
@@ -109,6 +127,7 @@ func (r *Resolver) regions(ctx context.Context, role awsclient.Role) []string {
 		r.discovered = map[awsclient.Role][]string{}
 	}
 	if err != nil {
+		r.Metrics().WithLabelValues("regions").Inc()
 		r.Logger.Warn("region discovery failed; using the regions found before", "role", role.ARN, "err", err)
 		return r.discovered[role]
 	}

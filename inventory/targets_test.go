@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
@@ -43,6 +45,9 @@ func TestResolverDiscoversRegions(t *testing.T) {
 	fail.Store(true)
 	if got := regions(); got != "eu-west-1 me-central-1 " {
 		t.Errorf("after a failed discovery: %q, want the regions found before", got)
+	}
+	if n := testutil.ToFloat64(r.Metrics().WithLabelValues("regions")); n != 1 {
+		t.Errorf(`kms_discovery_errors_total{kind="regions"} = %v, want 1`, n)
 	}
 }
 
@@ -196,5 +201,8 @@ func TestOrganizationsDiscovery(t *testing.T) {
 	fail.Store(true)
 	if got := describe(); got != want {
 		t.Errorf("after a failed listing: %s, want the accounts found before", got)
+	}
+	if n := testutil.ToFloat64(r.Metrics().WithLabelValues("organizations")); n != 1 {
+		t.Errorf(`kms_discovery_errors_total{kind="organizations"} = %v, want 1`, n)
 	}
 }
