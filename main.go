@@ -61,6 +61,7 @@ func main() {
 		remAllowAlias  = app.Flag("remediation.allow-alias-prefix", "Only remediate keys with an alias starting with this prefix (e.g. alias/team-a/); repeatable.").Strings()
 		remRate        = app.Flag("remediation.requests-per-second", "Remediation API requests accepted per second (burst 5); beyond it: 429.").Default("1").Float64()
 		remTimeout     = app.Flag("remediation.timeout", "Time one remediation request may take.").Default("60s").Duration()
+		remAWSRate     = app.Flag("remediation.aws-requests-per-second", "EnableKeyRotation calls per second per account and region, below its KMS quota (15/s; 5/s in older documentation); 0 = no limit.").Default("5").Float64()
 		shardFlag      = app.Flag("shard", "This replica's shard: a number from 0, or a name ending in -N such as a StatefulSet pod's name.").Envar("KMS_EXPORTER_SHARD").Default("0").String()
 		totalShards    = app.Flag("total-shards", "Number of replicas sharing the (account, region) targets by a stable hash; 1 = no sharding.").Default("1").Int()
 		promslogConfig = &promslog.Config{}
@@ -121,6 +122,8 @@ func main() {
 		app.Fatalf("--remediation.requests-per-second: must be positive")
 	case *remTimeout <= 0:
 		app.Fatalf("--remediation.timeout: must be positive")
+	case *remAWSRate < 0:
+		app.Fatalf("--remediation.aws-requests-per-second: must not be negative")
 	case *remPeriod != 0 && (*remPeriod < 90 || *remPeriod > *maxPeriod):
 		app.Fatalf("--rotation-period-days: %d is outside 90..%d (--compliance.max-rotation-period-days)", *remPeriod, *maxPeriod)
 	case command == remCmd.FullCommand() && (*remKeyID == "") == !*remAll:
@@ -169,6 +172,7 @@ func main() {
 		AllowAliasPrefixes: *remAllowAlias,
 		Logger:             logger,
 		Now:                time.Now,
+		EnablesPerSecond:   *remAWSRate,
 	}
 
 	switch command {

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/inventory"
@@ -115,9 +116,32 @@ type Remediator struct {
 	AllowAliasPrefixes []string
 	Logger             *slog.Logger
 	Now                func() time.Time
+	// EnablesPerSecond bounds EnableKeyRotation calls per (account, region),
+	// below its own KMS quota (15/s; 5/s in older documentation); 0 = no bound.
+	EnablesPerSecond float64
 
-	once    sync.Once
-	results *prometheus.CounterVec
+	once     sync.Once
+	results  *prometheus.CounterVec
+	mu       sync.Mutex
+	limiters map[string]*rate.Limiter
+}
+
+// waitForEnable waits for the mutating-call budget of an account and region.
+func (r *Remediator) waitForEnable(ctx context.Context, account, region string) error {
+	if r.EnablesPerSecond <= 0 {
+		return nil
+	}
+	r.mu.Lock()
+	if r.limiters == nil {
+		r.limiters = map[string]*rate.Limiter{}
+	}
+	l, ok := r.limiters[account+"/"+region]
+	if !ok {
+		l = rate.NewLimiter(rate.Limit(r.EnablesPerSecond), 1)
+		r.limiters[account+"/"+region] = l
+	}
+	r.mu.Unlock()
+	return l.Wait(ctx)
 }
 
 // Metrics returns the collector of kms_remediations_total, its outcomes at zero.
@@ -357,6 +381,10 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	}
 	api := r.Client(t.Role, res.ActedOnRegion)
 	id := aws.String(res.ActedOnKeyID)
+	if err := r.waitForEnable(ctx, k.AccountID, res.ActedOnRegion); err != nil {
+		res.Outcome, res.Reason, res.Status = OutcomeFailed, "timed out waiting for the EnableKeyRotation rate limit", http.StatusServiceUnavailable
+		return res, nil
+	}
 	if _, err := api.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: id, RotationPeriodInDays: aws.Int32(int32(days))}); err != nil {
 		res.Outcome, res.Reason, res.Status = OutcomeFailed, "EnableKeyRotation: "+awsclient.ErrorCode(err), http.StatusBadGateway
 		return res, nil

@@ -2,6 +2,7 @@ package remediate
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -93,5 +94,30 @@ func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 	}
 	if len(api.enabled) != 3 || api.enabled["11111111-1111-4111-8111-111111111111"] != 365 {
 		t.Errorf("EnableKeyRotation calls: %v", api.enabled)
+	}
+}
+
+// TestEnableKeyRotationRateLimited: a bulk remediation paces its
+// EnableKeyRotation calls per account and region (a lower bound on time,
+// which a slow machine cannot break).
+func TestEnableKeyRotationRateLimited(t *testing.T) {
+	var keys []inventory.Key
+	for i := range 6 {
+		keys = append(keys, noncompliant(fmt.Sprintf("%08d-1111-4111-8111-111111111111", i)))
+	}
+	inv := &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{{
+		AccountID: "444455556666", Region: "eu-west-1", Success: true, Keys: keys}}}}
+	api := &fakeKMS{enabled: map[string]int32{}}
+	r := &Remediator{Inventory: inv, Client: func(awsclient.Role, string) KMS { return api },
+		Policy: policy.Policy{MaxRotationPeriodDays: 365}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Now: time.Now, EnablesPerSecond: 10}
+	start := time.Now()
+	results, err := r.RemediateAll(context.Background(), Selector{}, "test")
+	if err != nil || len(results) != 6 || len(api.enabled) != 6 {
+		t.Fatalf("%d results, %d enabled, %v", len(results), len(api.enabled), err)
+	}
+	// One at once, then 5 more at 10/s: at least 0.5 s.
+	if took := time.Since(start); took < 450*time.Millisecond {
+		t.Errorf("6 enables at 10/s took %s", took)
 	}
 }
