@@ -30,28 +30,32 @@ func (r *Refresher) ApplyRotationChanges(changes ...RotationChange) *Snapshot {
 }
 
 // patched returns a copy of s with the changes applied; s is not modified.
+// A later change to the same key wins.
 func (r *Refresher) patched(s *Snapshot, changes []RotationChange) *Snapshot {
 	if len(changes) == 0 {
 		return s
+	}
+	type keyRef struct{ account, id string }
+	byKey := make(map[keyRef]policy.Rotation, len(changes))
+	for _, c := range changes {
+		byKey[keyRef{c.AccountID, c.KeyID}] = c.Rotation
 	}
 	out := &Snapshot{TagLabels: s.TagLabels, Targets: make([]*TargetState, len(s.Targets))}
 	for i, t := range s.Targets {
 		out.Targets[i] = t
 		for j := range t.Keys {
-			for _, c := range changes {
-				if t.AccountID != c.AccountID || t.Keys[j].ID != c.KeyID {
-					continue
-				}
-				if out.Targets[i] == t { // copy on first write
-					cp := *t
-					cp.Keys = append([]Key(nil), t.Keys...)
-					out.Targets[i] = &cp
-				}
-				k := &out.Targets[i].Keys[j]
-				rot := c.Rotation
-				k.Rotation = &rot
-				k.Verdict = policy.Decide(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags}, r.auditor.Policy, r.auditor.Now())
+			rot, ok := byKey[keyRef{t.AccountID, t.Keys[j].ID}]
+			if !ok {
+				continue
 			}
+			if out.Targets[i] == t { // copy on first write
+				cp := *t
+				cp.Keys = append([]Key(nil), t.Keys...)
+				out.Targets[i] = &cp
+			}
+			k := &out.Targets[i].Keys[j]
+			k.Rotation = &rot
+			k.Verdict = policy.Decide(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags}, r.auditor.Policy, r.auditor.Now())
 		}
 	}
 	return out

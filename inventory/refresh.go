@@ -92,7 +92,7 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 	r.pubMu.Unlock()
 	r.once.Do(func() { close(r.ready) })
 	c := s.Counts()
-	r.logger.Info("refresh finished", "targets", len(states), "duration", time.Since(start).Round(time.Millisecond),
+	r.logger.Info("refresh finished", "targets", len(s.Targets), "duration", time.Since(start).Round(time.Millisecond),
 		"compliant", c["compliant"], "noncompliant", c["noncompliant"], "unknown", c["unknown"],
 		"exempt", c["exempt"], "not_applicable", c["not_applicable"])
 	return s
