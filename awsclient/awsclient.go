@@ -334,6 +334,33 @@ func ErrorCode(err error) string {
 	return "Error"
 }
 
+// Transient tells whether a failed call says nothing about the resource it
+// named: throttling that outlasted the retries, a failure on AWS's side (5xx,
+// KMSInternalException, DependencyTimeoutException), a timeout, a cancelled
+// call, or a connection that broke or never opened. Such a failure must not
+// change a verdict (docs/aws-semantics.md, "Errors"). Any other error is AWS's
+// answer about the resource itself (AccessDeniedException, NotFoundException,
+// UnsupportedOperationException, KMSInvalidStateException, ...).
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	var apiErr smithy.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode() == "" {
+		// No answer from AWS at all: a timeout, a broken connection, a
+		// response that could not be read.
+		return true
+	}
+	if _, throttle := retry.DefaultThrottleErrorCodes[apiErr.ErrorCode()]; throttle {
+		return true
+	}
+	if apiErr.ErrorFault() == smithy.FaultServer {
+		return true
+	}
+	var respErr *awshttp.ResponseError
+	return errors.As(err, &respErr) && respErr.HTTPStatusCode() >= 500
+}
+
 var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
 
 // ValidRegion tells whether s is shaped like an AWS region name.

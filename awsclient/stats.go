@@ -50,24 +50,37 @@ func (f *Factory) Describe(ch chan<- *prometheus.Desc) {
 	ch <- errorsDesc
 }
 
-// Collect implements prometheus.Collector: the counters of every client made so far.
+// Collect implements prometheus.Collector: the counters of every client made
+// so far, summed per (account, region). Two clients reach the same account
+// when it is configured twice (its own credentials and a role in it, or two
+// roles): their calls are one account's calls, and one series each.
 func (f *Factory) Collect(ch chan<- prometheus.Metric) {
+	type target struct{ account, region string }
+	calls := map[target]map[string]float64{}
+	errs := map[target]map[opCode]float64{}
 	f.mu.Lock()
-	clients := make([]*Client, 0, len(f.clients))
 	for _, c := range f.clients {
-		clients = append(clients, c)
-	}
-	f.mu.Unlock()
-	for _, c := range clients {
-		account := c.AccountID()
+		t := target{c.AccountID(), c.Region}
+		if calls[t] == nil {
+			calls[t], errs[t] = map[string]float64{}, map[opCode]float64{}
+		}
 		c.stats.mu.Lock()
 		for op, n := range c.stats.calls {
-			ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, n, account, c.Region, op)
+			calls[t][op] += n
 		}
 		for k, n := range c.stats.errors {
-			ch <- prometheus.MustNewConstMetric(errorsDesc, prometheus.CounterValue, n, account, c.Region, k.op, k.code)
+			errs[t][k] += n
 		}
 		c.stats.mu.Unlock()
+	}
+	f.mu.Unlock()
+	for t, byOp := range calls {
+		for op, n := range byOp {
+			ch <- prometheus.MustNewConstMetric(requestsDesc, prometheus.CounterValue, n, t.account, t.region, op)
+		}
+		for k, n := range errs[t] {
+			ch <- prometheus.MustNewConstMetric(errorsDesc, prometheus.CounterValue, n, t.account, t.region, k.op, k.code)
+		}
 	}
 }
 
