@@ -52,6 +52,7 @@ func main() {
 		maxAttempts    = app.Flag("aws.max-attempts", "Attempts per AWS call, retries of throttled and failed calls included.").Default("5").Int()
 		timeout        = app.Flag("aws.timeout", "Timeout of one AWS request attempt.").Default("10s").Duration()
 		interval       = app.Flag("refresh.interval", "How often the inventory is refreshed from AWS; scrapes serve the latest refresh.").Default("5m").Duration()
+		maxStale       = app.Flag("refresh.max-stale-age", "How long a key whose reads fail for a transient reason (throttling, 5xx, timeouts, connection errors) keeps the verdict of its last successful read (marked stale) before it is unknown; 0 = three times --refresh.interval.").Default("0s").Duration()
 		maxPeriod      = app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").Int()
 		exemptionTag   = app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").String()
 		tagLabels      = app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").Strings()
@@ -108,6 +109,8 @@ func main() {
 	switch {
 	case *interval < time.Second:
 		app.Fatalf("--refresh.interval: %s is shorter than 1s", *interval)
+	case *maxStale < 0:
+		app.Fatalf("--refresh.max-stale-age: must not be negative")
 	case *maxPeriod < 90 || *maxPeriod > 2560:
 		app.Fatalf("--compliance.max-rotation-period-days: %d is outside KMS's 90..2560", *maxPeriod)
 	case *concurrency < 1:
@@ -157,8 +160,11 @@ func main() {
 
 	factory := awsclient.NewFactory(awsConfig, awsclient.Options{
 		RequestsPerSecond: *requestRate, MaxConcurrency: *concurrency, MaxAttempts: *maxAttempts, Timeout: *timeout})
+	if *maxStale == 0 {
+		*maxStale = 3 * *interval
+	}
 	compliance := policy.Policy{MaxRotationPeriodDays: *maxPeriod, ExemptionTag: *exemptionTag}
-	auditor := &inventory.Auditor{Policy: compliance, TagLabels: *tagLabels, Workers: *concurrency, Now: time.Now}
+	auditor := &inventory.Auditor{Policy: compliance, TagLabels: *tagLabels, Workers: *concurrency, MaxStale: *maxStale, Now: time.Now}
 	kmsCollector := collector.New(*tagLabels, logger)
 	resolver := &inventory.Resolver{Factory: factory, Roles: roles, Regions: regions, DiscoverRegions: discover,
 		OrganizationsRoleName: *orgRole, OrganizationsExternalID: *orgExternalID,
@@ -218,7 +224,7 @@ func main() {
 	// The snapshot's metrics are not in the registry: kmsCollector.Handler
 	// serves them, encoded once per refresh, after the registry's.
 	registry.MustRegister(
-		factory, remediator.Metrics(), resolver.Metrics(),
+		factory, remediator.Metrics(), resolver.Metrics(), refresher.Metrics(),
 		versioncollector.NewCollector("kms_exporter"),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kms_exporter_shard_ordinal",
 			Help: "This replica's shard (--shard)."}, func() float64 { return float64(shard) }),

@@ -50,9 +50,14 @@ var (
 		"When the key's rotation exemption ends (the day after its -until tag date, 00:00 UTC).")
 	exemptionInfo = keyDesc("kms_key_rotation_exemption_info",
 		"Always 1 for a key carrying a rotation exemption tag; reason is the tag's text.", "reason")
+	stale = keyDesc("kms_key_stale",
+		"Always 1 for a key whose last read failed for a transient reason (error_code) and which still shows the verdict of its last successful read, for up to --refresh.max-stale-age.",
+		"error_code")
 
 	keysCount = targetDesc("kms_keys",
 		"Number of keys by verdict status.", "status")
+	staleCount = targetDesc("kms_keys_stale",
+		"Number of keys showing the verdict of an earlier refresh because reading them (or listing the region) failed since; see kms_key_stale.")
 	refreshSuccess = targetDesc("kms_refresh_success",
 		"Whether the last refresh of this account and region succeeded (1) or failed (0); on failure the last good data is still served.")
 	refreshDuration = targetDesc("kms_refresh_duration_seconds",
@@ -96,7 +101,7 @@ func TagLabelName(tag string) string {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, rotationEnabled, compliance, rotationPeriod, nextRotation,
-		creation, deletion, exemptionExpiry, exemptionInfo, keysCount, refreshSuccess, refreshDuration, lastRefresh} {
+		creation, deletion, exemptionExpiry, exemptionInfo, stale, keysCount, staleCount, refreshSuccess, refreshDuration, lastRefresh} {
 		ch <- d
 	}
 }
@@ -126,7 +131,7 @@ func (c *Collector) Update(s *inventory.Snapshot) {
 func (c *Collector) build(s *inventory.Snapshot) []prometheus.Metric {
 	n := 0
 	for _, t := range s.Targets {
-		n += 4 + len(policy.Statuses) + 5*len(t.Keys)
+		n += 5 + len(policy.Statuses) + 5*len(t.Keys)
 	}
 	out := make([]prometheus.Metric, 0, n)
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
@@ -139,9 +144,14 @@ func (c *Collector) build(s *inventory.Snapshot) []prometheus.Metric {
 			gauge(lastRefresh, seconds(t.LastSuccess), t.AccountID, t.Region)
 		}
 		counts := map[policy.Status]int{}
+		staleKeys := 0
 		for i := range t.Keys {
 			k := &t.Keys[i]
 			counts[k.Verdict.Status]++
+			if k.Stale {
+				staleKeys++
+				gauge(stale, 1, k.AccountID, k.Region, k.ID, k.ReadError)
+			}
 			id := []string{k.AccountID, k.Region, k.ID}
 			info := slices.Concat(id, []string{k.ARN, strings.Join(k.Aliases, ","), k.Meta.KeyManager, k.Meta.KeySpec,
 				k.Meta.KeyUsage, k.Meta.KeyState, k.Meta.Origin, k.MultiRegionType})
@@ -179,6 +189,7 @@ func (c *Collector) build(s *inventory.Snapshot) []prometheus.Metric {
 		for _, st := range policy.Statuses {
 			gauge(keysCount, float64(counts[st]), t.AccountID, t.Region, string(st))
 		}
+		gauge(staleCount, float64(staleKeys), t.AccountID, t.Region)
 	}
 	return out
 }

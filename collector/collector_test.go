@@ -56,6 +56,8 @@ func goldenSnapshot() *inventory.Snapshot {
 	replica := key("us-east-1", "mrk-1", symMeta("Enabled"), policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
 	replica.MultiRegionType = "REPLICA"
 	replica.Rotation = &policy.Rotation{Enabled: true}
+	// Its region could not be listed since: it shows its last good verdict.
+	replica.ReadError, replica.Stale = "RequestTimeout", true
 
 	last := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 	return &inventory.Snapshot{

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -52,6 +53,10 @@ type Auditor struct {
 	// Workers is the number of keys audited at once per target (the requests
 	// in flight are bounded again by the client factory).
 	Workers int
+	// MaxStale is how long a key whose reads fail for a transient reason
+	// (awsclient.Transient) keeps the verdict of its last successful read;
+	// after that it is unknown. 0: it is unknown at once.
+	MaxStale time.Duration
 	// Now returns the time verdicts are decided at.
 	Now func() time.Time
 }
@@ -65,16 +70,50 @@ type listError struct {
 func (e *listError) Error() string { return e.op + ": " + e.err.Error() }
 func (e *listError) Unwrap() error { return e.err }
 
-// Audit lists and audits every key of the target. An error means the target
-// could not be listed; failures on single keys only make those keys unknown.
+// ReadErrors counts the keys of a target whose reads failed for a transient
+// reason, by operation and error code. The keys are still in the result:
+// stale, or unknown when they were never read or are too old to keep.
+type ReadErrors map[ReadError]int
+
+// ReadError is an operation and the error code it failed with.
+type ReadError struct{ Op, Code string }
+
+func (e ReadErrors) Error() string {
+	parts := make([]string, 0, len(e))
+	for k, n := range e {
+		parts = append(parts, fmt.Sprintf("%s: %s (%d keys)", k.Op, k.Code, n))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// listing is what ListKeys and ListAliases returned for a target.
+type listing struct {
+	accountID string
+	keys      []listedKey
+	aliases   map[string][]string
+}
+
+// Audit lists and audits every key of the target, with no earlier state.
+// See AuditListed for what the error means.
 func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys []Key, err error) {
+	l, err := a.list(ctx, t)
+	if err != nil {
+		return "", nil, err
+	}
+	keys, err = a.auditListed(ctx, t, l, nil)
+	return l.accountID, keys, err
+}
+
+// list calls ListKeys and ListAliases and learns the target's account id.
+func (a *Auditor) list(ctx context.Context, t Target) (*listing, error) {
 	listed, accountID, err := listKeys(ctx, t.API)
 	if err != nil {
-		return "", nil, &listError{"ListKeys", err}
+		return nil, &listError{"ListKeys", err}
 	}
 	aliases, aliasAccount, err := listAliases(ctx, t.API)
 	if err != nil {
-		return "", nil, &listError{"ListAliases", err}
+		return nil, &listError{"ListAliases", err}
 	}
 	if accountID == "" {
 		accountID = aliasAccount
@@ -85,36 +124,104 @@ func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys [
 	if l, ok := t.API.(accountLearner); ok {
 		l.LearnAccountID(accountID)
 	}
+	return &listing{accountID: accountID, keys: listed, aliases: aliases}, nil
+}
 
-	keys = make([]Key, len(listed))
-	found := make([]bool, len(listed))
+// auditListed reads every listed key and decides its verdict. prev holds the
+// target's keys as last published (sorted by id): a key whose reads fail for
+// a transient reason keeps its last good verdict, marked stale, for up to
+// MaxStale. The keys returned are sorted by id; a key deleted since it was
+// listed is left out. The error is ReadErrors when reads failed for transient
+// reasons (the refresh of the target then did not succeed), or the context's
+// error.
+func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []Key) ([]Key, error) {
+	keys := make([]Key, len(l.keys))
+	found := make([]bool, len(l.keys))
+	failed := make([]ReadError, len(l.keys))
 	work := make(chan int)
 	var wg sync.WaitGroup
-	for range max(1, min(a.Workers, len(listed))) {
+	for range max(1, min(a.Workers, len(l.keys))) {
 		wg.Go(func() {
 			for i := range work {
-				k := Key{AccountID: accountID, Region: t.Region, ID: listed[i].id, ARN: listed[i].arn, Aliases: aliases[listed[i].id]}
-				found[i] = a.auditKey(ctx, t.API, &k)
+				id := l.keys[i].id
+				k := Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
+				found[i], failed[i] = a.auditKey(ctx, t.API, &k)
+				if failed[i].Code != "" {
+					k = a.carry(k, findKey(prev, id), failed[i].Code)
+				}
 				keys[i] = k
 			}
 		})
 	}
-	for i := range listed {
+	for i := range l.keys {
 		work <- i
 	}
 	close(work)
 	wg.Wait()
 
 	kept := keys[:0]
+	errs := ReadErrors{}
 	for i := range keys {
-		if found[i] {
-			kept = append(kept, keys[i])
+		if !found[i] {
+			continue
+		}
+		kept = append(kept, keys[i])
+		if failed[i].Code != "" {
+			errs[failed[i]]++
 		}
 	}
 	sort.Slice(kept, func(i, j int) bool { return kept[i].ID < kept[j].ID })
 	// A key listed twice (pages shifting while keys are created) is kept once.
 	kept = slices.CompactFunc(kept, func(a, b Key) bool { return a.ID == b.ID })
-	return accountID, kept, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return kept, err
+	}
+	if len(errs) > 0 {
+		return kept, errs
+	}
+	return kept, nil
+}
+
+// findKey returns the key with this id in keys sorted by id, or nil.
+func findKey(keys []Key, id string) *Key {
+	i, ok := slices.BinarySearchFunc(keys, id, func(k Key, id string) int { return strings.Compare(k.ID, id) })
+	if !ok {
+		return nil
+	}
+	return &keys[i]
+}
+
+// carry decides what to publish for a key whose read failed with a transient
+// error code: its last good state (prev), marked stale, while that is younger
+// than MaxStale; otherwise the key as now read, unknown with the code.
+// Listing is fresh evidence, so the aliases are today's.
+func (a *Auditor) carry(now Key, prev *Key, code string) Key {
+	if prev == nil || prev.LastRead.IsZero() || a.Now().Sub(prev.LastRead) > a.MaxStale {
+		now.Rotation, now.Tags, now.TagValues = nil, nil, nil
+		now.Verdict = policy.Verdict{Status: policy.Unknown, Reason: code}
+		if prev != nil {
+			now.LastRead = prev.LastRead
+		}
+		now.ReadError, now.Stale = code, false
+		return now
+	}
+	k := *prev
+	k.Aliases = now.Aliases
+	k.ReadError, k.Stale = code, true
+	return k
+}
+
+// Age marks the keys of a target that could not be listed: each keeps its
+// last good state, stale with the listing's error code, while that is
+// younger than MaxStale; then it is unknown with that code.
+func (a *Auditor) Age(prev []Key, code string) []Key {
+	out := make([]Key, len(prev))
+	for i := range prev {
+		now := prev[i]
+		now.LastRead = time.Time{}
+		out[i] = a.carry(now, &prev[i], code)
+	}
+	return out
 }
 
 type listedKey struct{ id, arn string }
@@ -171,31 +278,49 @@ func accountOf(s string) string {
 	return a.AccountID
 }
 
-// auditKey fills in one key. It returns false when the key no longer exists
-// (deleted between ListKeys and DescribeKey).
-func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) bool {
+// auditKey fills in one key. It returns found=false when the key no longer
+// exists (deleted between ListKeys and a later call), and the operation and
+// code of a transient failure, which leaves the verdict undecided (the caller
+// decides what to publish, see carry). Any other error is AWS's answer about
+// the key: the verdict is unknown with that code.
+func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) (found bool, failed ReadError) {
 	in := policy.Input{}
-	defer func() { k.Verdict = policy.Decide(in, a.Policy, a.Now()) }()
+	// check reports whether a call succeeded; on failure it records why.
+	check := func(op string, err error, code *string) bool {
+		switch {
+		case err == nil:
+			return true
+		case isNotFound(err):
+			found = false
+		case awsclient.Transient(err):
+			failed = ReadError{op, awsclient.ErrorCode(err)}
+		default:
+			*code = awsclient.ErrorCode(err)
+		}
+		return false
+	}
+	found = true
+	defer func() {
+		if found && failed.Code == "" {
+			k.Verdict = policy.Decide(in, a.Policy, a.Now())
+			k.LastRead = a.Now()
+		}
+	}()
 
 	d, err := api.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(k.ID)})
-	if err != nil {
-		if isNotFound(err) {
-			return false
-		}
-		in.DescribeError = awsclient.ErrorCode(err)
-		return true
+	if !check("DescribeKey", err, &in.DescribeError) {
+		return found, failed
 	}
 	setMetadata(k, d.KeyMetadata)
 	in.Meta = k.Meta
 
 	if policy.NeedsRotationStatus(k.Meta) {
 		r, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String(k.ID)})
-		switch {
-		case isNotFound(err):
-			return false
-		case err != nil:
-			in.RotationError = awsclient.ErrorCode(err)
-		default:
+		if !check("GetKeyRotationStatus", err, &in.RotationError) {
+			if !found || failed.Code != "" {
+				return found, failed
+			}
+		} else {
 			k.Rotation = &policy.Rotation{
 				Enabled:      r.KeyRotationEnabled,
 				PeriodDays:   aws.ToInt32(r.RotationPeriodInDays),
@@ -208,12 +333,11 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) bool {
 	needTags := policy.NeedsExemptionTags(k.Meta, k.Rotation, a.Policy)
 	if needTags || (len(a.TagLabels) > 0 && k.Meta.KeyManager == policy.ManagerCustomer) {
 		tags, err := listTags(ctx, api, k.ID)
-		switch {
-		case isNotFound(err):
-			return false
-		case err != nil:
-			in.TagsError = awsclient.ErrorCode(err)
-		default:
+		if !check("ListResourceTags", err, &in.TagsError) {
+			if !found || failed.Code != "" {
+				return found, failed
+			}
+		} else {
 			in.Tags = tags
 			k.Tags = tags
 			if len(a.TagLabels) > 0 {
@@ -224,7 +348,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) bool {
 			}
 		}
 	}
-	return true
+	return found, failed
 }
 
 func setMetadata(k *Key, m *types.KeyMetadata) {
@@ -286,6 +410,10 @@ func describeTargetError(err error) string {
 	var le *listError
 	if errors.As(err, &le) {
 		return fmt.Sprintf("%s: %s", le.op, awsclient.ErrorCode(le.err))
+	}
+	var re ReadErrors
+	if errors.As(err, &re) {
+		return re.Error()
 	}
 	return awsclient.ErrorCode(err)
 }

@@ -1,12 +1,19 @@
 package inventory
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"log/slog"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
 )
 
 // TargetSource lists the targets to audit; it is asked again at every refresh
@@ -34,6 +41,12 @@ type Refresher struct {
 	current atomic.Pointer[Snapshot]
 	ready   chan struct{}
 	once    sync.Once
+
+	dupMu      sync.Mutex
+	duplicates map[[3]string]bool
+
+	metricsOnce  sync.Once
+	readFailures *prometheus.CounterVec
 }
 
 // NewRefresher returns a Refresher; onUpdate functions are called with every
@@ -65,29 +78,40 @@ func (r *Refresher) Run(ctx context.Context, interval time.Duration) {
 }
 
 // Refresh audits every target concurrently and publishes the new snapshot.
-// A target that fails keeps its last good keys.
+// Every target is listed first (cheap, and it names the target's account), so
+// that an (account, region) reached by two paths is audited once. A target
+// that cannot be listed keeps its last good keys, stale, for up to the
+// auditor's MaxStale.
 func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
-	prev := map[targetID]*TargetState{}
-	for _, t := range r.current.Load().Targets {
-		prev[targetID{t.Role.ARN, t.Region}] = t
-	}
+	prev := indexTargets(r.current.Load().Targets)
 
 	targets := r.source.Targets(ctx)
-	states := make([]*TargetState, len(targets))
+	listings := make([]*listing, len(targets))
+	listErrs := make([]error, len(targets))
 	var wg sync.WaitGroup
 	for i, t := range targets {
-		wg.Go(func() { states[i] = r.refreshTarget(ctx, t, prev[targetID{t.Role.ARN, t.Region}]) })
+		wg.Go(func() { listings[i], listErrs[i] = r.auditor.list(ctx, t) })
+	}
+	wg.Wait()
+
+	chosen := r.chooseTargets(targets, listings, listErrs, prev)
+	states := make([]*TargetState, len(chosen))
+	for i, c := range chosen {
+		wg.Go(func() { states[i] = r.refreshTarget(ctx, targets[c], listings[c], listErrs[c], prev, start) })
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
 		// Shutting down: keep what was published.
 		return r.current.Load()
 	}
+	slices.SortStableFunc(states, func(a, b *TargetState) int {
+		return cmp.Or(strings.Compare(a.AccountID, b.AccountID), strings.Compare(a.Region, b.Region))
+	})
 	r.pubMu.Lock()
-	s := r.withPending(&Snapshot{Targets: r.uniqueTargets(states), TagLabels: r.auditor.TagLabels}, start)
+	s := r.withPending(&Snapshot{Targets: states, TagLabels: r.auditor.TagLabels}, start)
 	r.publish(s)
 	r.pubMu.Unlock()
 	r.once.Do(func() { close(r.ready) })
@@ -107,52 +131,164 @@ func (r *Refresher) publish(s *Snapshot) {
 	r.current.Store(s)
 }
 
-type targetID struct{ role, region string }
+type targetID struct{ account, role, region string }
 
-// uniqueTargets sorts the states by account and region and keeps one state
-// per (account, region): the same account reached twice (its own
-// credentials and an assumed role, or a role given twice) would otherwise
-// expose every key twice. A successful state wins over a failed one.
-func (r *Refresher) uniqueTargets(states []*TargetState) []*TargetState {
-	sort.SliceStable(states, func(i, j int) bool {
-		a, b := states[i], states[j]
-		if a.AccountID != b.AccountID {
-			return a.AccountID < b.AccountID
-		}
-		if a.Region != b.Region {
-			return a.Region < b.Region
-		}
-		return a.Success && !b.Success
-	})
-	out := states[:0]
+// previous finds a target's state in the last snapshot: by account and
+// region once the account is known (whichever path reached it), else by
+// role and region.
+type previous map[targetID]*TargetState
+
+func indexTargets(states []*TargetState) previous {
+	out := previous{}
 	for _, st := range states {
-		if n := len(out); n > 0 && st.AccountID != "" && out[n-1].AccountID == st.AccountID && out[n-1].Region == st.Region {
-			r.logger.Warn("the same account and region is audited twice; keeping one", "account_id", st.AccountID,
-				"region", st.Region, "role", st.Role.ARN, "kept_role", out[n-1].Role.ARN)
-			continue
+		out[targetID{role: st.Role.ARN, region: st.Region}] = st
+		if st.AccountID != "" {
+			out[targetID{account: st.AccountID, region: st.Region}] = st
 		}
-		out = append(out, st)
 	}
 	return out
 }
 
-func (r *Refresher) refreshTarget(ctx context.Context, t Target, prev *TargetState) *TargetState {
-	start := time.Now()
-	account, keys, err := r.auditor.Audit(ctx, t)
-	st := &TargetState{AccountID: account, Region: t.Region, Role: t.Role, Keys: keys,
-		Success: err == nil, Duration: time.Since(start), LastAttempt: start}
-	if err == nil {
+func (p previous) of(account string, t Target) *TargetState {
+	if st, ok := p[targetID{account: account, region: t.Region}]; ok && account != "" {
+		return st
+	}
+	return p[targetID{role: t.Role.ARN, region: t.Region}]
+}
+
+// accountOfTarget is the account a target reaches: as its listing said, or
+// as known before (the role's ARN, the last snapshot), or "" when unknown.
+func accountOfTarget(t Target, l *listing, prev previous) string {
+	if l != nil && l.accountID != "" {
+		return l.accountID
+	}
+	if a := t.Role.AccountID(); a != "" {
+		return a
+	}
+	if st := prev.of("", t); st != nil {
+		return st.AccountID
+	}
+	return ""
+}
+
+// chooseTargets returns the indexes of the targets to audit: one per
+// (account, region), the first that could be listed, else the first. The
+// same account reached twice (its own credentials and an assumed role, or a
+// role given twice) would otherwise be audited, and exposed, twice.
+func (r *Refresher) chooseTargets(targets []Target, listings []*listing, listErrs []error, prev previous) []int {
+	type where struct{ account, region string }
+	first := map[where]int{} // position in out
+	var out []int
+	for i, t := range targets {
+		w := where{accountOfTarget(t, listings[i], prev), t.Region}
+		j, seen := first[w]
+		if w.account == "" || !seen {
+			first[w] = len(out)
+			out = append(out, i)
+			continue
+		}
+		kept, skipped := out[j], i
+		if listErrs[kept] != nil && listErrs[i] == nil {
+			kept, skipped = i, kept
+			out[j] = kept
+		}
+		r.reportDuplicate(targets[skipped], targets[kept], w.account)
+	}
+	return out
+}
+
+// reportDuplicate logs, once per pair, that a target is skipped because
+// another reaches the same account and region.
+func (r *Refresher) reportDuplicate(skipped, kept Target, account string) {
+	key := [3]string{skipped.Role.ARN, kept.Role.ARN, skipped.Region}
+	r.dupMu.Lock()
+	defer r.dupMu.Unlock()
+	if r.duplicates == nil {
+		r.duplicates = map[[3]string]bool{}
+	}
+	if r.duplicates[key] {
+		return
+	}
+	r.duplicates[key] = true
+	r.logger.Warn("the same account and region is reached twice; auditing it once", "account_id", account,
+		"region", skipped.Region, "skipped_role", roleName(skipped.Role), "audited_role", roleName(kept.Role))
+}
+
+func roleName(r awsclient.Role) string {
+	if r.ARN == "" {
+		return "own credentials"
+	}
+	return r.ARN
+}
+
+// refreshTarget audits one listed target, or ages the last good keys of one
+// that could not be listed.
+func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, listErr error, prev previous, start time.Time) *TargetState {
+	account := accountOfTarget(t, l, prev)
+	last := prev.of(account, t)
+	var lastKeys []Key
+	st := &TargetState{AccountID: account, Region: t.Region, Role: t.Role, LastAttempt: start}
+	if last != nil {
+		lastKeys, st.LastSuccess = last.Keys, last.LastSuccess
+	}
+	err := listErr
+	if l != nil {
+		st.Keys, err = r.auditor.auditListed(ctx, t, l, lastKeys)
+	} else {
+		st.Keys = r.auditor.Age(lastKeys, awsclient.ErrorCode(listErr))
+	}
+	st.Duration = time.Since(start)
+	st.Success = err == nil
+	if st.Success {
 		st.LastSuccess = start
 		return st
 	}
 	st.Error = describeTargetError(err)
-	r.logger.Warn("refresh of a region failed; keeping its last good data", "region", t.Region,
-		"role", t.Role.ARN, "err", err)
-	if prev != nil {
-		st.AccountID, st.Keys, st.LastSuccess = prev.AccountID, prev.Keys, prev.LastSuccess
+	var readErrs ReadErrors
+	if errors.As(err, &readErrs) {
+		r.countReadErrors(st, readErrs)
+		return st
 	}
-	if st.AccountID == "" {
-		st.AccountID = t.Role.AccountID()
+	if ctx.Err() == nil {
+		r.logger.Warn("listing the keys of a region failed; its keys keep their last good verdicts (stale) for up to the staleness bound",
+			"account_id", account, "region", t.Region, "role", roleName(t.Role), "max_stale", r.auditor.MaxStale, "err", err)
 	}
 	return st
+}
+
+// countReadErrors counts and logs the keys of a target whose reads failed.
+func (r *Refresher) countReadErrors(st *TargetState, errs ReadErrors) {
+	var stale, unknown int
+	var sample []string
+	for i := range st.Keys {
+		k := &st.Keys[i]
+		if k.ReadError == "" {
+			continue
+		}
+		if k.Stale {
+			stale++
+		} else {
+			unknown++
+		}
+		if len(sample) < 5 {
+			sample = append(sample, k.ID)
+		}
+	}
+	for e, n := range errs {
+		r.Metrics().WithLabelValues(st.AccountID, st.Region, e.Op, e.Code).Add(float64(n))
+	}
+	r.logger.Warn("reading keys failed; they keep their last good verdicts (stale) for up to the staleness bound, then are unknown",
+		"account_id", st.AccountID, "region", st.Region, "errors", errs.Error(), "stale", stale, "unknown", unknown,
+		"max_stale", r.auditor.MaxStale, "keys", strings.Join(sample, ","))
+}
+
+// Metrics returns kms_key_read_failures_total.
+func (r *Refresher) Metrics() *prometheus.CounterVec {
+	r.metricsOnce.Do(func() {
+		r.readFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kms_key_read_failures_total",
+			Help: "Keys whose reads failed for a transient reason (throttling past the retries, 5xx, timeouts, connection errors), by operation and error code, once per key and refresh; such a key keeps its last good verdict (stale) until --refresh.max-stale-age, then is unknown.",
+		}, []string{"account_id", "region", "operation", "error_code"})
+	})
+	return r.readFailures
 }

@@ -58,6 +58,15 @@ type Key struct {
 	// depends on them, or all customer keys with tag labels), else nil.
 	Tags    map[string]string
 	Verdict policy.Verdict
+	// LastRead is when the key's verdict was last decided from AWS's
+	// answers; zero when it never was.
+	LastRead time.Time
+	// ReadError is the error code of the last read when it failed for a
+	// transient reason; "" when it succeeded.
+	ReadError string
+	// Stale: the last read failed (ReadError) and the key still shows what
+	// was read at LastRead, younger than the staleness bound.
+	Stale bool
 }
 
 // Counts returns the number of keys per verdict status over all targets.

@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
@@ -67,18 +69,40 @@ func TestResolverStaticRegionsPerRole(t *testing.T) {
 	}
 }
 
-// TestSameAccountTwiceExposedOnce audits one emulator through two targets
-// that resolve to the same account and region.
-func TestSameAccountTwiceExposedOnce(t *testing.T) {
+// TestSameAccountTwiceAuditedOnce reaches one account and region by two
+// paths, each with its own client: the exporter's own credentials and a role
+// in the same account. It is audited once, shown once, and the API counters
+// stay one series per (account, region), so /metrics answers.
+func TestSameAccountTwiceAuditedOnce(t *testing.T) {
 	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
-	f := newFactory(srv.URL)
+	proxy := kmstest.NewProxy(t, srv.URL)
+	role := awsclient.Role{ARN: "arn:aws:iam::" + kmstest.DefaultAccount + ":role/audit"}
+	proxy.AllowRole(role.ARN)
+	f := newFactory(proxy.URL)
+	var log strings.Builder
+	logger := slog.New(slog.NewTextHandler(&log, nil))
 	targets := inventory.StaticTargets{
 		{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")},
-		{Role: awsclient.Role{ARN: "arn:aws:iam::" + kmstest.DefaultAccount + ":role/audit"}, Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")},
+		{Role: role, Region: "eu-west-1", API: f.KMS(role, "eu-west-1")},
 	}
-	s := inventory.NewRefresher(targets, newAuditor(), discard()).Refresh(ctxT(t))
-	if len(s.Targets) != 1 || len(s.Targets[0].Keys) != len(kmstest.MixedInventory) {
-		t.Fatalf("%d targets, want the account and region once", len(s.Targets))
+	r := inventory.NewRefresher(targets, newAuditor(), logger)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(f)
+	for refresh := range 2 {
+		before := proxy.Calls("DescribeKey")
+		s := r.Refresh(ctxT(t))
+		if len(s.Targets) != 1 || !s.Targets[0].Success || len(s.Targets[0].Keys) != len(kmstest.MixedInventory) {
+			t.Fatalf("refresh %d: %d targets, want the account and region once", refresh, len(s.Targets))
+		}
+		if n := proxy.Calls("DescribeKey") - before; n != len(kmstest.MixedInventory) {
+			t.Errorf("refresh %d: %d DescribeKey calls for %d keys: audited more than once", refresh, n, len(kmstest.MixedInventory))
+		}
+		if _, err := reg.Gather(); err != nil {
+			t.Errorf("refresh %d: gathering the API counters: %v", refresh, err)
+		}
+	}
+	if n := strings.Count(log.String(), "reached twice"); n != 1 {
+		t.Errorf("%d log lines about the duplicate, want 1:\n%s", n, log.String())
 	}
 }
 

@@ -35,6 +35,7 @@ type Proxy struct {
 	fakes   map[fakeID]*FakeKey
 	faults  []*Fault
 	calls   map[string]int
+	roles   map[string]bool
 }
 
 // fakeID names a fake key: a multi-Region primary and its replicas share an id.
@@ -76,7 +77,7 @@ type Fault struct {
 
 // StartProxy starts a proxy in front of the emulator at upstream, on a free loopback port.
 func StartProxy(upstream string) *Proxy {
-	p := &Proxy{upstream: upstream, periods: map[string]int32{}, fakes: map[fakeID]*FakeKey{}, calls: map[string]int{}}
+	p := &Proxy{upstream: upstream, periods: map[string]int32{}, fakes: map[fakeID]*FakeKey{}, calls: map[string]int{}, roles: map[string]bool{}}
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	p.URL = p.srv.URL
 	return p
@@ -97,6 +98,14 @@ func (p *Proxy) AddFake(k *FakeKey) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.fakes[fakeID{k.region(), k.id()}] = k
+}
+
+// AllowRole makes STS AssumeRole of this role ARN succeed when STS is
+// pointed at the proxy; every other role is refused (AccessDenied).
+func (p *Proxy) AllowRole(roleARN string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.roles[roleARN] = true
 }
 
 // AddFault injects a fault; it applies to calls from now on.
@@ -170,8 +179,20 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	keyID = keyIDOf(keyID)
 
 	if form, err := url.ParseQuery(string(body)); op == "" && err == nil && form.Get("Action") == "AssumeRole" {
-		// STS, when pointed here: credentials that fail.
+		// STS, when pointed here: temporary credentials for the roles
+		// allowed (local-kms ignores signatures), a refusal for others.
 		w.Header().Set("Content-Type", "text/xml")
+		p.mu.Lock()
+		allowed := p.roles[form.Get("RoleArn")]
+		p.mu.Unlock()
+		if allowed {
+			account := strings.Split(form.Get("RoleArn"), ":")[4]
+			fmt.Fprintf(w, `<AssumeRoleResponse><AssumeRoleResult><Credentials><AccessKeyId>ASIA%s</AccessKeyId><SecretAccessKey>s</SecretAccessKey>
+<SessionToken>t</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials>
+<AssumedRoleUser><Arn>arn:aws:sts::%s:assumed-role/audit/kms_exporter</Arn><AssumedRoleId>AROA:x</AssumedRoleId></AssumedRoleUser>
+</AssumeRoleResult></AssumeRoleResponse>`, account, account)
+			return
+		}
 		w.WriteHeader(http.StatusForbidden)
 		fmt.Fprint(w, `<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized to perform sts:AssumeRole</Message></Error><RequestId>0</RequestId></ErrorResponse>`)
 		return
