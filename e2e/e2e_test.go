@@ -88,7 +88,7 @@ func firing(prom string) []promAlert {
 	if err := getJSON(prom+"/api/v1/alerts", &r); err != nil {
 		return nil
 	}
-	var out []promAlert
+	out := []promAlert{}
 	for _, a := range r.Data.Alerts {
 		if a.State == "firing" {
 			out = append(out, a)
@@ -138,7 +138,8 @@ func TestStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids["unreadable"] = aws.ToString(unreadable.KeyMetadata.KeyId)
-	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: ids["unreadable"], Code: "AccessDeniedException"})
+	unreadableFault := &kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: ids["unreadable"], Code: "AccessDeniedException"}
+	proxy.AddFault(unreadableFault)
 
 	// The exporter, remediation on for alias/legacy* only: legacy-billing and
 	// legacy-archive get fixed, old-exemption stays noncompliant.
@@ -153,7 +154,7 @@ func TestStack(t *testing.T) {
 	exporterAddr, promAddr, amAddr := harness.FreeAddr(t), harness.FreeAddr(t), harness.FreeAddr(t)
 	start(t, "kms_exporter", []string{"AWS_ENDPOINT_URL_KMS=" + proxy.URL, "AWS_REGION=" + region, "AWS_ACCESS_KEY_ID=x",
 		"AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null"},
-		exporter, "--web.listen-address="+exporterAddr, "--aws.region="+region, "--refresh.interval=2s",
+		exporter, "--web.listen-address="+exporterAddr, "--aws.region="+region, "--refresh.interval=2s", "--refresh.max-stale-age=10m",
 		"--remediation.enabled", "--remediation.token-file="+token, "--remediation.allow-alias-prefix=alias/legacy",
 		"--remediation.requests-per-second=50")
 
@@ -260,6 +261,47 @@ scrape_configs:
 			t.Errorf("%s returns no data: %s", where, expr)
 		}
 	}
+
+	// An outage after listing: KMS lists the keys, then fails every per-key
+	// call. No verdict changes, so the noncompliance alert stays firing, and
+	// the refresh failure is alerted. After recovery all is as before.
+	for _, op := range []string{"DescribeKey", "GetKeyRotationStatus", "ListResourceTags"} {
+		proxy.AddFault(&kmstest.Fault{Op: op, Code: "KMSInternalException", Status: 500})
+	}
+	outage := []string{"KMSExporterRefreshFailing/"}
+	outage = append(outage, wantSorted...)
+	sort.Strings(outage)
+	stillFiring := func() string {
+		alerts := firing(prom)
+		if alerts == nil {
+			return "Prometheus did not answer"
+		}
+		got := describe(alerts)
+		for _, a := range wantSorted {
+			if !strings.Contains(" "+got+" ", " "+a+" ") {
+				t.Errorf("during the outage %s resolved (firing: %s)", a, got)
+			}
+		}
+		return got
+	}
+	harness.Poll(t, 60*time.Second, func() string {
+		if got := stillFiring(); got != strings.Join(outage, " ") {
+			return fmt.Sprintf("during the outage: firing %q, want %q", got, strings.Join(outage, " "))
+		}
+		return ""
+	})
+	// Several more refreshes and evaluations into the outage: still firing.
+	for deadline := time.Now().Add(8 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		stillFiring()
+	}
+	proxy.ClearFaults()
+	proxy.AddFault(unreadableFault)
+	harness.Poll(t, 60*time.Second, func() string {
+		if got := describe(firing(prom)); got != strings.Join(wantSorted, " ") {
+			return fmt.Sprintf("after recovery: firing %q, want %q", got, strings.Join(wantSorted, " "))
+		}
+		return ""
+	})
 }
 
 func writeFile(t *testing.T, path, content string) {
