@@ -133,7 +133,8 @@ func TestFaultInjection(t *testing.T) {
 }
 
 // TestFailingTargetsDoNotBlankOthers: an unreachable region and an account
-// whose role cannot be assumed fail alone, and say so.
+// whose role cannot be assumed (STS AssumeRole denied) fail alone, and
+// /metrics says so while it shows the healthy account's keys.
 func TestFailingTargetsDoNotBlankOthers(t *testing.T) {
 	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
 	proxy := kmstest.NewProxy(t, srv.URL)
@@ -145,7 +146,24 @@ func TestFailingTargetsDoNotBlankOthers(t *testing.T) {
 		{Role: denied, Region: "eu-west-1", API: factory.KMS(denied, "eu-west-1")},
 		{Region: "us-east-1", API: newFactory("http://127.0.0.1:1").KMS(awsclient.Role{}, "us-east-1")},
 	}
-	s := inventory.NewRefresher(targets, newAuditor(), discard()).Refresh(ctxT(t))
+	r := inventory.NewRefresher(targets, newAuditor(), discard())
+	s := r.Refresh(ctxT(t))
+	m := scrape(t, s, r)
+	for _, c := range []struct {
+		series string
+		want   float64
+	}{
+		{`kms_refresh_success{account_id="` + kmstest.DefaultAccount + `",region="eu-west-1"}`, 1},
+		{`kms_refresh_success{account_id="444455556666",region="eu-west-1"}`, 0},
+		{`kms_refresh_success{account_id="",region="us-east-1"}`, 0},
+	} {
+		if got, ok := m[c.series]; !ok || got != c.want {
+			t.Errorf("%s = %v (shown: %v), want %v", c.series, got, ok, c.want)
+		}
+	}
+	if n := len(m.compliance()); n != len(kmstest.MixedInventory) {
+		t.Errorf("/metrics shows %d keys, want the healthy account's %d", n, len(kmstest.MixedInventory))
+	}
 	if len(s.Targets) != 3 {
 		t.Fatalf("%d targets", len(s.Targets))
 	}

@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
 	"github.com/kms-exporter/kms_exporter/inventory"
 )
 
@@ -57,5 +61,66 @@ func TestRefreshesNeverOverlap(t *testing.T) {
 	}
 	if n := src.total.Load(); n < 21 {
 		t.Errorf("only %d refreshes ran", n)
+	}
+}
+
+// blockingKMS lists three keys and describes them; while block is set, every
+// DescribeKey waits until its context ends.
+type blockingKMS struct {
+	inventory.KMS // the calls not overridden are never made
+	block         atomic.Bool
+	started       chan struct{}
+}
+
+func (b *blockingKMS) ListKeys(context.Context, *kms.ListKeysInput, ...func(*kms.Options)) (*kms.ListKeysOutput, error) {
+	out := &kms.ListKeysOutput{}
+	for _, id := range []string{"k1", "k2", "k3"} {
+		out.Keys = append(out.Keys, types.KeyListEntry{KeyId: aws.String(id), KeyArn: aws.String("arn:aws:kms:eu-west-1:111122223333:key/" + id)})
+	}
+	return out, nil
+}
+
+func (b *blockingKMS) ListAliases(context.Context, *kms.ListAliasesInput, ...func(*kms.Options)) (*kms.ListAliasesOutput, error) {
+	return &kms.ListAliasesOutput{}, nil
+}
+
+func (b *blockingKMS) DescribeKey(ctx context.Context, in *kms.DescribeKeyInput, _ ...func(*kms.Options)) (*kms.DescribeKeyOutput, error) {
+	if b.block.Load() {
+		select {
+		case b.started <- struct{}{}:
+		default:
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &kms.DescribeKeyOutput{KeyMetadata: &types.KeyMetadata{KeyId: in.KeyId, KeyManager: types.KeyManagerTypeCustomer,
+		KeySpec: types.KeySpecSymmetricDefault, KeyState: types.KeyStateEnabled}}, nil
+}
+
+func (b *blockingKMS) GetKeyRotationStatus(context.Context, *kms.GetKeyRotationStatusInput, ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error) {
+	return &kms.GetKeyRotationStatusOutput{KeyRotationEnabled: true}, nil
+}
+
+// TestShutdownPublishesNoPartialSnapshot: a refresh cut short by shutdown
+// publishes nothing; what was published before stays.
+func TestShutdownPublishesNoPartialSnapshot(t *testing.T) {
+	api := &blockingKMS{started: make(chan struct{}, 1)}
+	updates := atomic.Int32{}
+	auditor := newAuditor()
+	auditor.MaxStale = time.Hour
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: api}}, auditor, discard(),
+		func(*inventory.Snapshot) { updates.Add(1) })
+	first := r.Refresh(context.Background())
+	if len(first.Targets) != 1 || len(first.Targets[0].Keys) != 3 || !first.Targets[0].Success {
+		t.Fatalf("first refresh: %+v", first.Targets)
+	}
+	api.block.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-api.started; cancel() }()
+	if got := r.Refresh(ctx); got != first {
+		t.Error("the refresh cut short returned a new snapshot")
+	}
+	if r.Snapshot() != first || updates.Load() != 1 {
+		t.Errorf("a partial snapshot was published (%d updates)", updates.Load())
 	}
 }
