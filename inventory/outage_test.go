@@ -19,6 +19,7 @@ import (
 	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 // clock is a settable time for the staleness bound.
@@ -219,6 +220,24 @@ func TestOutcomesUnderFailure(t *testing.T) {
 		}
 		if n := len(m.series("kms_key_stale")) + len(m.series("kms_key_rotation_enabled")); n != 0 {
 			t.Errorf("past the bound, %d stale or rotation series are still shown", n)
+		}
+		healed(t)
+	})
+
+	t.Run("a status read by a remediation is fresh evidence", func(t *testing.T) {
+		for _, f := range perKey(kmstest.Fault{Code: "KMSInternalException", Status: 500}) {
+			proxy.AddFault(f)
+		}
+		clk.Add(time.Minute)
+		r.Refresh(ctx)
+		id := ids["legacy-billing"]
+		m := scrape(t, r.ApplyRotationChanges(inventory.RotationChange{AccountID: kmstest.DefaultAccount, KeyID: id,
+			Rotation: policy.Rotation{Enabled: true, PeriodDays: 365}, At: time.Now()}), r)
+		if got := m.compliance()[id]; got != "compliant/rotation_enabled" {
+			t.Errorf("after the change: %s", got)
+		}
+		if n := len(m.series("kms_key_stale", `key_id="`+id+`"`)); n != 0 || int(m.sum("kms_keys_stale", target)) != len(baseline)-1 {
+			t.Errorf("the changed key is still stale: %v", m.series("kms_keys_stale"))
 		}
 		healed(t)
 	})

@@ -36,15 +36,15 @@ func (r *Refresher) patched(s *Snapshot, changes []RotationChange) *Snapshot {
 		return s
 	}
 	type keyRef struct{ account, id string }
-	byKey := make(map[keyRef]policy.Rotation, len(changes))
+	byKey := make(map[keyRef]RotationChange, len(changes))
 	for _, c := range changes {
-		byKey[keyRef{c.AccountID, c.KeyID}] = c.Rotation
+		byKey[keyRef{c.AccountID, c.KeyID}] = c
 	}
 	out := &Snapshot{TagLabels: s.TagLabels, Targets: make([]*TargetState, len(s.Targets))}
 	for i, t := range s.Targets {
 		out.Targets[i] = t
 		for j := range t.Keys {
-			rot, ok := byKey[keyRef{t.AccountID, t.Keys[j].ID}]
+			c, ok := byKey[keyRef{t.AccountID, t.Keys[j].ID}]
 			if !ok {
 				continue
 			}
@@ -54,7 +54,10 @@ func (r *Refresher) patched(s *Snapshot, changes []RotationChange) *Snapshot {
 				out.Targets[i] = &cp
 			}
 			k := &out.Targets[i].Keys[j]
+			rot := c.Rotation
 			k.Rotation = &rot
+			// A status read from AWS just now: the key is no longer stale.
+			k.LastRead, k.ReadError, k.Stale = c.At, "", false
 			k.Verdict = policy.Decide(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags}, r.auditor.Policy, r.auditor.Now())
 		}
 	}
