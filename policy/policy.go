@@ -2,7 +2,8 @@
 //
 // Everything here is a pure function of the key's metadata, its rotation
 // status, its tags, the configured policy and the current time: no AWS calls,
-// so that a table test can cover every row of the rules in KMS-FACTS.md.
+// so that a table test can cover every row of the scope rules in
+// docs/aws-semantics.md, section "Which keys are in scope".
 package policy
 
 import (
