@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 var (
@@ -158,17 +160,43 @@ func TestNeedsExemptionTags(t *testing.T) {
 	}
 }
 
+// FuzzParseExemptionUntil checks ParseExemptionUntil against an independent
+// reading of the "-until" tag: it accepts exactly what time.Parse(DateOnly)
+// accepts once surrounding white space is removed; the end is midnight UTC,
+// exactly 24 hours after the start of the named day, and formats back to that
+// day; and a key exempt until that day is exempt one nanosecond before the
+// end and noncompliant (exemption_expired) at it.
 func FuzzParseExemptionUntil(f *testing.F) {
-	for _, s := range []string{"2026-11-27", " 2027-01-01 ", "2026-02-30", "", "27/11/2026", "9999-12-31"} {
+	for _, s := range []string{"2026-11-27", " 2027-01-01 ", "\t2028-02-29\n", "2026-02-30", "2027-02-29", "", " ",
+		"27/11/2026", "2026-1-5", "2026-01-05T00:00:00Z", "0000-01-01", "9999-12-31", "+2026-11-27", "2026-11-27x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		end, err := ParseExemptionUntil(s)
+		day, refErr := time.Parse(time.DateOnly, strings.TrimFunc(s, unicode.IsSpace))
+		if (err == nil) != (refErr == nil) {
+			t.Fatalf("ParseExemptionUntil(%q): err %v, but time.Parse of the trimmed text: err %v", s, err, refErr)
+		}
 		if err != nil {
 			return
 		}
-		if end.Hour() != 0 || end.Minute() != 0 || end.Location() != time.UTC {
-			t.Fatalf("%q: expiry %v is not a UTC midnight", s, end)
+		if !end.Equal(day.Add(24 * time.Hour)) {
+			t.Fatalf("ParseExemptionUntil(%q) = %v, want 24h after %v", s, end, day)
+		}
+		if end.Location() != time.UTC || end.Hour() != 0 || end.Minute() != 0 || end.Second() != 0 || end.Nanosecond() != 0 {
+			t.Fatalf("ParseExemptionUntil(%q) = %v: not midnight UTC", s, end)
+		}
+		if got, want := end.AddDate(0, 0, -1).Format(time.DateOnly), strings.TrimFunc(s, unicode.IsSpace); got != want {
+			t.Fatalf("ParseExemptionUntil(%q) = %v: the day before formats as %q", s, end, got)
+		}
+		// What a user sees: exempt up to the end of the named day, expired from then on.
+		in := Input{Meta: sym("Enabled"), Rotation: &Rotation{}, Tags: map[string]string{
+			testPolicy.ExemptionTag: "x", testPolicy.ExemptionUntilTag(): s}}
+		if v := Decide(in, testPolicy, end.Add(-time.Nanosecond)); v.Status != Exempt || !v.ExemptionExpiry.Equal(end) {
+			t.Fatalf("until %q, just before %v: %s/%s (expiry %v)", s, end, v.Status, v.Reason, v.ExemptionExpiry)
+		}
+		if v := Decide(in, testPolicy, end); v.Status != Noncompliant || v.Reason != ReasonExemptionExpired {
+			t.Fatalf("until %q, at %v: %s/%s", s, end, v.Status, v.Reason)
 		}
 	})
 }
