@@ -90,6 +90,7 @@ type Rotation struct {
 // Policy is the organisation's rotation policy.
 type Policy struct {
 	// MaxRotationPeriodDays: a rotating key with a longer period is noncompliant.
+	// 0 means no maximum (the command line always sets one, 90..2560).
 	MaxRotationPeriodDays int
 	// ExemptionTag is the tag key whose non-empty value exempts a key; the
 	// optional tag ExemptionTag+"-until" holds the last day (YYYY-MM-DD, UTC)

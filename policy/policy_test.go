@@ -160,6 +160,92 @@ func TestNeedsExemptionTags(t *testing.T) {
 	}
 }
 
+// TestWhatIsReadPerKeyKind pins, for each kind of key, the two outcomes a user
+// sees: whether the exporter asks AWS for the rotation status (an extra call
+// against the account's quota, and an error series if AWS refuses it) and the
+// verdict. AWS-managed keys are asked only when they could rotate at all
+// (enabled and symmetric), and are never judged.
+func TestWhatIsReadPerKeyKind(t *testing.T) {
+	aws := func(state, spec string) Meta {
+		return with(sym(state), func(m *Meta) { m.KeyManager = ManagerAWS; m.KeySpec = spec })
+	}
+	on := &Rotation{Enabled: true, PeriodDays: 365}
+	tests := []struct {
+		name     string
+		meta     Meta
+		readsRot bool
+		status   Status
+		reason   string
+	}{
+		{"customer, symmetric, enabled", sym("Enabled"), true, Compliant, ReasonRotationEnabled},
+		{"customer, key spec not reported", with(sym("Enabled"), func(m *Meta) { m.KeySpec = "" }), true, Compliant, ReasonRotationEnabled},
+		{"customer, disabled: read, shown, not judged", sym("Disabled"), true, NotApplicable, ReasonDisabled},
+		{"customer, pending deletion", sym("PendingDeletion"), false, NotApplicable, ReasonPendingDeletion},
+		{"customer, RSA", with(sym("Enabled"), func(m *Meta) { m.KeySpec = "RSA_2048" }), false, NotApplicable, ReasonAsymmetric},
+		{"customer, imported material", with(sym("Enabled"), func(m *Meta) { m.Origin = OriginExternal }), false, NotApplicable, ReasonExternalOrigin},
+		{"AWS managed, symmetric, enabled: read, shown, not judged", aws("Enabled", SpecSymmetric), true, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, key spec not reported", aws("Enabled", ""), true, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, RSA", aws("Enabled", "RSA_4096"), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, ECC", aws("Enabled", "ECC_NIST_P256"), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, HMAC", aws("Enabled", "HMAC_256"), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, symmetric, disabled", aws("Disabled", SpecSymmetric), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, symmetric, pending deletion", aws("PendingDeletion", SpecSymmetric), false, NotApplicable, ReasonAWSManaged},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := NeedsRotationStatus(tt.meta); got != tt.readsRot {
+				t.Errorf("NeedsRotationStatus = %v, want %v", got, tt.readsRot)
+			}
+			in := Input{Meta: tt.meta}
+			if tt.readsRot {
+				in.Rotation = on
+			}
+			if v := Decide(in, testPolicy, testNow); v.Status != tt.status || v.Reason != tt.reason {
+				t.Errorf("Decide = %s/%s, want %s/%s", v.Status, v.Reason, tt.status, tt.reason)
+			}
+		})
+	}
+}
+
+// TestRotationPeriodAgainstPolicy pins the verdict at and around the policy's
+// maximum period, and for a policy without one (MaxRotationPeriodDays 0):
+// then any rotating key is compliant and its tags are not needed.
+func TestRotationPeriodAgainstPolicy(t *testing.T) {
+	tests := []struct {
+		name      string
+		max       int
+		period    int32
+		status    Status
+		reason    string
+		needsTags bool
+	}{
+		{"at the maximum", 365, 365, Compliant, ReasonRotationEnabled, false},
+		{"one day over the maximum", 365, 366, Noncompliant, ReasonPeriodExceedsPolicy, true},
+		{"unreported period is 365, at a 365-day maximum", 365, 0, Compliant, ReasonRotationEnabled, false},
+		{"unreported period is 365, over a 364-day maximum", 364, 0, Noncompliant, ReasonPeriodExceedsPolicy, true},
+		{"the 90-day minimum under a 90-day maximum", 90, 90, Compliant, ReasonRotationEnabled, false},
+		{"no maximum, the longest period KMS allows", 0, 2560, Compliant, ReasonRotationEnabled, false},
+		{"no maximum, unreported period", 0, 0, Compliant, ReasonRotationEnabled, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := Policy{MaxRotationPeriodDays: tt.max, ExemptionTag: testPolicy.ExemptionTag}
+			r := &Rotation{Enabled: true, PeriodDays: tt.period}
+			if got := NeedsExemptionTags(sym("Enabled"), r, p); got != tt.needsTags {
+				t.Errorf("NeedsExemptionTags = %v, want %v", got, tt.needsTags)
+			}
+			v := Decide(Input{Meta: sym("Enabled"), Rotation: r, Tags: map[string]string{}}, p, testNow)
+			if v.Status != tt.status || v.Reason != tt.reason {
+				t.Errorf("Decide = %s/%s, want %s/%s", v.Status, v.Reason, tt.status, tt.reason)
+			}
+		})
+	}
+	// Without a maximum, a key that does not rotate is still noncompliant.
+	if v := Decide(Input{Meta: sym("Enabled"), Rotation: &Rotation{}, Tags: map[string]string{}}, Policy{}, testNow); v.Status != Noncompliant || v.Reason != ReasonRotationDisabled {
+		t.Errorf("no maximum, not rotating: %s/%s", v.Status, v.Reason)
+	}
+}
+
 // FuzzParseExemptionUntil checks ParseExemptionUntil against an independent
 // reading of the "-until" tag: it accepts exactly what time.Parse(DateOnly)
 // accepts once surrounding white space is removed; the end is midnight UTC,
