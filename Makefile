@@ -11,7 +11,7 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests run for real: promtool (prometheus), amtool and Alertmanager (prometheus-alertmanager), the AWS CLI (awscli, /usr/bin/aws), a static shell for the Docker test (busybox-static), docker-compose.
 DEB_PKGS  := prometheus prometheus-alertmanager awscli busybox-static docker-compose
 
-.PHONY: all build test e2e deps demo bench lint fmt clean
+.PHONY: all build test e2e deps demo bench lint fmt clean mutation
 
 all: build
 
@@ -21,6 +21,10 @@ build:
 $(BIN)/local-kms: tools/go.mod tools/go.sum
 	mkdir -p $(BIN)
 	$(GO) build -C tools -o ../$(BIN)/local-kms github.com/nsmithuk/local-kms
+
+$(BIN)/gremlins: tools/go.mod tools/go.sum
+	mkdir -p $(BIN)
+	$(GO) build -C tools -o ../$(BIN)/gremlins github.com/go-gremlins/gremlins/cmd/gremlins
 
 # deps installs what the tests run: Debian packages (once) and local-kms at the version pinned in tools/go.mod.
 deps: $(BIN)/local-kms
@@ -46,6 +50,27 @@ test: deps lint
 		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} >/dev/null || exit 1; \
 	done
 	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -race -count=1 -timeout 15m ./...
+
+# mutation runs gremlins (pinned in tools/go.mod) on each package of MUTATION_PKGS in turn and prints its
+# test efficacy (killed / (killed + lived)) and mutant coverage ((killed + lived) / all), with every mutant
+# that lived, timed out or no test covers; full reports in $(BIN)/mutation-PKG.log and .json. Slow (each
+# mutant reruns the package's tests), so not part of `make test`.
+# One worker: the tests of remediate and inventory start local-kms and are themselves parallel. Gremlins times
+# a mutant out at MUTATION_TIMEOUT_COEFFICIENT times the coverage run; -count=1 keeps that run out of the
+# test cache, whose near-zero times would time every mutant out. (gremlins' --test-cpu is not used: v0.6.0
+# passes "-cpu N" as one argument, every test run fails on it and every mutant counts as killed.)
+MUTATION_PKGS                ?= policy remediate inventory
+MUTATION_WORKERS             ?= 1
+MUTATION_TIMEOUT_COEFFICIENT ?= 10
+mutation: deps $(BIN)/gremlins
+	@for p in $(MUTATION_PKGS); do \
+		echo "mutation testing ./$$p"; \
+		GOFLAGS="$$($(GO) env GOFLAGS) -count=1" KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms \
+			$(BIN)/gremlins unleash --workers $(MUTATION_WORKERS) --timeout-coefficient $(MUTATION_TIMEOUT_COEFFICIENT) \
+			--output $(BIN)/mutation-$$p.json ./$$p >$(BIN)/mutation-$$p.log 2>&1 || { cat $(BIN)/mutation-$$p.log; exit 1; }; \
+		grep -E '^ *(LIVED|TIMED OUT|NOT COVERED) ' $(BIN)/mutation-$$p.log || true; \
+		grep -E '^(Killed|Timed out|Test efficacy|Mutator coverage):' $(BIN)/mutation-$$p.log | sed 's/^/  /'; \
+	done
 
 # e2e runs the monitoring stack on loopback: local-kms, the exporter, Debian's Prometheus and Alertmanager
 # (the alerts reach the exporter's remediation webhook), and checks every dashboard query. `make test` runs it too.

@@ -157,16 +157,63 @@ func TestParseShard(t *testing.T) {
 	}
 }
 
-// FuzzParseShard: any --shard value is refused or yields a shard number.
+// FuzzParseShard checks ParseShard against what --shard promises: a plain
+// non-negative number is that shard; a name ending in -N (a StatefulSet pod's)
+// is shard N; nothing else is accepted with a negative result; and an
+// accepted shard, written back as a number or as a pod name, reads back the
+// same. The reference parser below is written independently of ParseShard
+// (digits only, with its own overflow check).
 func FuzzParseShard(f *testing.F) {
-	for _, s := range []string{"0", "kms-exporter-2", "-1", "x-", "9999999999999999999999"} {
+	for _, s := range []string{"0", "7", "007", "kms-exporter-2", "kms-exporter-0", "a-b-12", "x--5", "12-3",
+		"-1", "-0", "+3", "x-", "-", "kms-exporter", "1.5", " 1", "x-+4", "x-0x1",
+		"9223372036854775807", "9223372036854775808", "x-9223372036854775807", "9999999999999999999999"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if n, err := inventory.ParseShard(s); err == nil && n < 0 {
-			t.Fatalf("%q: negative shard %d", s, n)
+		n, err := inventory.ParseShard(s)
+		if err == nil && n < 0 {
+			t.Fatalf("ParseShard(%q) = %d: a negative shard", s, n)
+		}
+		// A plain non-negative decimal number is that shard.
+		if want, ok := decimal(s); ok && (err != nil || n != want) {
+			t.Fatalf("ParseShard(%q) = %d, %v; want %d", s, n, err, want)
+		}
+		// A name ending in -N is shard N.
+		if i := strings.LastIndexByte(s, '-'); i > 0 {
+			if want, ok := decimal(s[i+1:]); ok && (err != nil || n != want) {
+				t.Fatalf("ParseShard(%q) = %d, %v; want %d (the number after the last -)", s, n, err, want)
+			}
+		}
+		if err != nil {
+			return
+		}
+		// An accepted shard, written as a number or a pod name, reads back the same.
+		for _, again := range []string{fmt.Sprint(n), "kms-exporter-" + fmt.Sprint(n), s + "-" + fmt.Sprint(n)} {
+			if m, err := inventory.ParseShard(again); err != nil || m != n {
+				t.Fatalf("ParseShard(%q) = %d; ParseShard(%q) = %d, %v", s, n, again, m, err)
+			}
 		}
 	})
+}
+
+// decimal reads s as a non-empty string of ASCII digits that fits in an int;
+// ok is false for anything else.
+func decimal(s string) (n int, ok bool) {
+	if s == "" {
+		return 0, false
+	}
+	const maxInt = int(^uint(0) >> 1)
+	for _, c := range []byte(s) {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		d := int(c - '0')
+		if n > (maxInt-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	return n, true
 }
 
 // fakeOrganization answers sts:GetCallerIdentity and

@@ -2,7 +2,8 @@
 //
 // Everything here is a pure function of the key's metadata, its rotation
 // status, its tags, the configured policy and the current time: no AWS calls,
-// so that a table test can cover every row of the rules in KMS-FACTS.md.
+// so that a table test can cover every row of the scope rules in
+// docs/aws-semantics.md, section "Which keys are in scope".
 package policy
 
 import (
@@ -89,6 +90,7 @@ type Rotation struct {
 // Policy is the organisation's rotation policy.
 type Policy struct {
 	// MaxRotationPeriodDays: a rotating key with a longer period is noncompliant.
+	// 0 means no maximum (the command line always sets one, 90..2560).
 	MaxRotationPeriodDays int
 	// ExemptionTag is the tag key whose non-empty value exempts a key; the
 	// optional tag ExemptionTag+"-until" holds the last day (YYYY-MM-DD, UTC)

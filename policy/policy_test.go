@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 var (
@@ -158,17 +160,129 @@ func TestNeedsExemptionTags(t *testing.T) {
 	}
 }
 
+// TestWhatIsReadPerKeyKind pins, for each kind of key, the two outcomes a user
+// sees: whether the exporter asks AWS for the rotation status (an extra call
+// against the account's quota, and an error series if AWS refuses it) and the
+// verdict. AWS-managed keys are asked only when they could rotate at all
+// (enabled and symmetric), and are never judged.
+func TestWhatIsReadPerKeyKind(t *testing.T) {
+	aws := func(state, spec string) Meta {
+		return with(sym(state), func(m *Meta) { m.KeyManager = ManagerAWS; m.KeySpec = spec })
+	}
+	on := &Rotation{Enabled: true, PeriodDays: 365}
+	tests := []struct {
+		name     string
+		meta     Meta
+		readsRot bool
+		status   Status
+		reason   string
+	}{
+		{"customer, symmetric, enabled", sym("Enabled"), true, Compliant, ReasonRotationEnabled},
+		{"customer, key spec not reported", with(sym("Enabled"), func(m *Meta) { m.KeySpec = "" }), true, Compliant, ReasonRotationEnabled},
+		{"customer, disabled: read, shown, not judged", sym("Disabled"), true, NotApplicable, ReasonDisabled},
+		{"customer, pending deletion", sym("PendingDeletion"), false, NotApplicable, ReasonPendingDeletion},
+		{"customer, RSA", with(sym("Enabled"), func(m *Meta) { m.KeySpec = "RSA_2048" }), false, NotApplicable, ReasonAsymmetric},
+		{"customer, imported material", with(sym("Enabled"), func(m *Meta) { m.Origin = OriginExternal }), false, NotApplicable, ReasonExternalOrigin},
+		{"AWS managed, symmetric, enabled: read, shown, not judged", aws("Enabled", SpecSymmetric), true, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, key spec not reported", aws("Enabled", ""), true, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, RSA", aws("Enabled", "RSA_4096"), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, ECC", aws("Enabled", "ECC_NIST_P256"), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, HMAC", aws("Enabled", "HMAC_256"), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, symmetric, disabled", aws("Disabled", SpecSymmetric), false, NotApplicable, ReasonAWSManaged},
+		{"AWS managed, symmetric, pending deletion", aws("PendingDeletion", SpecSymmetric), false, NotApplicable, ReasonAWSManaged},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := NeedsRotationStatus(tt.meta); got != tt.readsRot {
+				t.Errorf("NeedsRotationStatus = %v, want %v", got, tt.readsRot)
+			}
+			in := Input{Meta: tt.meta}
+			if tt.readsRot {
+				in.Rotation = on
+			}
+			if v := Decide(in, testPolicy, testNow); v.Status != tt.status || v.Reason != tt.reason {
+				t.Errorf("Decide = %s/%s, want %s/%s", v.Status, v.Reason, tt.status, tt.reason)
+			}
+		})
+	}
+}
+
+// TestRotationPeriodAgainstPolicy pins the verdict at and around the policy's
+// maximum period, and for a policy without one (MaxRotationPeriodDays 0):
+// then any rotating key is compliant and its tags are not needed.
+func TestRotationPeriodAgainstPolicy(t *testing.T) {
+	tests := []struct {
+		name      string
+		max       int
+		period    int32
+		status    Status
+		reason    string
+		needsTags bool
+	}{
+		{"at the maximum", 365, 365, Compliant, ReasonRotationEnabled, false},
+		{"one day over the maximum", 365, 366, Noncompliant, ReasonPeriodExceedsPolicy, true},
+		{"unreported period is 365, at a 365-day maximum", 365, 0, Compliant, ReasonRotationEnabled, false},
+		{"unreported period is 365, over a 364-day maximum", 364, 0, Noncompliant, ReasonPeriodExceedsPolicy, true},
+		{"the 90-day minimum under a 90-day maximum", 90, 90, Compliant, ReasonRotationEnabled, false},
+		{"no maximum, the longest period KMS allows", 0, 2560, Compliant, ReasonRotationEnabled, false},
+		{"no maximum, unreported period", 0, 0, Compliant, ReasonRotationEnabled, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := Policy{MaxRotationPeriodDays: tt.max, ExemptionTag: testPolicy.ExemptionTag}
+			r := &Rotation{Enabled: true, PeriodDays: tt.period}
+			if got := NeedsExemptionTags(sym("Enabled"), r, p); got != tt.needsTags {
+				t.Errorf("NeedsExemptionTags = %v, want %v", got, tt.needsTags)
+			}
+			v := Decide(Input{Meta: sym("Enabled"), Rotation: r, Tags: map[string]string{}}, p, testNow)
+			if v.Status != tt.status || v.Reason != tt.reason {
+				t.Errorf("Decide = %s/%s, want %s/%s", v.Status, v.Reason, tt.status, tt.reason)
+			}
+		})
+	}
+	// Without a maximum, a key that does not rotate is still noncompliant.
+	if v := Decide(Input{Meta: sym("Enabled"), Rotation: &Rotation{}, Tags: map[string]string{}}, Policy{}, testNow); v.Status != Noncompliant || v.Reason != ReasonRotationDisabled {
+		t.Errorf("no maximum, not rotating: %s/%s", v.Status, v.Reason)
+	}
+}
+
+// FuzzParseExemptionUntil checks ParseExemptionUntil against an independent
+// reading of the "-until" tag: it accepts exactly what time.Parse(DateOnly)
+// accepts once surrounding white space is removed; the end is midnight UTC,
+// exactly 24 hours after the start of the named day, and formats back to that
+// day; and a key exempt until that day is exempt one nanosecond before the
+// end and noncompliant (exemption_expired) at it.
 func FuzzParseExemptionUntil(f *testing.F) {
-	for _, s := range []string{"2026-11-27", " 2027-01-01 ", "2026-02-30", "", "27/11/2026", "9999-12-31"} {
+	for _, s := range []string{"2026-11-27", " 2027-01-01 ", "\t2028-02-29\n", "2026-02-30", "2027-02-29", "", " ",
+		"27/11/2026", "2026-1-5", "2026-01-05T00:00:00Z", "0000-01-01", "9999-12-31", "+2026-11-27", "2026-11-27x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		end, err := ParseExemptionUntil(s)
+		day, refErr := time.Parse(time.DateOnly, strings.TrimFunc(s, unicode.IsSpace))
+		if (err == nil) != (refErr == nil) {
+			t.Fatalf("ParseExemptionUntil(%q): err %v, but time.Parse of the trimmed text: err %v", s, err, refErr)
+		}
 		if err != nil {
 			return
 		}
-		if end.Hour() != 0 || end.Minute() != 0 || end.Location() != time.UTC {
-			t.Fatalf("%q: expiry %v is not a UTC midnight", s, end)
+		if !end.Equal(day.Add(24 * time.Hour)) {
+			t.Fatalf("ParseExemptionUntil(%q) = %v, want 24h after %v", s, end, day)
+		}
+		if end.Location() != time.UTC || end.Hour() != 0 || end.Minute() != 0 || end.Second() != 0 || end.Nanosecond() != 0 {
+			t.Fatalf("ParseExemptionUntil(%q) = %v: not midnight UTC", s, end)
+		}
+		if got, want := end.AddDate(0, 0, -1).Format(time.DateOnly), strings.TrimFunc(s, unicode.IsSpace); got != want {
+			t.Fatalf("ParseExemptionUntil(%q) = %v: the day before formats as %q", s, end, got)
+		}
+		// What a user sees: exempt up to the end of the named day, expired from then on.
+		in := Input{Meta: sym("Enabled"), Rotation: &Rotation{}, Tags: map[string]string{
+			testPolicy.ExemptionTag: "x", testPolicy.ExemptionUntilTag(): s}}
+		if v := Decide(in, testPolicy, end.Add(-time.Nanosecond)); v.Status != Exempt || !v.ExemptionExpiry.Equal(end) {
+			t.Fatalf("until %q, just before %v: %s/%s (expiry %v)", s, end, v.Status, v.Reason, v.ExemptionExpiry)
+		}
+		if v := Decide(in, testPolicy, end); v.Status != Noncompliant || v.Reason != ReasonExemptionExpired {
+			t.Fatalf("until %q, at %v: %s/%s", s, end, v.Status, v.Reason)
 		}
 	})
 }

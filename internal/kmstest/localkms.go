@@ -1,6 +1,7 @@
 // Package kmstest runs the real local-kms emulator for tests, benchmarks and
 // the demo, seeds it with sample inventories, and puts an AWS-faithful proxy
-// in front of it for what the emulator cannot show (see KMS-FACTS.md).
+// in front of it for what the emulator cannot show (see docs/aws-semantics.md,
+// section "Where local-kms and moto differ from AWS").
 package kmstest
 
 import (

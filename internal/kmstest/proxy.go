@@ -17,7 +17,8 @@ import (
 )
 
 // Proxy sits in front of local-kms and makes it answer as AWS does where the
-// emulator differs (KMS-FACTS.md, "Where it differs from AWS"):
+// emulator differs (docs/aws-semantics.md, section "Where local-kms and moto
+// differ from AWS"):
 //   - GetKeyRotationStatus reports RotationPeriodInDays and NextRotationDate
 //     for rotating keys, and false for keys pending deletion;
 //   - EnableKeyRotation keeps RotationPeriodInDays (90..2560);
