@@ -338,9 +338,10 @@ func ErrorCode(err error) string {
 // named: throttling that outlasted the retries, a failure on AWS's side (5xx,
 // KMSInternalException, DependencyTimeoutException), a timeout, a cancelled
 // call, or a connection that broke or never opened. Such a failure must not
-// change a verdict (docs/aws-semantics.md, "Errors"). Any other error is AWS's
-// answer about the resource itself (AccessDeniedException, NotFoundException,
-// UnsupportedOperationException, KMSInvalidStateException, ...).
+// change a verdict (docs/aws-semantics.md, "Errors: transient or the key's
+// own condition"). Any other error is AWS's answer about the resource itself
+// (AccessDeniedException, NotFoundException, UnsupportedOperationException,
+// KMSInvalidStateException, ...).
 func Transient(err error) bool {
 	if err == nil {
 		return false
