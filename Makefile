@@ -22,12 +22,16 @@ $(BIN)/local-kms: tools/go.mod tools/go.sum
 	mkdir -p $(BIN)
 	$(GO) build -C tools -o ../$(BIN)/local-kms github.com/nsmithuk/local-kms
 
+$(BIN)/toxiproxy-server: tools/go.mod tools/go.sum
+	mkdir -p $(BIN)
+	$(GO) build -C tools -o ../$(BIN)/toxiproxy-server github.com/Shopify/toxiproxy/v2/cmd/server
+
 $(BIN)/gremlins: tools/go.mod tools/go.sum
 	mkdir -p $(BIN)
 	$(GO) build -C tools -o ../$(BIN)/gremlins github.com/go-gremlins/gremlins/cmd/gremlins
 
-# deps installs what the tests run: Debian packages (once) and local-kms at the version pinned in tools/go.mod.
-deps: $(BIN)/local-kms
+# deps installs what the tests run: Debian packages (once), and local-kms and toxiproxy at the versions pinned in tools/go.mod.
+deps: $(BIN)/local-kms $(BIN)/toxiproxy-server
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
@@ -49,7 +53,8 @@ test: deps lint
 		echo "fuzzing $$f for $(FUZZTIME)"; \
 		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} >/dev/null || exit 1; \
 	done
-	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -race -count=1 -timeout 15m ./...
+	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms TOXIPROXY_BIN=$(CURDIR)/$(BIN)/toxiproxy-server \
+		$(GO) test -race -count=1 -timeout 15m ./...
 
 # mutation runs gremlins (pinned in tools/go.mod) on each package of MUTATION_PKGS in turn and prints its
 # test efficacy (killed / (killed + lived)) and mutant coverage ((killed + lived) / all), with every mutant
@@ -65,7 +70,7 @@ MUTATION_TIMEOUT_COEFFICIENT ?= 10
 mutation: deps $(BIN)/gremlins
 	@for p in $(MUTATION_PKGS); do \
 		echo "mutation testing ./$$p"; \
-		GOFLAGS="$$($(GO) env GOFLAGS) -count=1" KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms \
+		GOFLAGS="$$($(GO) env GOFLAGS) -count=1" KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms TOXIPROXY_BIN=$(CURDIR)/$(BIN)/toxiproxy-server \
 			$(BIN)/gremlins unleash --workers $(MUTATION_WORKERS) --timeout-coefficient $(MUTATION_TIMEOUT_COEFFICIENT) \
 			--output $(BIN)/mutation-$$p.json ./$$p >$(BIN)/mutation-$$p.log 2>&1 || { cat $(BIN)/mutation-$$p.log; exit 1; }; \
 		grep -E '^ *(LIVED|TIMED OUT|NOT COVERED) ' $(BIN)/mutation-$$p.log || true; \

@@ -304,3 +304,52 @@ func equalMaps(a, b map[string]string) bool {
 	}
 	return true
 }
+
+// TestConnectionFaults puts toxiproxy, a real TCP fault proxy, between the
+// exporter and local-kms: responses far slower than the client timeout,
+// connections reset, connections that stall, responses cut off. None is an
+// answer from AWS: every verdict stays, stale, the refresh fails, and once
+// the fault is gone the next refresh is as before.
+func TestConnectionFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs toxiproxy and local-kms")
+	}
+	const region = "eu-west-1"
+	srv, _ := kmstest.StartMixedT(t, region)
+	toxi := kmstest.StartToxiproxy(t)
+	url := toxi.Proxy(t, "kms", srv.URL)
+	factory := awsclient.NewFactory(testConfig(url), awsclient.Options{MaxConcurrency: 8, MaxAttempts: 2, Timeout: 300 * time.Millisecond})
+	auditor := &inventory.Auditor{Policy: testPolicy, Workers: 8, MaxStale: time.Hour, Now: time.Now}
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}}, auditor, discard())
+	ctx := ctxT(t)
+	baseline := scrape(t, r.Refresh(ctx), r).compliance()
+	if len(baseline) != len(kmstest.MixedInventory) {
+		t.Fatalf("baseline: %d keys", len(baseline))
+	}
+	target := `account_id="` + kmstest.DefaultAccount + `"`
+	for _, c := range []struct {
+		name, typ string
+		attrs     map[string]any
+	}{
+		{"responses slower than the timeout", "latency", map[string]any{"latency": 1000}},
+		{"connections reset", "reset_peer", map[string]any{"timeout": 0}},
+		{"connections stall", "timeout", map[string]any{"timeout": 0}},
+		{"responses cut off", "limit_data", map[string]any{"bytes": 64}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			toxi.AddToxic(t, "kms", "fault", c.typ, c.attrs)
+			m := scrape(t, r.Refresh(ctx), r)
+			toxi.RemoveToxic(t, "kms", "fault")
+			if got := m.compliance(); !equalMaps(got, baseline) {
+				t.Errorf("verdicts changed under the fault: %v, want %v", got, baseline)
+			}
+			if m.sum("kms_refresh_success", target) != 0 || int(m.sum("kms_keys_stale", target)) != len(baseline) {
+				t.Errorf("under the fault: success %v, stale %v", m.series("kms_refresh_success"), m.series("kms_keys_stale"))
+			}
+			m = scrape(t, r.Refresh(ctx), r)
+			if got := m.compliance(); !equalMaps(got, baseline) || m.sum("kms_refresh_success", target) != 1 || m.sum("kms_keys_stale", target) != 0 {
+				t.Errorf("after the fault: %v, success %v, stale %v", got, m.series("kms_refresh_success"), m.series("kms_keys_stale"))
+			}
+		})
+	}
+}

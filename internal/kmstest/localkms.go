@@ -32,35 +32,46 @@ func RepoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
+// tool is a third-party program pinned in tools/go.mod.
+type tool struct {
+	env, name, pkg string
+	once           sync.Once
+	path           string
+	err            error
+}
+
 var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
+	localKMS  = &tool{env: "LOCAL_KMS_BIN", name: "local-kms", pkg: "github.com/nsmithuk/local-kms"}
+	toxiproxy = &tool{env: "TOXIPROXY_BIN", name: "toxiproxy-server", pkg: "github.com/Shopify/toxiproxy/v2/cmd/server"}
 )
 
-// Binary returns the path of the local-kms program: $LOCAL_KMS_BIN, or
-// .bin/local-kms built from the version pinned in tools/go.mod.
-func Binary() (string, error) {
-	binOnce.Do(func() {
-		if p := os.Getenv("LOCAL_KMS_BIN"); p != "" {
-			binPath = p
+// binary returns the program's path: $env, or .bin/NAME built from the
+// version pinned in tools/go.mod.
+func (t *tool) binary() (string, error) {
+	t.once.Do(func() {
+		if p := os.Getenv(t.env); p != "" {
+			t.path = p
 			return
 		}
 		root := RepoRoot()
-		binPath = filepath.Join(root, ".bin", "local-kms")
+		t.path = filepath.Join(root, ".bin", t.name)
 		// Always ask go build: it is quick when nothing changed, and it picks
 		// up a new pin in tools/go.mod. Build beside, then rename, so that
 		// test processes running at once never see half a file.
-		tmp := fmt.Sprintf("%s.%d.tmp", binPath, os.Getpid())
-		cmd := exec.Command("go", "build", "-C", filepath.Join(root, "tools"), "-o", tmp, "github.com/nsmithuk/local-kms")
+		tmp := fmt.Sprintf("%s.%d.tmp", t.path, os.Getpid())
+		cmd := exec.Command("go", "build", "-C", filepath.Join(root, "tools"), "-o", tmp, t.pkg)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("building local-kms: %v\n%s", err, out)
+			t.err = fmt.Errorf("building %s: %v\n%s", t.name, err, out)
 			return
 		}
-		binErr = os.Rename(tmp, binPath)
+		t.err = os.Rename(tmp, t.path)
 	})
-	return binPath, binErr
+	return t.path, t.err
 }
+
+// Binary returns the path of the local-kms program: $LOCAL_KMS_BIN, or
+// .bin/local-kms built from the version pinned in tools/go.mod.
+func Binary() (string, error) { return localKMS.binary() }
 
 // Options for a local-kms instance.
 type Options struct {
