@@ -170,7 +170,7 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []
 			errs[failed[i]]++
 		}
 	}
-	sort.Slice(kept, func(i, j int) bool { return kept[i].ID < kept[j].ID })
+	slices.SortFunc(kept, func(a, b Key) int { return strings.Compare(a.ID, b.ID) })
 	// A key listed twice (pages shifting while keys are created) is kept once.
 	kept = slices.CompactFunc(kept, func(a, b Key) bool { return a.ID == b.ID })
 	if err := ctx.Err(); err != nil {

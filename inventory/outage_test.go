@@ -207,11 +207,12 @@ func TestOutcomesUnderFailure(t *testing.T) {
 		for _, f := range perKey(kmstest.Fault{Code: "KMSInternalException", Status: 500}) {
 			proxy.AddFault(f)
 		}
-		clk.Add(time.Minute)
+		// Exactly the bound after the last successful read: still kept.
+		clk.Add(auditor.MaxStale)
 		if m := scrape(t, r.Refresh(ctx), r); !equalMaps(m.compliance(), baseline) {
-			t.Fatalf("within the bound: %v", m.compliance())
+			t.Fatalf("at the bound: %v", m.compliance())
 		}
-		clk.Add(time.Hour)
+		clk.Add(time.Nanosecond)
 		m := scrape(t, r.Refresh(ctx), r)
 		for id, v := range m.compliance() {
 			if v != "unknown/KMSInternalException" {
