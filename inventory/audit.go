@@ -286,18 +286,20 @@ func accountOf(s string) string {
 func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) (found bool, failed ReadError) {
 	in := policy.Input{}
 	// check reports whether a call succeeded; on failure it records why.
-	check := func(op string, err error, code *string) bool {
+	// stop records why a call failed and tells whether reading the key ends
+	// here: it is gone, or the failure says nothing about it. AWS's other
+	// answers (AccessDenied, ...) go into the verdict's input as code.
+	stop := func(op string, err error, code *string) bool {
 		switch {
-		case err == nil:
-			return true
 		case isNotFound(err):
 			found = false
 		case awsclient.Transient(err):
 			failed = ReadError{op, awsclient.ErrorCode(err)}
 		default:
 			*code = awsclient.ErrorCode(err)
+			return false
 		}
-		return false
+		return true
 	}
 	found = true
 	defer func() {
@@ -308,7 +310,8 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) (found bool, fa
 	}()
 
 	d, err := api.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(k.ID)})
-	if !check("DescribeKey", err, &in.DescribeError) {
+	if err != nil {
+		stop("DescribeKey", err, &in.DescribeError)
 		return found, failed
 	}
 	setMetadata(k, d.KeyMetadata)
@@ -316,36 +319,32 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) (found bool, fa
 
 	if policy.NeedsRotationStatus(k.Meta) {
 		r, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String(k.ID)})
-		if !check("GetKeyRotationStatus", err, &in.RotationError) {
-			if !found || failed.Code != "" {
-				return found, failed
-			}
-		} else {
+		switch {
+		case err == nil:
 			k.Rotation = &policy.Rotation{
 				Enabled:      r.KeyRotationEnabled,
 				PeriodDays:   aws.ToInt32(r.RotationPeriodInDays),
 				NextRotation: aws.ToTime(r.NextRotationDate),
 			}
 			in.Rotation = k.Rotation
+		case stop("GetKeyRotationStatus", err, &in.RotationError):
+			return found, failed
 		}
 	}
 
 	needTags := policy.NeedsExemptionTags(k.Meta, k.Rotation, a.Policy)
 	if needTags || (len(a.TagLabels) > 0 && k.Meta.KeyManager == policy.ManagerCustomer) {
 		tags, err := listTags(ctx, api, k.ID)
-		if !check("ListResourceTags", err, &in.TagsError) {
-			if !found || failed.Code != "" {
-				return found, failed
-			}
-		} else {
+		switch {
+		case err == nil:
 			in.Tags = tags
 			k.Tags = tags
-			if len(a.TagLabels) > 0 {
-				k.TagValues = make([]string, len(a.TagLabels))
-				for i, l := range a.TagLabels {
-					k.TagValues[i] = tags[l]
-				}
+			k.TagValues = make([]string, len(a.TagLabels))
+			for i, l := range a.TagLabels {
+				k.TagValues[i] = tags[l]
 			}
+		case stop("ListResourceTags", err, &in.TagsError):
+			return found, failed
 		}
 	}
 	return found, failed
@@ -368,9 +367,6 @@ func setMetadata(k *Key, m *types.KeyMetadata) {
 	}
 	if k.Meta.KeySpec == "" {
 		k.Meta.KeySpec = string(m.CustomerMasterKeySpec) //nolint:staticcheck // older responses carry only this field
-	}
-	if arn := aws.ToString(m.Arn); arn != "" {
-		k.ARN = arn
 	}
 	k.Description = aws.ToString(m.Description)
 	k.CreationDate = aws.ToTime(m.CreationDate)

@@ -1,6 +1,7 @@
 package inventory_test
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -146,9 +147,15 @@ func TestFailingTargetsDoNotBlankOthers(t *testing.T) {
 		{Role: denied, Region: "eu-west-1", API: factory.KMS(denied, "eu-west-1")},
 		{Region: "us-east-1", API: newFactory("http://127.0.0.1:1").KMS(awsclient.Role{}, "us-east-1")},
 	}
-	r := inventory.NewRefresher(targets, newAuditor(), discard())
+	var log strings.Builder
+	r := inventory.NewRefresher(targets, newAuditor(), slog.New(slog.NewTextHandler(&log, nil)))
 	s := r.Refresh(ctxT(t))
 	m := scrape(t, s, r)
+	for _, want := range []string{`account_id=444455556666 region=eu-west-1 role=` + denied.ARN, `account_id="" region=us-east-1 role="own credentials"`} {
+		if !strings.Contains(log.String(), `msg="listing the keys of a region failed; its keys keep their last good verdicts (stale) for up to the staleness bound" `+want) {
+			t.Errorf("no log line for the failing target %s:\n%s", want, log.String())
+		}
+	}
 	for _, c := range []struct {
 		series string
 		want   float64

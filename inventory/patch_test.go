@@ -50,9 +50,14 @@ func TestChangeSurvivesARefreshThatStartedBefore(t *testing.T) {
 	<-src.started
 	// KMS is not changed: only the published state says rotation is on.
 	change := inventory.RotationChange{AccountID: kmstest.DefaultAccount, KeyID: id, Rotation: policy.Rotation{Enabled: true, PeriodDays: 365}, At: time.Now()}
+	published := r.Snapshot()
 	r.ApplyRotationChanges(change)
 	if v := verdict(); v != policy.Compliant {
 		t.Fatalf("after the change: %s", v)
+	}
+	// A published snapshot is never changed: the change made a new one.
+	if _, k := published.Locate(kmstest.DefaultAccount, "eu-west-1", id); k.Verdict.Status != policy.Noncompliant || k.Rotation.Enabled {
+		t.Errorf("the change modified the snapshot published before it: %s", k.Verdict.Status)
 	}
 	close(src.release)
 	<-done

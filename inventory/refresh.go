@@ -131,29 +131,37 @@ func (r *Refresher) publish(s *Snapshot) {
 	r.current.Store(s)
 }
 
+// targetID names the state of a target in a snapshot: by account and region
+// once the account is known (whichever path reached it), else by role and
+// region.
 type targetID struct{ account, role, region string }
 
-// previous finds a target's state in the last snapshot: by account and
-// region once the account is known (whichever path reached it), else by
-// role and region.
-type previous map[targetID]*TargetState
-
-func indexTargets(states []*TargetState) previous {
-	out := previous{}
-	for _, st := range states {
-		out[targetID{role: st.Role.ARN, region: st.Region}] = st
-		if st.AccountID != "" {
-			out[targetID{account: st.AccountID, region: st.Region}] = st
-		}
+func idOf(account, role, region string) targetID {
+	if account != "" {
+		return targetID{account: account, region: region}
 	}
-	return out
+	return targetID{role: role, region: region}
 }
 
-func (p previous) of(account string, t Target) *TargetState {
-	if st, ok := p[targetID{account: account, region: t.Region}]; ok && account != "" {
-		return st
+// previous is the last snapshot's targets: their states, and the account
+// each role and region reached.
+type previous struct {
+	states   map[targetID]*TargetState
+	accounts map[targetID]string
+}
+
+func indexTargets(states []*TargetState) previous {
+	p := previous{states: map[targetID]*TargetState{}, accounts: map[targetID]string{}}
+	for _, st := range states {
+		p.states[idOf(st.AccountID, st.Role.ARN, st.Region)] = st
+		p.accounts[targetID{role: st.Role.ARN, region: st.Region}] = st.AccountID
 	}
-	return p[targetID{role: t.Role.ARN, region: t.Region}]
+	return p
+}
+
+// of returns the last state of the account and region a target reaches.
+func (p previous) of(account string, t Target) *TargetState {
+	return p.states[idOf(account, t.Role.ARN, t.Region)]
 }
 
 // accountOfTarget is the account a target reaches: as its listing said, or
@@ -165,10 +173,7 @@ func accountOfTarget(t Target, l *listing, prev previous) string {
 	if a := t.Role.AccountID(); a != "" {
 		return a
 	}
-	if st := prev.of("", t); st != nil {
-		return st.AccountID
-	}
-	return ""
+	return prev.accounts[targetID{role: t.Role.ARN, region: t.Region}]
 }
 
 // chooseTargets returns the indexes of the targets to audit: one per

@@ -124,3 +124,62 @@ func TestShutdownPublishesNoPartialSnapshot(t *testing.T) {
 		t.Errorf("a partial snapshot was published (%d updates)", updates.Load())
 	}
 }
+
+// describedKMS answers ListKeys and DescribeKey from fixed metadata, and
+// GetKeyRotationStatus with rotation off.
+type describedKMS struct {
+	inventory.KMS // the calls not overridden are never made
+	keys          map[string]*types.KeyMetadata
+}
+
+func (d *describedKMS) ListKeys(context.Context, *kms.ListKeysInput, ...func(*kms.Options)) (*kms.ListKeysOutput, error) {
+	out := &kms.ListKeysOutput{}
+	for id := range d.keys {
+		out.Keys = append(out.Keys, types.KeyListEntry{KeyId: aws.String(id), KeyArn: aws.String("arn:aws:kms:eu-west-1:111122223333:key/" + id)})
+	}
+	return out, nil
+}
+
+func (d *describedKMS) ListAliases(context.Context, *kms.ListAliasesInput, ...func(*kms.Options)) (*kms.ListAliasesOutput, error) {
+	return &kms.ListAliasesOutput{}, nil
+}
+
+func (d *describedKMS) DescribeKey(_ context.Context, in *kms.DescribeKeyInput, _ ...func(*kms.Options)) (*kms.DescribeKeyOutput, error) {
+	return &kms.DescribeKeyOutput{KeyMetadata: d.keys[*in.KeyId]}, nil
+}
+
+func (d *describedKMS) GetKeyRotationStatus(context.Context, *kms.GetKeyRotationStatusInput, ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error) {
+	return &kms.GetKeyRotationStatusOutput{}, nil
+}
+
+func (d *describedKMS) ListResourceTags(context.Context, *kms.ListResourceTagsInput, ...func(*kms.Options)) (*kms.ListResourceTagsOutput, error) {
+	return &kms.ListResourceTagsOutput{}, nil
+}
+
+// TestKeySpecOfOlderAnswers: the key spec comes from KeySpec, or from the
+// deprecated CustomerMasterKeySpec where an older answer carries only that.
+func TestKeySpecOfOlderAnswers(t *testing.T) {
+	meta := func(spec, cmkSpec types.KeySpec) *types.KeyMetadata {
+		return &types.KeyMetadata{KeyManager: types.KeyManagerTypeCustomer, KeyState: types.KeyStateEnabled,
+			KeySpec: spec, CustomerMasterKeySpec: types.CustomerMasterKeySpec(cmkSpec)} //nolint:staticcheck // the older field
+	}
+	api := &describedKMS{keys: map[string]*types.KeyMetadata{
+		"current-rsa": meta(types.KeySpecRsa2048, ""),
+		"older-rsa":   meta("", types.KeySpecRsa2048),
+		"older-sym":   meta("", types.KeySpecSymmetricDefault),
+	}}
+	_, keys, err := newAuditor().Audit(context.Background(), inventory.Target{Region: "eu-west-1", API: api})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"current-rsa": "not_applicable/asymmetric", "older-rsa": "not_applicable/asymmetric",
+		"older-sym": "noncompliant/rotation_disabled"}
+	for _, k := range keys {
+		if got := string(k.Verdict.Status) + "/" + k.Verdict.Reason; got != want[k.ID] {
+			t.Errorf("%s: %s, want %s", k.ID, got, want[k.ID])
+		}
+	}
+	if len(keys) != len(want) {
+		t.Errorf("%d keys, want %d", len(keys), len(want))
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -17,6 +18,7 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 func TestResolverDiscoversRegions(t *testing.T) {
@@ -74,7 +76,7 @@ func TestResolverStaticRegionsPerRole(t *testing.T) {
 // in the same account. It is audited once, shown once, and the API counters
 // stay one series per (account, region), so /metrics answers.
 func TestSameAccountTwiceAuditedOnce(t *testing.T) {
-	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	proxy := kmstest.NewProxy(t, srv.URL)
 	role := awsclient.Role{ARN: "arn:aws:iam::" + kmstest.DefaultAccount + ":role/audit"}
 	proxy.AllowRole(role.ARN)
@@ -85,7 +87,9 @@ func TestSameAccountTwiceAuditedOnce(t *testing.T) {
 		{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")},
 		{Role: role, Region: "eu-west-1", API: f.KMS(role, "eu-west-1")},
 	}
-	r := inventory.NewRefresher(targets, newAuditor(), logger)
+	auditor := newAuditor()
+	auditor.MaxStale = time.Hour
+	r := inventory.NewRefresher(targets, auditor, logger)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(f)
 	for refresh := range 2 {
@@ -101,8 +105,28 @@ func TestSameAccountTwiceAuditedOnce(t *testing.T) {
 			t.Errorf("refresh %d: gathering the API counters: %v", refresh, err)
 		}
 	}
-	if n := strings.Count(log.String(), "reached twice"); n != 1 {
-		t.Errorf("%d log lines about the duplicate, want 1:\n%s", n, log.String())
+	if n := strings.Count(log.String(), "reached twice"); n != 1 || !strings.Contains(log.String(),
+		`skipped_role=`+role.ARN+` audited_role="own credentials"`) {
+		t.Errorf("%d log lines about the duplicate, want 1, naming both paths, the first configured audited:\n%s", n, log.String())
+	}
+
+	// The own credentials fail to list; the role still can: the account is
+	// audited through the role, and a key whose read then fails keeps the
+	// verdict read through the other path.
+	proxy.AddFault(&kmstest.Fault{Op: "ListKeys", AccessKey: "test", Code: "KMSInternalException", Status: 500})
+	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: ids["legacy-billing"], AccessKey: "ASIA" + kmstest.DefaultAccount,
+		Code: "KMSInternalException", Status: 500})
+	before := proxy.Calls("DescribeKey")
+	s := r.Refresh(ctxT(t))
+	if len(s.Targets) != 1 || s.Targets[0].Role != role || len(s.Targets[0].Keys) != len(kmstest.MixedInventory) {
+		t.Fatalf("own credentials failing: %d targets (%+v), want the account through the role", len(s.Targets), s.Targets)
+	}
+	if n := proxy.Calls("DescribeKey") - before; n != len(kmstest.MixedInventory)+2 { // the failing key is tried 3 times
+		t.Errorf("%d DescribeKey calls for %d keys", n, len(kmstest.MixedInventory))
+	}
+	_, k := s.Locate(kmstest.DefaultAccount, "eu-west-1", ids["legacy-billing"])
+	if k == nil || !k.Stale || k.Verdict.Status != policy.Noncompliant || s.Targets[0].Success {
+		t.Errorf("key failing through the role: %+v, target success %v; want its verdict read before, stale", k, s.Targets[0].Success)
 	}
 }
 

@@ -61,10 +61,13 @@ func (f *FakeKey) region() string { return strings.Split(f.Metadata["Arn"].(stri
 // Fault makes the proxy misbehave instead of passing a call on: answer an
 // AWS error, answer late, or cut the connection.
 type Fault struct {
-	Op     string // e.g. "DescribeKey"; "" matches every operation
-	KeyID  string // "" matches every key
-	Code   string // e.g. "AccessDeniedException", "ThrottlingException"
-	Status int    // HTTP status; 400 when 0
+	Op    string // e.g. "DescribeKey"; "" matches every operation
+	KeyID string // "" matches every key
+	// AccessKey matches the access key id the call was signed with ("" any):
+	// one set of credentials fails while another reaches the same account.
+	AccessKey string
+	Code      string // e.g. "AccessDeniedException", "ThrottlingException"
+	Status    int    // HTTP status; 400 when 0
 	// Times is how many matching calls fail; 0 means all of them.
 	Times int
 	// Rate, when above 0, is the share of matching calls that fail (at random).
@@ -137,15 +140,23 @@ func (p *Proxy) Fake(region, id string) *FakeKey {
 	return p.fakes[fakeID{region, id}]
 }
 
-// signedRegion is the region a request was signed for (SigV4 credential scope).
-func signedRegion(r *http.Request) string {
+// signedScope returns part i of a request's SigV4 credential scope
+// (access key id / date / region / service / aws4_request), or "".
+func signedScope(r *http.Request, i int) string {
 	_, scope, _ := strings.Cut(r.Header.Get("Authorization"), "Credential=")
+	scope, _, _ = strings.Cut(scope, ",")
 	parts := strings.Split(scope, "/")
-	if len(parts) < 3 {
+	if len(parts) <= i {
 		return ""
 	}
-	return parts[2]
+	return parts[i]
 }
+
+// signedRegion is the region a request was signed for.
+func signedRegion(r *http.Request) string { return signedScope(r, 2) }
+
+// signedAccessKey is the access key id a request was signed with.
+func signedAccessKey(r *http.Request) string { return signedScope(r, 0) }
 
 func keyIDOf(s string) string {
 	if i := strings.LastIndex(s, "key/"); i >= 0 {
@@ -202,7 +213,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	p.calls[op]++
 	var fault *Fault
 	for _, f := range p.faults {
-		if (f.Op == "" || f.Op == op) && (f.KeyID == "" || f.KeyID == keyID) && (f.Times == 0 || f.hits < f.Times) &&
+		if (f.Op == "" || f.Op == op) && (f.KeyID == "" || f.KeyID == keyID) && (f.AccessKey == "" || f.AccessKey == signedAccessKey(r)) &&
+			(f.Times == 0 || f.hits < f.Times) &&
 			(f.Rate == 0 || rand.Float64() < f.Rate) {
 			f.hits++
 			fault = f
