@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
 	"github.com/kms-exporter/kms_exporter/remediate"
@@ -51,18 +52,19 @@ type Config struct {
 	AWS             AWS
 	RefreshInterval time.Duration // --refresh.interval
 	Policy          policy.Policy // --compliance.*
-	TagLabels       []string      // --metrics.tag-label
-	Remediation     Remediation
-	Shard           int // --shard, as a number
-	TotalShards     int // --total-shards
-	Audit           Audit
-	Remediate       Remediate
+	// TagLabels are the --metrics.tag-label values, each once, in order.
+	TagLabels   []string
+	Remediation Remediation
+	Shard       int // --shard, as a number
+	TotalShards int // --total-shards
+	Audit       Audit
+	Remediate   Remediate
 
 	app *kingpin.Application
 	// The raw values Validate parses into the fields above.
-	regionValues, roleValues []string
-	ownAccount               bool
-	shardValue               string
+	regionValues, roleValues, tagLabelValues []string
+	ownAccount                               bool
+	shardValue                               string
 }
 
 // Web holds the serve command's web.* flags.
@@ -150,7 +152,7 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("refresh.interval", "How often the inventory is refreshed from AWS; scrapes serve the latest refresh.").Default("5m").DurationVar(&c.RefreshInterval)
 	app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").IntVar(&c.Policy.MaxRotationPeriodDays)
 	app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").StringVar(&c.Policy.ExemptionTag)
-	app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").StringsVar(&c.TagLabels)
+	app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").StringsVar(&c.tagLabelValues)
 
 	app.Flag("remediation.enabled", "Serve the remediation API (POST /api/v1/remediate, /api/v1/remediate/bulk, /api/v1/alertmanager); needs --remediation.token-file.").BoolVar(&c.Remediation.Enabled)
 	app.Flag("remediation.token-file", "File holding the bearer token remediation requests must carry.").Envar("KMS_EXPORTER_REMEDIATION_TOKEN_FILE").StringVar(&c.Remediation.TokenFile)
@@ -193,8 +195,8 @@ func (c *Config) Parse(args []string) error {
 	return c.Validate()
 }
 
-// Validate parses the values that need it (regions, roles, shard) and
-// checks every value; the files of the serve command (web
+// Validate parses the values that need it (regions, roles, shard, tag
+// labels) and checks every value; the files of the serve command (web
 // configuration, remediation token) are read only when it runs.
 func (c *Config) Validate() error {
 	var err error
@@ -212,6 +214,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.AWS.Roles) == 0 && c.AWS.OrganizationsRoleName == "" {
 		return flagError("aws.assume-role", "nothing to audit: --no-aws.own-account needs a role or --aws.organizations-role-name")
+	}
+	if c.TagLabels, err = parseTagLabels(c.tagLabelValues); err != nil {
+		return &Error{Name: "--metrics.tag-label", Err: err}
 	}
 	maxPeriod := c.Policy.MaxRotationPeriodDays
 	switch {
@@ -290,6 +295,24 @@ func parseRoles(values []string, own bool) ([]awsclient.Role, error) {
 		roles = append(roles, r)
 	}
 	return roles, nil
+}
+
+// parseTagLabels keeps each tag key once; two keys that make the same label
+// name (cost-center and cost_center) cannot both be labels of kms_key_info.
+func parseTagLabels(values []string) ([]string, error) {
+	var tags []string
+	byLabel := map[string]string{}
+	for _, tag := range values {
+		label := collector.TagLabelName(tag)
+		switch first, ok := byLabel[label]; {
+		case !ok:
+			byLabel[label] = tag
+			tags = append(tags, tag)
+		case first != tag:
+			return nil, fmt.Errorf("%q and %q both make the label %s", first, tag, label)
+		}
+	}
+	return tags, nil
 }
 
 // nameValueErrors makes every flag's value name the flag in its errors, so

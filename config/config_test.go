@@ -74,7 +74,7 @@ func TestParsedValues(t *testing.T) {
 	token := writeFile(t, "s3cret\n")
 	c, err := parse(t, "--aws.region=eu-west-1,us-east-1", "--aws.region=eu-west-1",
 		"--aws.assume-role=arn:aws:iam::123456789012:role/audit,external-id=x", "--no-aws.own-account",
-		"--metrics.tag-label=team", "--metrics.tag-label=cost-center",
+		"--metrics.tag-label=team", "--metrics.tag-label=cost-center", "--metrics.tag-label=team",
 		"--shard=kms-exporter-2", "--total-shards=3", "--remediation.enabled", "--remediation.token-file="+token)
 	if err != nil {
 		t.Fatal(err)
@@ -85,6 +85,7 @@ func TestParsedValues(t *testing.T) {
 	if want := []awsclient.Role{{ARN: "arn:aws:iam::123456789012:role/audit", ExternalID: "x"}}; !reflect.DeepEqual(c.AWS.Roles, want) {
 		t.Errorf("roles %v, want %v", c.AWS.Roles, want)
 	}
+	// The same tag twice is one label.
 	if want := []string{"team", "cost-center"}; !reflect.DeepEqual(c.TagLabels, want) {
 		t.Errorf("tag labels %v, want %v", c.TagLabels, want)
 	}
@@ -115,6 +116,8 @@ func TestErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--refresh.interval=often"}, "--refresh.interval"},
 		{[]string{"--compliance.max-rotation-period-days=89"}, "--compliance.max-rotation-period-days"},
 		{[]string{"--compliance.max-rotation-period-days=2561"}, "--compliance.max-rotation-period-days"},
+		{[]string{"--metrics.tag-label=cost.center", "--metrics.tag-label=cost-center"}, "--metrics.tag-label"},
+		{[]string{"--metrics.tag-label=cost-center", "--metrics.tag-label=cost_center"}, "--metrics.tag-label"},
 		{[]string{"--remediation.requests-per-second=0"}, "--remediation.requests-per-second"},
 		{[]string{"--remediation.timeout=0s"}, "--remediation.timeout"},
 		{[]string{"--remediation.aws-requests-per-second=-1"}, "--remediation.aws-requests-per-second"},
