@@ -8,6 +8,8 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -35,11 +37,13 @@ const (
 	CommandRemediate = "remediate"
 )
 
-// Routes the exporter serves besides --web.telemetry-path.
+// Routes the exporter serves besides --web.telemetry-path, which may be none of them.
 const (
 	PathHealthy = "/-/healthy"
 	PathReady   = "/-/ready"
 )
+
+var reservedPaths = []string{PathHealthy, PathReady, remediate.PathRemediate, remediate.PathBulk, remediate.PathAlertmanager}
 
 // Config is the exporter's configuration: the flag values, parsed and checked
 // by Validate.
@@ -251,6 +255,9 @@ func (c *Config) Validate() error {
 
 // validateServe checks the flags only the serve command uses, and reads its files.
 func (c *Config) validateServe() error {
+	if err := validateTelemetryPath(c.Web.TelemetryPath); err != nil {
+		return &Error{Name: "--web.telemetry-path", Err: err}
+	}
 	if !c.Remediation.Enabled {
 		return nil
 	}
@@ -313,6 +320,21 @@ func parseTagLabels(values []string) ([]string, error) {
 		}
 	}
 	return tags, nil
+}
+
+// validateTelemetryPath accepts a literal path that no other route takes:
+// http.ServeMux would panic on a missing leading slash or a second
+// registration, and would read braces or a space as a pattern.
+func validateTelemetryPath(p string) error {
+	switch {
+	case !strings.HasPrefix(p, "/"):
+		return fmt.Errorf("%q does not start with /", p)
+	case strings.ContainsAny(p, "{}?# \t\n"):
+		return fmt.Errorf("%q is not a plain URL path (no braces, ?, # or spaces)", p)
+	case slices.Contains(reservedPaths, p):
+		return fmt.Errorf("%s is already a route of the exporter (%s)", p, strings.Join(reservedPaths, ", "))
+	}
+	return nil
 }
 
 // nameValueErrors makes every flag's value name the flag in its errors, so

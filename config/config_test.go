@@ -127,6 +127,8 @@ func TestErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--shard=first"}, "--shard"},
 		{[]string{"--shard=2"}, "--total-shards"},
 		{[]string{"--total-shards=0"}, "--total-shards"},
+		{[]string{"--web.telemetry-path=metrics"}, "--web.telemetry-path"},
+		{[]string{"--web.telemetry-path=/-/ready"}, "--web.telemetry-path"},
 		{[]string{"--log.level=loud"}, "--log.level"},
 		{[]string{"audit", "--output=xml"}, "--output"},
 		{[]string{"remediate"}, "--key-id"},
@@ -167,6 +169,18 @@ func TestServeOnlyChecks(t *testing.T) {
 			"--remediation.enabled", "--remediation.token-file=/nonexistent")
 		if _, err := parse(t, args...); err != nil {
 			t.Errorf("%s: %v", command, err)
+		}
+	}
+}
+
+func TestTelemetryPath(t *testing.T) {
+	for path, ok := range map[string]bool{
+		"/metrics": true, "/": true, "/exporter/metrics": true, "/api/v1/remediate/": true,
+		"": false, "metrics": false, "GET /metrics": false, "/metrics/{x}": false, "/{": false, "/a b": false, "/m?x": false,
+		"/-/healthy": false, "/-/ready": false, "/api/v1/remediate": false, "/api/v1/remediate/bulk": false, "/api/v1/alertmanager": false,
+	} {
+		if err := validateTelemetryPath(path); (err == nil) != ok {
+			t.Errorf("%q: %v, want ok=%v", path, err, ok)
 		}
 	}
 }
