@@ -282,6 +282,8 @@ func TestBadConfiguration(t *testing.T) {
 		return p
 	}
 	emptyToken := file("empty-token", "\n")
+	badWebConfig := file("web-bad.yml", "tls_server_config: [\n")
+	webConfigWithoutCert := file("web-nocert.yml", "tls_server_config:\n  key_file: key.pem\n")
 	tests := []struct {
 		args []string
 		env  []string // NAME=VALUE over testEnv's
@@ -311,6 +313,9 @@ func TestBadConfiguration(t *testing.T) {
 		{args: []string{"--web.telemetry-path=/-/healthy"}, want: []string{"--web.telemetry-path"}},
 		{args: []string{"--web.telemetry-path=/-/ready"}, want: []string{"--web.telemetry-path"}},
 		{args: []string{"--web.telemetry-path=metrics"}, want: []string{"--web.telemetry-path"}},
+		{args: []string{"--web.config.file=" + filepath.Join(dir, "missing.yml")}, want: []string{"--web.config.file"}},
+		{args: []string{"--web.config.file=" + badWebConfig}, want: []string{"--web.config.file"}},
+		{args: []string{"--web.config.file=" + webConfigWithoutCert}, want: []string{"--web.config.file"}},
 		{args: []string{"--remediation.enabled"}, want: []string{"--remediation.token-file"}},
 		{args: []string{"--remediation.enabled", "--remediation.token-file=" + emptyToken}, want: []string{"--remediation.token-file"}},
 		{args: []string{"--remediation.enabled", "--remediation.token-file=" + filepath.Join(dir, "missing")}, want: []string{"--remediation.token-file"}},

@@ -258,6 +258,9 @@ func (c *Config) validateServe() error {
 	if err := validateTelemetryPath(c.Web.TelemetryPath); err != nil {
 		return &Error{Name: "--web.telemetry-path", Err: err}
 	}
+	if err := web.Validate(*c.Web.Flags.WebConfigFile); err != nil {
+		return &Error{Name: "--web.config.file", Err: err}
+	}
 	if !c.Remediation.Enabled {
 		return nil
 	}

@@ -99,6 +99,8 @@ func TestParsedValues(t *testing.T) {
 
 func TestErrorsNameTheFlag(t *testing.T) {
 	empty := writeFile(t, "\n")
+	badYAML := writeFile(t, "tls_server_config: [\n")
+	missingCert := writeFile(t, "tls_server_config:\n  key_file: key.pem\n")
 	for _, tt := range []struct {
 		args []string
 		name string
@@ -129,6 +131,9 @@ func TestErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--total-shards=0"}, "--total-shards"},
 		{[]string{"--web.telemetry-path=metrics"}, "--web.telemetry-path"},
 		{[]string{"--web.telemetry-path=/-/ready"}, "--web.telemetry-path"},
+		{[]string{"--web.config.file=/nonexistent"}, "--web.config.file"},
+		{[]string{"--web.config.file=" + badYAML}, "--web.config.file"},
+		{[]string{"--web.config.file=" + missingCert}, "--web.config.file"},
 		{[]string{"--log.level=loud"}, "--log.level"},
 		{[]string{"audit", "--output=xml"}, "--output"},
 		{[]string{"remediate"}, "--key-id"},
@@ -182,6 +187,13 @@ func TestTelemetryPath(t *testing.T) {
 		if err := validateTelemetryPath(path); (err == nil) != ok {
 			t.Errorf("%q: %v, want ok=%v", path, err, ok)
 		}
+	}
+}
+
+func TestValidWebConfigFile(t *testing.T) {
+	plainHTTP := writeFile(t, "http_server_config:\n  http2: false\n")
+	if _, err := parse(t, "--web.config.file="+plainHTTP); err != nil {
+		t.Error(err)
 	}
 }
 
