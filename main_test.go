@@ -284,6 +284,7 @@ func TestBadConfiguration(t *testing.T) {
 	emptyToken := file("empty-token", "\n")
 	badWebConfig := file("web-bad.yml", "tls_server_config: [\n")
 	webConfigWithoutCert := file("web-nocert.yml", "tls_server_config:\n  key_file: key.pem\n")
+	badProfile := file("aws-config", "[default]\nregion = moon\n")
 	tests := []struct {
 		args []string
 		env  []string // NAME=VALUE over testEnv's
@@ -292,6 +293,8 @@ func TestBadConfiguration(t *testing.T) {
 		{args: []string{"--aws.region=moon-base-1x"}, want: []string{"--aws.region", "moon-base-1x"}},
 		{args: []string{"--aws.region=all,eu-west-1"}, want: []string{"--aws.region"}},
 		{env: []string{"AWS_REGION="}, want: []string{"--aws.region: no region"}},
+		{env: []string{"AWS_REGION=moon"}, want: []string{"AWS_REGION", "moon"}},
+		{env: []string{"AWS_REGION=", "AWS_CONFIG_FILE=" + badProfile}, want: []string{`AWS profile "default"`, "moon"}},
 		{args: []string{"--aws.assume-role=arn:aws:s3:::bucket"}, want: []string{"--aws.assume-role"}},
 		{args: []string{"--aws.assume-role=arn:aws:iam::123456789012:role/audit,externalid"}, want: []string{"--aws.assume-role"}},
 		{args: []string{"--no-aws.own-account"}, want: []string{"--aws.assume-role"}},
@@ -332,6 +335,7 @@ func TestBadConfiguration(t *testing.T) {
 		{args: []string{"audit", "--output=xml"}, want: []string{"--output"}},
 		{args: []string{"audit", "--refresh.interval=0s"}, want: []string{"--refresh.interval"}},
 		{args: []string{"audit", "--aws.region=moon-base-1x"}, want: []string{"--aws.region"}},
+		{args: []string{"audit"}, env: []string{"AWS_REGION=moon"}, want: []string{"AWS_REGION"}},
 		{args: []string{"audit", "--no-such-flag"}, want: []string{"--no-such-flag"}},
 		{args: []string{"audit", "--output"}, want: []string{"--output"}},
 		{args: []string{"remediate"}, want: []string{"--key-id"}},

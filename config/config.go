@@ -7,6 +7,7 @@ package config
 import (
 	"context"
 	"fmt"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -275,11 +276,17 @@ func (c *Config) validateServe() error {
 }
 
 // LoadAWS loads the SDK's configuration: variables and shared files, with no
-// request to AWS. Its region is audited when no --aws.region is given.
+// request to AWS. Its region (STS, Organizations and account:ListRegions
+// calls use it, and the audit when no --aws.region is given) must pass the
+// check --aws.region's do; the error names where it came from.
 func (c *Config) LoadAWS(ctx context.Context) (aws.Config, error) {
 	cfg, err := awsconfig.LoadDefaultConfig(ctx)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("loading the AWS configuration: %w", err)
+	}
+	if cfg.Region != "" && !awsclient.ValidRegion(cfg.Region) {
+		return aws.Config{}, &Error{Name: regionSource(cfg),
+			Err: fmt.Errorf("%q is not an AWS region name (e.g. eu-west-1)", cfg.Region)}
 	}
 	if len(c.AWS.Regions) == 0 && !c.AWS.DiscoverRegions {
 		if cfg.Region == "" {
@@ -288,6 +295,28 @@ func (c *Config) LoadAWS(ctx context.Context) (aws.Config, error) {
 		c.AWS.Regions = []string{cfg.Region}
 	}
 	return cfg, nil
+}
+
+// regionSource names where the SDK found its region: the first of its
+// sources that holds one, as the SDK itself resolves it.
+func regionSource(cfg aws.Config) string {
+	for _, source := range cfg.ConfigSources {
+		switch s := source.(type) {
+		case awsconfig.EnvConfig:
+			if s.Region == "" {
+				continue
+			}
+			if os.Getenv("AWS_REGION") != "" {
+				return "AWS_REGION"
+			}
+			return "AWS_DEFAULT_REGION"
+		case awsconfig.SharedConfig:
+			if s.Region != "" {
+				return fmt.Sprintf("region of AWS profile %q (AWS_PROFILE, AWS_CONFIG_FILE)", s.Profile)
+			}
+		}
+	}
+	return "the AWS SDK's region"
 }
 
 // parseRoles reads the --aws.assume-role values; the zero Role (own

@@ -222,6 +222,11 @@ func TestLoadAWSRegion(t *testing.T) {
 		{"AWS_REGION", nil, []string{"AWS_REGION", "eu-west-1"}, []string{"eu-west-1"}, ""},
 		{"profile", nil, nil, []string{"eu-central-1"}, ""},
 		{"flag first", []string{"--aws.region=us-east-1"}, []string{"AWS_REGION", "eu-west-1"}, []string{"us-east-1"}, ""},
+		{"bad AWS_REGION", nil, []string{"AWS_REGION", "moon"}, nil, "AWS_REGION"},
+		{"bad AWS_DEFAULT_REGION", nil, []string{"AWS_DEFAULT_REGION", "eu_west_1"}, nil, "AWS_DEFAULT_REGION"},
+		{"bad profile", nil, []string{"AWS_PROFILE", "bad"}, nil, `region of AWS profile "bad"`},
+		// The SDK's region also serves STS, Organizations and account calls.
+		{"bad AWS_REGION with a flag", []string{"--aws.region=us-east-1"}, []string{"AWS_REGION", "moon"}, nil, "AWS_REGION"},
 		{"none", nil, []string{"AWS_CONFIG_FILE", os.DevNull}, nil, "--aws.region"},
 		{"none, discovered", []string{"--aws.region=all"}, []string{"AWS_CONFIG_FILE", os.DevNull}, nil, ""},
 	} {
