@@ -7,6 +7,7 @@ package config
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"reflect"
 	"slices"
@@ -192,12 +193,40 @@ func New(app *kingpin.Application) *Config {
 // name, as Validate's errors are.
 func (c *Config) Parse(args []string) error {
 	nameValueErrors(c.app)
+	if err := missingValue(c.app, args); err != nil {
+		return err
+	}
 	command, err := c.app.Parse(args)
 	if err != nil {
 		return err
 	}
 	c.Command = command
 	return c.Validate()
+}
+
+// missingValue finds a flag given without its value: last, or followed by
+// another flag. kingpin v2.4.0 drops that error when no command is named yet
+// (it retries under the default command, where the value is gone).
+func missingValue(app *kingpin.Application, args []string) error {
+	valued := map[string]bool{}
+	model := app.Model()
+	flags := model.Flags
+	for _, cmd := range model.Commands {
+		flags = append(flags, cmd.Flags...)
+	}
+	for _, f := range flags {
+		valued[f.Name] = !f.IsBoolFlag()
+	}
+	for i, arg := range args {
+		if arg == "--" {
+			break
+		}
+		if name, ok := strings.CutPrefix(arg, "--"); ok && valued[name] &&
+			(i+1 == len(args) || strings.HasPrefix(args[i+1], "-") && args[i+1] != "-") {
+			return fmt.Errorf("expected argument for flag '%s'", arg)
+		}
+	}
+	return nil
 }
 
 // Validate parses the values that need it (regions, roles, shard, tag
@@ -258,6 +287,13 @@ func (c *Config) Validate() error {
 func (c *Config) validateServe() error {
 	if err := validateTelemetryPath(c.Web.TelemetryPath); err != nil {
 		return &Error{Name: "--web.telemetry-path", Err: err}
+	}
+	if !*c.Web.Flags.WebSystemdSocket {
+		for _, addr := range *c.Web.Flags.WebListenAddresses {
+			if err := validateListenAddress(addr); err != nil {
+				return &Error{Name: "--web.listen-address", Err: err}
+			}
+		}
 	}
 	if err := web.Validate(*c.Web.Flags.WebConfigFile); err != nil {
 		return &Error{Name: "--web.config.file", Err: err}
@@ -365,6 +401,22 @@ func validateTelemetryPath(p string) error {
 		return fmt.Errorf("%q is not a plain URL path (no braces, ?, # or spaces)", p)
 	case slices.Contains(reservedPaths, p):
 		return fmt.Errorf("%s is already a route of the exporter (%s)", p, strings.Join(reservedPaths, ", "))
+	}
+	return nil
+}
+
+// validateListenAddress checks a --web.listen-address as net.Listen will
+// read it; vsock:// addresses are left to exporter-toolkit.
+func validateListenAddress(addr string) error {
+	if strings.HasPrefix(addr, "vsock://") {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err == nil {
+		_, err = net.LookupPort("tcp", port)
+	}
+	if err != nil {
+		return fmt.Errorf("%q is not HOST:PORT: %w", addr, err)
 	}
 	return nil
 }

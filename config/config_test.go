@@ -131,6 +131,8 @@ func TestErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--total-shards=0"}, "--total-shards"},
 		{[]string{"--web.telemetry-path=metrics"}, "--web.telemetry-path"},
 		{[]string{"--web.telemetry-path=/-/ready"}, "--web.telemetry-path"},
+		{[]string{"--web.listen-address=nonsense"}, "--web.listen-address"},
+		{[]string{"--web.listen-address=:10863", "--web.listen-address=:port"}, "--web.listen-address"},
 		{[]string{"--web.config.file=/nonexistent"}, "--web.config.file"},
 		{[]string{"--web.config.file=" + badYAML}, "--web.config.file"},
 		{[]string{"--web.config.file=" + missingCert}, "--web.config.file"},
@@ -157,6 +159,9 @@ func TestKingpinErrorsNameTheFlag(t *testing.T) {
 		want string
 	}{
 		{[]string{"--no-such-flag"}, "unknown long flag '--no-such-flag'"},
+		{[]string{"--aws.region"}, "expected argument for flag '--aws.region'"},
+		{[]string{"--aws.region", "--refresh.interval=1m"}, "expected argument for flag '--aws.region'"},
+		{[]string{"--refresh.interval=1m", "--metrics.tag-label"}, "expected argument for flag '--metrics.tag-label'"},
 		{[]string{"remediate", "--key-id"}, "expected argument for flag '--key-id'"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
