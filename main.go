@@ -153,17 +153,30 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	go refresher.Run(ctx, cfg.RefreshInterval)
 
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = server.Shutdown(shutdownCtx)
-	}()
-	if err := web.ListenAndServe(server, cfg.Web.Flags, logger); err != nil && err != http.ErrServerClosed {
+	served := make(chan error, 1)
+	go func() { served <- web.ListenAndServe(server, cfg.Web.Flags, logger) }()
+	select {
+	case err := <-served:
 		return 0, fmt.Errorf("serving: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("stopping: waiting for the requests in flight", "timeout", cfg.Web.ShutdownTimeout)
+	if err := shutdown(server, cfg.Web.ShutdownTimeout); err != nil {
+		return 0, err
 	}
 	logger.Info("stopped")
 	return report.ExitOK, nil
+}
+
+// shutdown stops accepting requests and waits, within timeout, for those in
+// flight to finish.
+func shutdown(server *http.Server, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := server.Shutdown(ctx); err != nil {
+		return fmt.Errorf("requests still in flight after --web.shutdown-timeout=%s: %w", timeout, err)
+	}
+	return nil
 }
 
 // remediateCommand refreshes once, then remediates the keys the command line

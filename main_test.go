@@ -319,6 +319,7 @@ func TestBadConfiguration(t *testing.T) {
 		{args: []string{"--web.config.file=" + filepath.Join(dir, "missing.yml")}, want: []string{"--web.config.file"}},
 		{args: []string{"--web.config.file=" + badWebConfig}, want: []string{"--web.config.file"}},
 		{args: []string{"--web.config.file=" + webConfigWithoutCert}, want: []string{"--web.config.file"}},
+		{args: []string{"--web.shutdown-timeout=0s"}, want: []string{"--web.shutdown-timeout"}},
 		{args: []string{"--web.listen-address=nonsense"}, want: []string{"--web.listen-address"}},
 		{args: []string{"--remediation.enabled"}, want: []string{"--remediation.token-file"}},
 		{args: []string{"--remediation.enabled", "--remediation.token-file=" + emptyToken}, want: []string{"--remediation.token-file"}},
@@ -543,5 +544,61 @@ func TestGracefulShutdownDuringRefresh(t *testing.T) {
 	}
 	if code := p.waitExit(t, 10*time.Second); code != 0 || !strings.Contains(p.logs.String(), "msg=stopped") {
 		t.Errorf("exit code %d after SIGTERM, want 0 and a clean stop:\n%s", code, p.logs)
+	}
+}
+
+// remediateInFlight starts the exporter with remediation against a KMS whose
+// EnableKeyRotation answers after delay, sends a remediation request and
+// returns once KMS has it; the response comes on the channel.
+func remediateInFlight(t *testing.T, delay time.Duration, args ...string) (*process, <-chan string) {
+	t.Helper()
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	proxy := kmstest.NewProxy(t, srv.URL)
+	proxy.AddFault(&kmstest.Fault{Op: "EnableKeyRotation", Delay: delay})
+	p := startWithRemediation(t, proxy.URL, args...)
+	p.waitReady(t)
+	response := make(chan string, 1)
+	go func() {
+		code, body, err := postRemediation(p.addr, ids["legacy-billing"])
+		response <- fmt.Sprintf("%d %s %v", code, body, err)
+	}()
+	harness.Poll(t, 20*time.Second, func() string {
+		if proxy.Calls("EnableKeyRotation") == 0 {
+			return "the remediation has not reached EnableKeyRotation"
+		}
+		return ""
+	})
+	return p, response
+}
+
+// TestShutdownWaitsForRequestsInFlight: on SIGTERM a request in flight still
+// gets its answer, then the exporter stops cleanly.
+func TestShutdownWaitsForRequestsInFlight(t *testing.T) {
+	p, response := remediateInFlight(t, 3*time.Second)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-response:
+		if !strings.HasPrefix(r, "200 ") || !strings.Contains(r, `"outcome":"enabled"`) {
+			t.Errorf("the request in flight at SIGTERM got %s, want 200 and enabled", r)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no response 30s after SIGTERM")
+	}
+	if code := p.waitExit(t, 10*time.Second); code != 0 || !strings.Contains(p.logs.String(), "msg=stopped") {
+		t.Errorf("exit code %d, want 0 and a clean stop:\n%s", code, p.logs)
+	}
+}
+
+// TestShutdownTimeout: the wait for requests in flight ends after
+// --web.shutdown-timeout, with exit code 2 and a message naming the flag.
+func TestShutdownTimeout(t *testing.T) {
+	p, _ := remediateInFlight(t, time.Minute, "--web.shutdown-timeout=1s", "--aws.timeout=2m")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t, 15*time.Second); code != 2 || !strings.Contains(p.logs.String(), "--web.shutdown-timeout") {
+		t.Errorf("exit code %d, want 2 and a message naming --web.shutdown-timeout:\n%s", code, p.logs)
 	}
 }

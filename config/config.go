@@ -76,8 +76,9 @@ type Config struct {
 // Web holds the serve command's web.* flags.
 type Web struct {
 	// Flags holds --web.listen-address, --web.systemd-socket and --web.config.file.
-	Flags         *web.FlagConfig
-	TelemetryPath string // --web.telemetry-path
+	Flags           *web.FlagConfig
+	TelemetryPath   string        // --web.telemetry-path
+	ShutdownTimeout time.Duration // --web.shutdown-timeout
 }
 
 // AWS holds the aws.* flags.
@@ -144,6 +145,7 @@ func New(app *kingpin.Application) *Config {
 	c := &Config{app: app, Log: &promslog.Config{}}
 	c.Web.Flags = kingpinflag.AddFlags(app, defaultListenAddress)
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&c.Web.TelemetryPath)
+	app.Flag("web.shutdown-timeout", "On SIGTERM, how long the requests in flight may take to finish before the exporter stops.").Default("30s").DurationVar(&c.Web.ShutdownTimeout)
 
 	app.Flag("aws.region", `Region to audit; repeatable or comma-separated; "all" discovers the enabled regions of each account. Default: the SDK's configured region (AWS_REGION, profile).`).Envar("KMS_EXPORTER_REGIONS").StringsVar(&c.regionValues)
 	app.Flag("aws.assume-role", "Role to assume to audit another account: ROLE_ARN[,external-id=ID]; repeatable.").StringsVar(&c.roleValues)
@@ -287,6 +289,9 @@ func (c *Config) Validate() error {
 func (c *Config) validateServe() error {
 	if err := validateTelemetryPath(c.Web.TelemetryPath); err != nil {
 		return &Error{Name: "--web.telemetry-path", Err: err}
+	}
+	if c.Web.ShutdownTimeout <= 0 {
+		return flagError("web.shutdown-timeout", "must be positive")
 	}
 	if !*c.Web.Flags.WebSystemdSocket {
 		for _, addr := range *c.Web.Flags.WebListenAddresses {
