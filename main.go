@@ -67,8 +67,6 @@ func main() {
 func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int, error) {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// After the first signal, a second one ends the process at once.
-	context.AfterFunc(ctx, stop)
 
 	factory := awsclient.NewFactory(awsConfig, cfg.AWS.Client)
 	auditor := &inventory.Auditor{Policy: cfg.Policy, TagLabels: cfg.TagLabels, Workers: cfg.AWS.Client.MaxConcurrency, Now: time.Now}
@@ -159,6 +157,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	case err := <-served:
 		return 0, fmt.Errorf("serving: %w", err)
 	case <-ctx.Done():
+		stop() // a second signal ends the process at once
 	}
 	logger.Info("stopping: waiting for the requests in flight", "timeout", cfg.Web.ShutdownTimeout)
 	if err := shutdown(server, cfg.Web.ShutdownTimeout); err != nil {

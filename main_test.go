@@ -602,3 +602,24 @@ func TestShutdownTimeout(t *testing.T) {
 		t.Errorf("exit code %d, want 2 and a message naming --web.shutdown-timeout:\n%s", code, p.logs)
 	}
 }
+
+// TestSecondSignal: while the exporter waits for the requests in flight, a
+// second SIGTERM ends it at once.
+func TestSecondSignal(t *testing.T) {
+	p, _ := remediateInFlight(t, time.Minute)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	harness.Poll(t, 10*time.Second, func() string {
+		if !strings.Contains(p.logs.String(), "waiting for the requests in flight") {
+			return "the exporter does not wait for the request in flight"
+		}
+		return ""
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t, 5*time.Second); code != -1 {
+		t.Errorf("exit code %d after a second SIGTERM, want the signal's end (-1)", code)
+	}
+}
