@@ -11,9 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -60,34 +60,83 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// startExporter runs the binary as the README and the issue do, against endpoint.
-func startExporter(t *testing.T, endpoint string, args ...string) (addr string, logs *syncBuffer) {
+// testEnv is the environment the binary runs in: the test's without its AWS_
+// and KMS_EXPORTER_ variables, then static credentials, no instance metadata,
+// no shared files, eu-west-1, every AWS service at endpoint, then overrides
+// (NAME=VALUE; the last value of a name wins).
+func testEnv(endpoint string, overrides ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "KMS_EXPORTER_") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "AWS_ENDPOINT_URL="+endpoint, "AWS_ENDPOINT_URL_KMS="+endpoint, "AWS_REGION=eu-west-1",
+		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_CONFIG_FILE="+os.DevNull, "AWS_SHARED_CREDENTIALS_FILE="+os.DevNull)
+	return append(env, overrides...)
+}
+
+// process is the exporter serving under a test.
+type process struct {
+	addr   string
+	logs   *syncBuffer
+	cmd    *exec.Cmd
+	exited chan struct{} // closed once the process has exited
+}
+
+// start runs the binary as the README and the issue do, against endpoint, on
+// a free port; the test's cleanup stops it with SIGINT.
+func start(t *testing.T, endpoint string, args ...string) *process {
 	t.Helper()
-	addr = harness.FreeAddr(t)
-	cmd := exec.Command(binary, append([]string{"--web.listen-address=" + addr}, args...)...)
-	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+endpoint, "AWS_REGION=eu-west-1",
-		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null",
-		"AWS_SHARED_CREDENTIALS_FILE=/dev/null")
-	logs = &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
+	p := &process{addr: harness.FreeAddr(t), logs: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(binary, append([]string{"--web.listen-address=" + p.addr}, args...)...)
+	p.cmd.Env = testEnv(endpoint)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	go func() {
+		_ = p.cmd.Wait()
+		close(p.exited)
+	}()
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
+		_ = p.cmd.Process.Signal(os.Interrupt)
 		select {
-		case <-done:
+		case <-p.exited:
 		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
+			_ = p.cmd.Process.Kill()
+			<-p.exited
 			t.Errorf("exporter did not stop within 15s of SIGINT")
 		}
 		if t.Failed() {
-			t.Logf("exporter log:\n%s", logs)
+			t.Logf("exporter log:\n%s", p.logs)
 		}
 	})
-	return addr, logs
+	return p
+}
+
+// waitExit returns the exit code, failing the test if the process still runs after within.
+func (p *process) waitExit(t *testing.T, within time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(within):
+		t.Fatalf("still running %s later:\n%s", within, p.logs)
+		return 0
+	}
+}
+
+// waitReady polls /-/ready until the first refresh has finished.
+func (p *process) waitReady(t *testing.T) {
+	t.Helper()
+	harness.Poll(t, 30*time.Second, func() string {
+		if code, body := get(t, "http://"+p.addr+"/-/ready"); code != 200 {
+			return fmt.Sprintf("/-/ready: %d %s", code, body)
+		}
+		return ""
+	})
 }
 
 func get(t *testing.T, url string) (int, string) {
@@ -111,15 +160,9 @@ func TestServeAgainstLocalKMS(t *testing.T) {
 	defer cancel()
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	// The command of the issue, on a free port.
-	addr, _ := startExporter(t, srv.URL, "--aws.region=eu-west-1", "--refresh.interval=3s")
-	base := "http://" + addr
-
-	harness.Poll(t, 30*time.Second, func() string {
-		if code, body := get(t, base+"/-/ready"); code != 200 {
-			return fmt.Sprintf("/-/ready: %d %s", code, body)
-		}
-		return ""
-	})
+	p := start(t, srv.URL, "--aws.region=eu-west-1", "--refresh.interval=3s")
+	base := "http://" + p.addr
+	p.waitReady(t)
 	if code, _ := get(t, base+"/-/healthy"); code != 200 {
 		t.Errorf("/-/healthy: %d", code)
 	}
@@ -153,7 +196,7 @@ func TestServeAgainstLocalKMS(t *testing.T) {
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Errorf("promtool check metrics: %v\n%s", err, out)
 		}
-	} else if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+	} else if harness.RequireTools(t) {
 		t.Error("promtool not found")
 	}
 
@@ -187,7 +230,7 @@ func TestNotReadyBeforeFirstRefresh(t *testing.T) {
 			defer c.Close()
 		}
 	}()
-	addr, _ := startExporter(t, "http://"+l.Addr().String(), "--aws.timeout=1m", "--aws.max-attempts=1")
+	addr := start(t, "http://"+l.Addr().String(), "--aws.timeout=1m", "--aws.max-attempts=1").addr
 	harness.Poll(t, 20*time.Second, func() string {
 		if code, _ := get(t, "http://"+addr+"/-/healthy"); code != 200 {
 			return fmt.Sprintf("/-/healthy: %d", code)
@@ -199,54 +242,149 @@ func TestNotReadyBeforeFirstRefresh(t *testing.T) {
 	}
 }
 
-func TestBadFlagsStopStartup(t *testing.T) {
+// awsEndpoint is a stand-in AWS endpoint on loopback that counts the
+// connections it gets (and closes them).
+type awsEndpoint struct {
+	url         string
+	connections atomic.Int64
+}
+
+func startAWSEndpoint(t *testing.T) *awsEndpoint {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	e := &awsEndpoint{url: "http://" + l.Addr().String()}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			e.connections.Add(1)
+			c.Close()
+		}
+	}()
+	return e
+}
+
+// TestBadConfiguration: a bad flag or variable stops every command at once
+// with exit code 2 and a message naming it, before any AWS request.
+func TestBadConfiguration(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	emptyToken := file("empty-token", "\n")
+	badWebConfig := file("web-bad.yml", "tls_server_config: [\n")
+	webConfigWithoutCert := file("web-nocert.yml", "tls_server_config:\n  key_file: key.pem\n")
+	badProfile := file("aws-config", "[default]\nregion = moon\n")
 	tests := []struct {
 		args []string
-		flag string
+		env  []string // NAME=VALUE over testEnv's
+		want []string // what the message names
 	}{
-		{[]string{"--aws.region=moon-base-1x"}, "--aws.region"},
-		{[]string{"--aws.region=all,eu-west-1"}, "--aws.region"},
-		{[]string{"--aws.assume-role=arn:aws:s3:::bucket"}, "--aws.assume-role"},
-		{[]string{"--aws.assume-role=arn:aws:iam::123456789012:role/audit,externalid"}, "--aws.assume-role"},
-		{[]string{"--no-aws.own-account"}, "--aws.assume-role"},
-		{[]string{"--refresh.interval=0s"}, "--refresh.interval"},
-		{[]string{"--refresh.interval=often"}, "refresh.interval"},
-		{[]string{"--compliance.max-rotation-period-days=30"}, "--compliance.max-rotation-period-days"},
-		{[]string{"--aws.max-concurrency=0"}, "--aws.max-concurrency"},
-		{[]string{"--aws.requests-per-second=-1"}, "--aws.requests-per-second"},
-		{[]string{"--log.level=loud"}, "log.level"},
-		{[]string{"--no-such-flag"}, "--no-such-flag"},
+		{args: []string{"--aws.region=moon-base-1x"}, want: []string{"--aws.region", "moon-base-1x"}},
+		{args: []string{"--aws.region=all,eu-west-1"}, want: []string{"--aws.region"}},
+		{env: []string{"AWS_REGION="}, want: []string{"--aws.region: no region"}},
+		{env: []string{"AWS_REGION=moon"}, want: []string{"AWS_REGION", "moon"}},
+		{env: []string{"AWS_REGION=", "AWS_CONFIG_FILE=" + badProfile}, want: []string{`AWS profile "default"`, "moon"}},
+		{args: []string{"--aws.assume-role=arn:aws:s3:::bucket"}, want: []string{"--aws.assume-role"}},
+		{args: []string{"--aws.assume-role=arn:aws:iam::123456789012:role/audit,externalid"}, want: []string{"--aws.assume-role"}},
+		{args: []string{"--no-aws.own-account"}, want: []string{"--aws.assume-role"}},
+		{args: []string{"--aws.max-concurrency=0"}, want: []string{"--aws.max-concurrency"}},
+		{args: []string{"--aws.requests-per-second=-1"}, want: []string{"--aws.requests-per-second"}},
+		{args: []string{"--aws.max-attempts=0"}, want: []string{"--aws.max-attempts"}},
+		{args: []string{"--aws.timeout=0s"}, want: []string{"--aws.timeout"}},
+		{args: []string{"--refresh.interval=0"}, want: []string{"--refresh.interval"}},
+		{args: []string{"--refresh.interval=often"}, want: []string{"--refresh.interval"}},
+		{args: []string{"--refresh.max-stale-age=-5m"}, want: []string{"--refresh.max-stale-age"}},
+		{args: []string{"--compliance.max-rotation-period-days=30"}, want: []string{"--compliance.max-rotation-period-days"}},
+		{args: []string{"--compliance.max-rotation-period-days=3000"}, want: []string{"--compliance.max-rotation-period-days"}},
+		{args: []string{"--metrics.tag-label=cost-center", "--metrics.tag-label=cost_center"},
+			want: []string{"--metrics.tag-label", `"cost-center"`, `"cost_center"`}},
+		{args: []string{"--metrics.tag-label=team", "--metrics.tag-label=owner", "--metrics.tag-label=team.name", "--metrics.tag-label=team_name"},
+			want: []string{"--metrics.tag-label", `"team.name"`, `"team_name"`}},
+		{args: []string{"--web.telemetry-path=/api/v1/remediate"}, want: []string{"--web.telemetry-path"}},
+		{args: []string{"--web.telemetry-path=/api/v1/remediate/bulk"}, want: []string{"--web.telemetry-path"}},
+		{args: []string{"--web.telemetry-path=/api/v1/alertmanager"}, want: []string{"--web.telemetry-path"}},
+		{args: []string{"--web.telemetry-path=/-/healthy"}, want: []string{"--web.telemetry-path"}},
+		{args: []string{"--web.telemetry-path=/-/ready"}, want: []string{"--web.telemetry-path"}},
+		{args: []string{"--web.telemetry-path=metrics"}, want: []string{"--web.telemetry-path"}},
+		{args: []string{"--web.config.file=" + filepath.Join(dir, "missing.yml")}, want: []string{"--web.config.file"}},
+		{args: []string{"--web.config.file=" + badWebConfig}, want: []string{"--web.config.file"}},
+		{args: []string{"--web.config.file=" + webConfigWithoutCert}, want: []string{"--web.config.file"}},
+		{args: []string{"--web.shutdown-timeout=0s"}, want: []string{"--web.shutdown-timeout"}},
+		{args: []string{"--web.listen-address=nonsense"}, want: []string{"--web.listen-address"}},
+		{args: []string{"--remediation.enabled"}, want: []string{"--remediation.token-file"}},
+		{args: []string{"--remediation.enabled", "--remediation.token-file=" + emptyToken}, want: []string{"--remediation.token-file"}},
+		{args: []string{"--remediation.enabled", "--remediation.token-file=" + filepath.Join(dir, "missing")}, want: []string{"--remediation.token-file"}},
+		{args: []string{"--remediation.enabled", "--remediation.token-file=" + dir}, want: []string{"--remediation.token-file"}},
+		{args: []string{"--remediation.requests-per-second=0"}, want: []string{"--remediation.requests-per-second"}},
+		{args: []string{"--remediation.timeout=0s"}, want: []string{"--remediation.timeout"}},
+		{args: []string{"--remediation.aws-requests-per-second=-1"}, want: []string{"--remediation.aws-requests-per-second"}},
+		{args: []string{"--shard=first"}, want: []string{"--shard"}},
+		{args: []string{"--shard=2"}, want: []string{"--total-shards"}},
+		{args: []string{"--total-shards=0"}, want: []string{"--total-shards"}},
+		{args: []string{"--log.level=loud"}, want: []string{"--log.level"}},
+		{args: []string{"--no-such-flag"}, want: []string{"--no-such-flag"}},
+		{args: []string{"--aws.region"}, want: []string{"--aws.region"}},
+		{args: []string{"--aws.region", "--refresh.interval=1m"}, want: []string{"--aws.region"}},
+		{args: []string{"serve", "--metrics.tag-label=a-b", "--metrics.tag-label=a.b"}, want: []string{"--metrics.tag-label"}},
+		{args: []string{"audit", "--output=xml"}, want: []string{"--output"}},
+		{args: []string{"audit", "--refresh.interval=0s"}, want: []string{"--refresh.interval"}},
+		{args: []string{"audit", "--aws.region=moon-base-1x"}, want: []string{"--aws.region"}},
+		{args: []string{"audit"}, env: []string{"AWS_REGION=moon"}, want: []string{"AWS_REGION"}},
+		{args: []string{"audit", "--no-such-flag"}, want: []string{"--no-such-flag"}},
+		{args: []string{"audit", "--output"}, want: []string{"--output"}},
+		{args: []string{"remediate"}, want: []string{"--key-id"}},
+		{args: []string{"remediate", "--key-id=k", "--rotation-period-days=30"}, want: []string{"--rotation-period-days"}},
+		{args: []string{"remediate", "--all-noncompliant", "--compliance.max-rotation-period-days=3000"}, want: []string{"--compliance.max-rotation-period-days"}},
 	}
 	for _, tt := range tests {
-		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
-			cmd := exec.Command(binary, append([]string{"--web.listen-address=" + harness.FreeAddr(t)}, tt.args...)...)
-			cmd.Env = append(os.Environ(), "AWS_REGION=eu-west-1", "AWS_EC2_METADATA_DISABLED=true")
-			done := make(chan struct{})
-			var out []byte
-			var err error
-			go func() { out, err = cmd.CombinedOutput(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(20 * time.Second):
-				_ = cmd.Process.Kill()
-				t.Fatal("still running 20s after a bad flag")
+		t.Run(strings.Join(append(tt.env, tt.args...), " "), func(t *testing.T) {
+			aws := startAWSEndpoint(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, binary, append([]string{"--web.listen-address=" + harness.FreeAddr(t)}, tt.args...)...)
+			cmd.Env = testEnv(aws.url, tt.env...)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			_ = cmd.Run()
+			if ctx.Err() != nil {
+				t.Fatalf("still running 20s later:\n%s%s", stdout.String(), stderr.String())
 			}
-			if err == nil {
-				t.Fatalf("exit status 0 with %v", tt.args)
+			if code := cmd.ProcessState.ExitCode(); code != 2 {
+				t.Errorf("exit code %d, want 2", code)
 			}
-			if !strings.Contains(string(out), tt.flag) {
-				t.Errorf("message does not name %s: %s", tt.flag, out)
+			for _, w := range tt.want {
+				if !strings.Contains(stderr.String(), w) {
+					t.Errorf("the message does not name %s:\n%s", w, stderr.String())
+				}
+			}
+			if n := aws.connections.Load(); n != 0 {
+				t.Errorf("%d connections reached the AWS endpoint", n)
 			}
 		})
 	}
 }
 
-func TestNoRegionAnywhere(t *testing.T) {
-	cmd := exec.Command(binary, "--web.listen-address="+harness.FreeAddr(t))
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "AWS_EC2_METADATA_DISABLED=true"}
-	out, err := cmd.CombinedOutput()
-	if err == nil || !regexp.MustCompile(`--aws.region: no region`).Match(out) {
-		t.Errorf("want a start-up error naming --aws.region, got %v: %s", err, out)
+// TestServeErrorExitCode: serve exits 2 on an error after start-up too.
+func TestServeErrorExitCode(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, errOut, code := runCLI(t, "http://127.0.0.1:1", "--web.listen-address="+l.Addr().String())
+	if code != 2 || !strings.Contains(errOut, "address already in use") {
+		t.Errorf("serving on a port in use: exit %d, want 2:\n%s", code, errOut)
 	}
 }
 
@@ -254,9 +392,7 @@ func TestNoRegionAnywhere(t *testing.T) {
 func runCLI(t *testing.T, endpoint string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
-	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+endpoint, "AWS_REGION=eu-west-1",
-		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true",
-		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null")
+	cmd.Env = testEnv(endpoint)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -320,45 +456,42 @@ func TestRemediateCommand(t *testing.T) {
 	}
 }
 
-func TestServeWithRemediation(t *testing.T) {
-	dir := t.TempDir()
-	empty := filepath.Join(dir, "empty")
-	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, args := range [][]string{{"--remediation.enabled"}, {"--remediation.enabled", "--remediation.token-file=" + empty},
-		{"--remediation.enabled", "--remediation.token-file=" + filepath.Join(dir, "missing")}} {
-		if _, errOut, code := runCLI(t, "http://127.0.0.1:1", append([]string{"--web.listen-address=" + harness.FreeAddr(t)}, args...)...); code == 0 ||
-			!strings.Contains(errOut, "--remediation.token-file") {
-			t.Errorf("%v: exit %d: %s", args, code, errOut)
-		}
-	}
+// The token of the remediation API in the tests.
+const token = "s3cret-token"
 
-	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
+// startWithRemediation starts the exporter with the remediation API enabled.
+func startWithRemediation(t *testing.T, endpoint string, args ...string) *process {
+	t.Helper()
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr, logs := startExporter(t, srv.URL, "--remediation.enabled", "--remediation.token-file="+tokenFile)
-	base := "http://" + addr
-	harness.Poll(t, 30*time.Second, func() string {
-		if code, _ := get(t, base+"/-/ready"); code != 200 {
-			return "not ready"
-		}
-		return ""
-	})
-	req, _ := http.NewRequest(http.MethodPost, base+"/api/v1/remediate",
-		strings.NewReader(`{"region":"eu-west-1","key_id":"`+ids["legacy-billing"]+`"}`))
+	return start(t, endpoint, append([]string{"--remediation.enabled", "--remediation.token-file=" + tokenFile}, args...)...)
+}
+
+// postRemediation asks the API to remediate a key in eu-west-1 and returns the
+// response's status and body.
+func postRemediation(addr, keyID string) (int, string, error) {
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/api/v1/remediate",
+		strings.NewReader(`{"region":"eu-west-1","key_id":"`+keyID+`"}`))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer s3cret-token")
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return 0, "", err
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), `"outcome":"enabled"`) {
-		t.Fatalf("remediate: %d %s", resp.StatusCode, body)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+func TestServeWithRemediation(t *testing.T) {
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	p := startWithRemediation(t, srv.URL)
+	base := "http://" + p.addr
+	p.waitReady(t)
+	if code, body, err := postRemediation(p.addr, ids["legacy-billing"]); err != nil || code != 200 || !strings.Contains(body, `"outcome":"enabled"`) {
+		t.Fatalf("remediate: %d %s %v", code, body, err)
 	}
 	_, metrics := get(t, base+"/metrics")
 	for _, want := range []string{complianceLine(ids["legacy-billing"], "compliant", "rotation_enabled"),
@@ -367,21 +500,16 @@ func TestServeWithRemediation(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	if strings.Contains(logs.String(), "s3cret-token") {
+	if strings.Contains(p.logs.String(), token) {
 		t.Error("the token appears in the logs")
 	}
 }
 
 func TestRemediationOffByDefault(t *testing.T) {
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
-	addr, _ := startExporter(t, srv.URL)
-	harness.Poll(t, 30*time.Second, func() string {
-		if code, _ := get(t, "http://"+addr+"/-/ready"); code != 200 {
-			return "not ready"
-		}
-		return ""
-	})
-	resp, err := http.Post("http://"+addr+"/api/v1/remediate", "application/json",
+	p := start(t, srv.URL)
+	p.waitReady(t)
+	resp, err := http.Post("http://"+p.addr+"/api/v1/remediate", "application/json",
 		strings.NewReader(`{"region":"eu-west-1","key_id":"`+ids["legacy-billing"]+`"}`))
 	if err != nil {
 		t.Fatal(err)
@@ -402,40 +530,97 @@ func TestGracefulShutdownDuringRefresh(t *testing.T) {
 	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
 	proxy := kmstest.NewProxy(t, srv.URL)
 	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", Delay: time.Minute})
-	addr := harness.FreeAddr(t)
-	cmd := exec.Command(binary, "--web.listen-address="+addr, "--aws.timeout=1m")
-	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+proxy.URL, "AWS_REGION=eu-west-1",
-		"AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true")
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill() }()
+	p := start(t, proxy.URL, "--aws.timeout=1m")
 	harness.Poll(t, 20*time.Second, func() string {
 		if proxy.Calls("DescribeKey") == 0 {
 			return "the refresh has not reached DescribeKey"
 		}
 		return ""
 	})
-	if code, _ := get(t, "http://"+addr+"/-/ready"); code != http.StatusServiceUnavailable {
+	if code, _ := get(t, "http://"+p.addr+"/-/ready"); code != http.StatusServiceUnavailable {
 		t.Errorf("ready while the first refresh hangs: %d", code)
 	}
-	start := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	if code := p.waitExit(t, 10*time.Second); code != 0 || !strings.Contains(p.logs.String(), "msg=stopped") {
+		t.Errorf("exit code %d after SIGTERM, want 0 and a clean stop:\n%s", code, p.logs)
+	}
+}
+
+// remediateInFlight starts the exporter with remediation against a KMS whose
+// EnableKeyRotation answers after delay, sends a remediation request and
+// returns once KMS has it; the response comes on the channel.
+func remediateInFlight(t *testing.T, delay time.Duration, args ...string) (*process, <-chan string) {
+	t.Helper()
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	proxy := kmstest.NewProxy(t, srv.URL)
+	proxy.AddFault(&kmstest.Fault{Op: "EnableKeyRotation", Delay: delay})
+	p := startWithRemediation(t, proxy.URL, args...)
+	p.waitReady(t)
+	response := make(chan string, 1)
+	go func() {
+		code, body, err := postRemediation(p.addr, ids["legacy-billing"])
+		response <- fmt.Sprintf("%d %s %v", code, body, err)
+	}()
+	harness.Poll(t, 20*time.Second, func() string {
+		if proxy.Calls("EnableKeyRotation") == 0 {
+			return "the remediation has not reached EnableKeyRotation"
+		}
+		return ""
+	})
+	return p, response
+}
+
+// TestShutdownWaitsForRequestsInFlight: on SIGTERM a request in flight still
+// gets its answer, then the exporter stops cleanly.
+func TestShutdownWaitsForRequestsInFlight(t *testing.T) {
+	p, response := remediateInFlight(t, 3*time.Second)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("exit after SIGTERM: %v\n%s", err, logs)
+	case r := <-response:
+		if !strings.HasPrefix(r, "200 ") || !strings.Contains(r, `"outcome":"enabled"`) {
+			t.Errorf("the request in flight at SIGTERM got %s, want 200 and enabled", r)
 		}
-		if took := time.Since(start); !strings.Contains(logs.String(), "msg=stopped") {
-			t.Errorf("no clean stop after %s:\n%s", took, logs)
+	case <-time.After(30 * time.Second):
+		t.Fatal("no response 30s after SIGTERM")
+	}
+	if code := p.waitExit(t, 10*time.Second); code != 0 || !strings.Contains(p.logs.String(), "msg=stopped") {
+		t.Errorf("exit code %d, want 0 and a clean stop:\n%s", code, p.logs)
+	}
+}
+
+// TestShutdownTimeout: the wait for requests in flight ends after
+// --web.shutdown-timeout, with exit code 2 and a message naming the flag.
+func TestShutdownTimeout(t *testing.T) {
+	p, _ := remediateInFlight(t, time.Minute, "--web.shutdown-timeout=1s", "--aws.timeout=2m")
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t, 15*time.Second); code != 2 || !strings.Contains(p.logs.String(), "--web.shutdown-timeout") {
+		t.Errorf("exit code %d, want 2 and a message naming --web.shutdown-timeout:\n%s", code, p.logs)
+	}
+}
+
+// TestSecondSignal: while the exporter waits for the requests in flight, a
+// second SIGTERM ends it at once.
+func TestSecondSignal(t *testing.T) {
+	p, _ := remediateInFlight(t, time.Minute)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	harness.Poll(t, 10*time.Second, func() string {
+		if !strings.Contains(p.logs.String(), "waiting for the requests in flight") {
+			return "the exporter does not wait for the request in flight"
 		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("still running 10s after SIGTERM during a refresh:\n%s", logs)
+		return ""
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := p.waitExit(t, 5*time.Second); code != -1 {
+		t.Errorf("exit code %d after a second SIGTERM, want the signal's end (-1)", code)
 	}
 }

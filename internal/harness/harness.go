@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,17 +46,42 @@ func Poll(t testing.TB, within time.Duration, check func() string) {
 
 // Tool returns the path of a program the tests run for real (Debian's
 // promtool, amtool, prometheus, ...). Missing, it skips the test, or fails it
-// under `make test` (KMS_EXPORTER_REQUIRE_TOOLS), which installs them.
+// when RequireTools.
 func Tool(t testing.TB, name string) string {
 	t.Helper()
+	required := RequireTools(t)
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+		if required {
 			t.Fatalf("%s not found: `make deps` installs it", name)
 		}
 		t.Skipf("%s not installed (make deps)", name)
 	}
 	return p
+}
+
+// requireToolsVar is set by `make test`, which installs the tools.
+const requireToolsVar = "KMS_EXPORTER_REQUIRE_TOOLS"
+
+// RequireTools tells whether a missing tool fails the test rather than skips
+// it: KMS_EXPORTER_REQUIRE_TOOLS is 1, true or yes (0, false, no or unset:
+// skip). Any other value fails the test.
+func RequireTools(t testing.TB) bool {
+	t.Helper()
+	v := os.Getenv(requireToolsVar)
+	switch strings.ToLower(v) {
+	case "":
+		return false
+	case "yes":
+		return true
+	case "no":
+		return false
+	}
+	required, err := strconv.ParseBool(v)
+	if err != nil {
+		t.Fatalf("%s=%q: want 1, true or yes to require the tools, 0, false or no to skip without them", requireToolsVar, v)
+	}
+	return required
 }
 
 var (
