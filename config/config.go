@@ -60,7 +60,7 @@ type Config struct {
 	// MaxStaleAge is --refresh.max-stale-age, three refresh intervals when
 	// not given.
 	MaxStaleAge time.Duration
-	Policy          policy.Policy // --compliance.*
+	Policy      policy.Policy // --compliance.*
 	// TagLabels are the --metrics.tag-label values, each once, in order.
 	TagLabels   []string
 	Remediation Remediation
