@@ -75,14 +75,14 @@ func TestDockerImage(t *testing.T) {
 		t.Skip("builds a Docker image")
 	}
 	if err := exec.Command("docker", "info").Run(); err != nil {
-		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+		if harness.RequireTools(t) {
 			t.Fatalf("no Docker engine: %v", err)
 		}
 		t.Skip("no Docker engine")
 	}
 	const busybox = "/bin/busybox"
 	if _, err := os.Stat(busybox); err != nil {
-		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
+		if harness.RequireTools(t) {
 			t.Fatal("busybox not installed (make deps: busybox-static)")
 		}
 		t.Skip("busybox not installed")
