@@ -1,8 +1,12 @@
 package inventory_test
 
 import (
+	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -125,11 +129,31 @@ func TestOutcomesUnderFailure(t *testing.T) {
 	factory := awsclient.NewFactory(testConfig(proxy.URL), awsclient.Options{MaxConcurrency: 8, MaxAttempts: 2, Timeout: 300 * time.Millisecond})
 	clk := &clock{now: time.Now()}
 	auditor := &inventory.Auditor{Policy: testPolicy, Workers: 8, MaxStale: time.Hour, Now: clk.Now}
-	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}}, auditor, discard())
+	var log strings.Builder
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}}, auditor,
+		slog.New(slog.NewTextHandler(&log, nil)))
 	ctx := ctxT(t)
 	baseline := scrape(t, r.Refresh(ctx), r).compliance()
 	if len(baseline) != len(kmstest.MixedInventory) {
 		t.Fatalf("baseline: %d keys: %v", len(baseline), baseline)
+	}
+	counts := map[policy.Status]int{}
+	for _, k := range kmstest.MixedInventory {
+		counts[policy.Status(k.Status)]++
+	}
+	if got := r.Snapshot().Counts(); !reflect.DeepEqual(got, counts) {
+		t.Errorf("counts by verdict: %v, want %v", got, counts)
+	}
+	// readFailureLog returns the log line of the last refresh's read failures.
+	readFailureLog := func() string {
+		lines := strings.Split(strings.TrimSpace(log.String()), "\n")
+		log.Reset()
+		for _, l := range lines {
+			if strings.Contains(l, "reading keys failed") {
+				return l
+			}
+		}
+		return ""
 	}
 	perKey := func(f kmstest.Fault) []*kmstest.Fault {
 		var out []*kmstest.Fault
@@ -176,9 +200,14 @@ func TestOutcomesUnderFailure(t *testing.T) {
 				proxy.AddFault(f)
 			}
 			clk.Add(time.Minute)
+			log.Reset()
 			m := scrape(t, r.Refresh(ctx), r)
 			if got := m.compliance(); !equalMaps(got, baseline) {
 				t.Errorf("during the outage the verdicts changed: %v, want %v", got, baseline)
+			}
+			if line := readFailureLog(); o.code != "" && (!strings.Contains(line, fmt.Sprintf(" stale=%d unknown=0 ", len(baseline))) ||
+				strings.Count(regexp.MustCompile(`keys=(\S+)`).FindString(line), ",") != 4) {
+				t.Errorf("log of the read failures: %q, want every key stale and 5 of their ids", line)
 			}
 			if v := m.sum("kms_refresh_success", target); v != 0 {
 				t.Errorf("kms_refresh_success = %v during the outage, want 0", v)
@@ -251,7 +280,11 @@ func TestOutcomesUnderFailure(t *testing.T) {
 		}
 		id := aws.ToString(out.KeyMetadata.KeyId)
 		proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: id, Code: "ThrottlingException"})
+		log.Reset()
 		m := scrape(t, r.Refresh(ctx), r)
+		if line := readFailureLog(); !strings.Contains(line, " stale=0 unknown=1 ") || !strings.Contains(line, "keys="+id) {
+			t.Errorf("log of the read failure: %q", line)
+		}
 		if got := m.compliance()[id]; got != "unknown/ThrottlingException" {
 			t.Errorf("new key throttled: %q, want unknown/ThrottlingException", got)
 		}

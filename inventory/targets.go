@@ -60,7 +60,7 @@ func (r *Resolver) Targets(ctx context.Context) []Target {
 	var out []Target
 	for _, role := range r.roles(ctx) {
 		for _, region := range r.regions(ctx, role) {
-			if r.TotalShards > 1 && ShardOf(role, region, r.TotalShards) != r.Shard {
+			if ShardOf(role, region, max(1, r.TotalShards)) != r.Shard {
 				continue
 			}
 			out = append(out, Target{Role: role, Region: region, API: r.Factory.KMS(role, region)})

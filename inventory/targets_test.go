@@ -174,7 +174,7 @@ func TestParseShard(t *testing.T) {
 			t.Errorf("ParseShard(%q) = %d, %v", in, got, err)
 		}
 	}
-	for _, bad := range []string{"", "-1", "kms-exporter", "x-", "1.5"} {
+	for _, bad := range []string{"", "-1", "kms-exporter", "x-", "1.5", "-+1"} {
 		if _, err := inventory.ParseShard(bad); err == nil {
 			t.Errorf("ParseShard(%q) accepted", bad)
 		}
