@@ -11,7 +11,7 @@ SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests run for real: promtool (prometheus), amtool and Alertmanager (prometheus-alertmanager), the AWS CLI (awscli, /usr/bin/aws), a static shell for the Docker test (busybox-static), docker-compose.
 DEB_PKGS  := prometheus prometheus-alertmanager awscli busybox-static docker-compose
 
-.PHONY: all build test e2e deps demo bench lint fmt clean mutation
+.PHONY: all build test e2e deps demo bench lint fmt clean mutation FORCE
 
 all: build
 
@@ -26,12 +26,22 @@ $(BIN)/toxiproxy-server: tools/go.mod tools/go.sum
 	mkdir -p $(BIN)
 	$(GO) build -C tools -o ../$(BIN)/toxiproxy-server github.com/Shopify/toxiproxy/v2/cmd/server
 
+# helm, for the chart's tests, built from its Go module at HELM_VERSION (about a minute); checked at every
+# run, rebuilt only when the binary was built from another version (go version -m reads it).
+HELM_VERSION := v3.22.0
+$(BIN)/helm: FORCE
+	@$(GO) version -m $@ 2>/dev/null | grep -Eq '^\s+mod\s+helm\.sh/helm/v3\s+$(HELM_VERSION)\s' || { \
+		echo "installing helm $(HELM_VERSION)"; mkdir -p $(BIN) && GOBIN=$(CURDIR)/$(BIN) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); }
+
+FORCE:
+
 $(BIN)/gremlins: tools/go.mod tools/go.sum
 	mkdir -p $(BIN)
 	$(GO) build -C tools -o ../$(BIN)/gremlins github.com/go-gremlins/gremlins/cmd/gremlins
 
-# deps installs what the tests run: Debian packages (once), and local-kms and toxiproxy at the versions pinned in tools/go.mod.
-deps: $(BIN)/local-kms $(BIN)/toxiproxy-server
+# deps installs what the tests run: Debian packages (once), local-kms and toxiproxy at the versions pinned in tools/go.mod,
+# and helm at HELM_VERSION.
+deps: $(BIN)/local-kms $(BIN)/toxiproxy-server $(BIN)/helm
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
@@ -54,7 +64,7 @@ test: deps lint
 		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} >/dev/null || exit 1; \
 	done
 	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms TOXIPROXY_BIN=$(CURDIR)/$(BIN)/toxiproxy-server \
-		$(GO) test -race -count=1 -timeout 15m ./...
+		HELM_BIN=$(CURDIR)/$(BIN)/helm $(GO) test -race -count=1 -timeout 15m ./...
 
 # mutation runs gremlins (pinned in tools/go.mod) on each package of MUTATION_PKGS in turn and prints its
 # test efficacy (killed / (killed + lived)) and mutant coverage ((killed + lived) / all), with every mutant
