@@ -791,8 +791,8 @@ func TestHelmRemediation(t *testing.T) {
 		if got := dig(vol, "secret", "secretName"); got != tt.secret {
 			t.Errorf("%s: the token volume is Secret %v, want %s", tt.name, got, tt.secret)
 		}
-		if got := dig(vol, "secret", "defaultMode"); got != 0o400 {
-			t.Errorf("%s: the token file's mode is %v, want 0400 (%d)", tt.name, got, 0o400)
+		if got, _ := dig(vol, "secret", "defaultMode").(int); got != 0o400 {
+			t.Errorf("%s: the token file's mode is %#o, want 0400 (the kubelet adds read for the fsGroup, no more)", tt.name, got)
 		}
 		if got := dig(vol, "secret", "items", 0, "key"); got != tt.key {
 			t.Errorf("%s: the token volume maps key %v, want %s", tt.name, got, tt.key)
@@ -1083,7 +1083,6 @@ func copyDir(from, to string) error {
 // remediation API takes the token of the generated Secret.
 func TestHelmPodServes(t *testing.T) {
 	t.Parallel()
-	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
 	r := render(t, `
 aws: {region: eu-west-1, regions: [eu-west-1]}
 remediation: {enabled: true}
@@ -1093,6 +1092,7 @@ web:
 `, "--api-versions", operatorAPI)
 	_, pod := workload(t, r)
 	c := exporterContainer(t, pod)
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
 	p := startPod(t, r, chartRelease+"-kms-exporter-5d8f7c9b4-x2x7q", srv.URL, map[string]map[string]string{"kms-web": {"web-config.yml": webConfigHeader}})
 	p.waitServing(t, fmt.Sprint(dig(c, "livenessProbe", "httpGet", "path")))
 	p.waitServing(t, fmt.Sprint(dig(c, "readinessProbe", "httpGet", "path")))
@@ -1262,7 +1262,12 @@ func (p *process) waitServing(t *testing.T, path string) {
 	harness.Poll(t, 30*time.Second, func() string {
 		select {
 		case <-p.exited:
-			t.Fatalf("kms_exporter exited (code %d) before serving %s:\n%s", p.cmd.ProcessState.ExitCode(), path, p.logs)
+			logs := p.logs.String()
+			reason := "no error line, see the log"
+			if i := strings.Index(logs, "kms_exporter: error:"); i >= 0 {
+				reason, _, _ = strings.Cut(logs[i:], "\n")
+			}
+			t.Fatalf("kms_exporter exited (code %d) before serving %s: %s\n%s", p.cmd.ProcessState.ExitCode(), path, reason, logs)
 		default:
 		}
 		if code, _, body := p.request(t, "GET", path, ""); code != 200 {
