@@ -541,9 +541,8 @@ func TestHelmMatchesKustomize(t *testing.T) {
 	hPod := dig(dep, "spec", "template", "spec").(map[string]any)
 	// Where the chart differs on purpose.
 	deliberate := map[string]string{
-		"serviceAccountName":           "named after the release; checked against the chart's ServiceAccount below",
-		"automountServiceAccountToken": "the exporter never calls the Kubernetes API: the chart mounts no token",
-		"containers":                   "compared field by field below",
+		"serviceAccountName": "named after the release; checked against the chart's ServiceAccount below",
+		"containers":         "compared field by field below",
 	}
 	compareKeys(t, "pod spec", kPod, hPod, deliberate, nil)
 	if got, want := hPod["serviceAccountName"], dig(r.one(t, "ServiceAccount"), "metadata", "name"); got != want {

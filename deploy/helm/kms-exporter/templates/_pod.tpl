@@ -26,9 +26,6 @@ metadata:
   {{- end }}
 spec:
   serviceAccountName: {{ include "kms-exporter.serviceAccountName" . }}
-  # The exporter does not call the Kubernetes API. IRSA and EKS Pod Identity
-  # mount their own tokens.
-  automountServiceAccountToken: false
   # Above --web.shutdown-timeout ({{ $shutdown }}s): a remediation in flight finishes, logged and counted.
   terminationGracePeriodSeconds: {{ $grace }}
   {{- with .Values.imagePullSecrets }}
