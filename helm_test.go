@@ -473,17 +473,21 @@ func TestHelmDefaults(t *testing.T) {
 }
 
 // TestHelmArgsAreFlags: every argument the chart renders is a flag of the
-// binary, in the form its --help gives; every flag of the binary has a
-// value in the chart; and the binary starts with the rendered arguments,
-// environment and Secret files, in every pod of the StatefulSet.
+// binary, in the form its --help gives.
 func TestHelmArgsAreFlags(t *testing.T) {
 	t.Parallel()
 	flags := binaryFlags(t)
-	r := render(t, valuesEveryFlag)
-	args := containerArgs(t, r)
-	for _, p := range checkArgs(args, flags) {
+	for _, p := range checkArgs(containerArgs(t, render(t, valuesEveryFlag)), flags) {
 		t.Errorf("every-flag values: %s", p)
 	}
+}
+
+// TestHelmOffersEveryFlag: every flag of the binary has a value in the
+// chart, or a reason not to.
+func TestHelmOffersEveryFlag(t *testing.T) {
+	t.Parallel()
+	flags := binaryFlags(t)
+	args := containerArgs(t, render(t, valuesEveryFlag))
 	// Flags the chart offers no value for, and why.
 	notOffered := map[string]string{
 		"help":               "not for a server",
@@ -507,9 +511,15 @@ func TestHelmArgsAreFlags(t *testing.T) {
 			t.Errorf("notOffered lists --%s, which the binary no longer has", name)
 		}
 	}
-	// The binary accepts them: each pod of the StatefulSet starts and serves
-	// (the AWS endpoint is dead; the configuration is checked before any
-	// AWS call, and serving does not wait for AWS).
+}
+
+// TestHelmArgsStartTheBinary: the binary accepts the rendered arguments,
+// environment and Secret files: each pod of the sharded StatefulSet, every
+// flag set, starts and serves. The AWS endpoint is dead: the configuration
+// is checked before any AWS call, and serving does not wait for AWS.
+func TestHelmArgsStartTheBinary(t *testing.T) {
+	t.Parallel()
+	r := render(t, valuesEveryFlag)
 	sts, _ := workload(t, r)
 	for i := range dig(sts, "spec", "replicas").(int) {
 		podName := fmt.Sprintf("%s-%d", dig(sts, "metadata", "name"), i)
@@ -613,8 +623,7 @@ func compareKeys(t *testing.T, what string, want, got map[string]any, deliberate
 }
 
 // TestHelmOperatorObjects: ServiceMonitor and PrometheusRule follow the
-// CRDs (auto), or their values when set; the ServiceMonitor scrapes the
-// Service's port as the job the alert rules expect.
+// CRDs (auto), or their values when set.
 func TestHelmOperatorObjects(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -641,7 +650,13 @@ func TestHelmOperatorObjects(t *testing.T) {
 			t.Errorf("%s without its additionalLabels: release=%v", kind, got)
 		}
 	}
+}
 
+// TestHelmServiceMonitorScrapes: the ServiceMonitor scrapes each pod once,
+// through the Service's port to the container's, at the telemetry path, as
+// the job the alert rules expect.
+func TestHelmServiceMonitorScrapes(t *testing.T) {
+	t.Parallel()
 	// The job the alert rules name.
 	raw, err := os.ReadFile(rulesFile)
 	if err != nil {
