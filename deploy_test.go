@@ -72,7 +72,7 @@ func TestReadOnlyPolicyMatchesCalls(t *testing.T) {
 		got = append(got, s.Action...)
 	}
 	want := []string{"account:ListRegions", "organizations:ListAccounts"}
-	for _, op := range awsclient.Operations {
+	for _, op := range awsclient.ReadOperations {
 		want = append(want, "kms:"+op)
 	}
 	slices.Sort(got)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,6 +33,8 @@ import (
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
 	"golang.org/x/time/rate"
+
+	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 // Role is an account reached by assuming a role; the zero Role means the
@@ -87,7 +90,11 @@ type Options struct {
 }
 
 // Operations the exporter calls, for counters initialised at zero.
-var Operations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags"}
+var Operations = slices.Concat(ReadOperations, []string{"EnableKeyRotation"})
+
+// ReadOperations are the calls of the audit, all read-only: what the
+// read-only IAM policy allows.
+var ReadOperations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags"}
 
 // Error codes counted from zero for every operation, so alerts and dashboards see 0.
 var knownErrorCodes = []string{"ThrottlingException", "AccessDeniedException"}
@@ -362,10 +369,25 @@ func Transient(err error) bool {
 	return errors.As(err, &respErr) && respErr.HTTPStatusCode() >= 500
 }
 
-var regionPattern = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+var (
+	regionPattern  = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+	accountPattern = regexp.MustCompile(`^[0-9]{12}$`)
+)
 
 // ValidRegion tells whether s is shaped like an AWS region name.
 func ValidRegion(s string) bool { return regionPattern.MatchString(s) }
+
+// ValidAccountID tells whether s is an AWS account id: 12 digits.
+func ValidAccountID(s string) bool { return accountPattern.MatchString(s) }
+
+// Rotation is what GetKeyRotationStatus answered, as the policy reads it.
+func Rotation(out *kms.GetKeyRotationStatusOutput) policy.Rotation {
+	return policy.Rotation{
+		Enabled:      out.KeyRotationEnabled,
+		PeriodDays:   aws.ToInt32(out.RotationPeriodInDays),
+		NextRotation: aws.ToTime(out.NextRotationDate),
+	}
+}
 
 // ParseRegions reads the --aws.region values, each one region or a
 // comma-separated list. It returns discover=true for the single value "all",

@@ -197,11 +197,13 @@ func TestThrottlingRetriedAndCounted(t *testing.T) {
 # HELP kms_api_request_errors_total AWS KMS API requests that failed, retries included, by operation and error code (ThrottlingException = throttled).
 # TYPE kms_api_request_errors_total counter
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="DescribeKey",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="EnableKeyRotation",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="GetKeyRotationStatus",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListAliases",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListKeys",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListResourceTags",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="DescribeKey",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="EnableKeyRotation",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="GetKeyRotationStatus",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListAliases",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListKeys",region="eu-west-1"} 5
@@ -209,6 +211,7 @@ kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingExc
 # HELP kms_api_requests_total AWS KMS API requests made, retries included, by operation.
 # TYPE kms_api_requests_total counter
 kms_api_requests_total{account_id="111122223333",operation="DescribeKey",region="eu-west-1"} 0
+kms_api_requests_total{account_id="111122223333",operation="EnableKeyRotation",region="eu-west-1"} 0
 kms_api_requests_total{account_id="111122223333",operation="GetKeyRotationStatus",region="eu-west-1"} 0
 kms_api_requests_total{account_id="111122223333",operation="ListAliases",region="eu-west-1"} 0
 kms_api_requests_total{account_id="111122223333",operation="ListKeys",region="eu-west-1"} 6

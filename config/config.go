@@ -264,8 +264,9 @@ func (c *Config) Validate() error {
 		return flagError("refresh.interval", "%s is shorter than 1s", c.RefreshInterval)
 	case c.MaxStaleAge < 0:
 		return flagError("refresh.max-stale-age", "must not be negative")
-	case maxPeriod < 90 || maxPeriod > 2560:
-		return flagError("compliance.max-rotation-period-days", "%d is outside KMS's 90..2560", maxPeriod)
+	case !policy.ValidRotationPeriod(maxPeriod):
+		return flagError("compliance.max-rotation-period-days", "%d is outside KMS's %d..%d", maxPeriod,
+			policy.MinRotationPeriodDays, policy.MaxRotationPeriodDays)
 	case c.AWS.Client.MaxConcurrency < 1:
 		return flagError("aws.max-concurrency", "must be at least 1")
 	case c.AWS.Client.RequestsPerSecond < 0:
@@ -280,8 +281,9 @@ func (c *Config) Validate() error {
 		return flagError("remediation.timeout", "must be positive")
 	case c.Remediation.AWSRequestsPerSecond < 0:
 		return flagError("remediation.aws-requests-per-second", "must not be negative")
-	case c.Remediate.RotationPeriodDays != 0 && (c.Remediate.RotationPeriodDays < 90 || c.Remediate.RotationPeriodDays > maxPeriod):
-		return flagError("rotation-period-days", "%d is outside 90..%d (--compliance.max-rotation-period-days)", c.Remediate.RotationPeriodDays, maxPeriod)
+	case c.Remediate.RotationPeriodDays != 0 && (c.Remediate.RotationPeriodDays < policy.MinRotationPeriodDays || c.Remediate.RotationPeriodDays > maxPeriod):
+		return flagError("rotation-period-days", "%d is outside %d..%d (--compliance.max-rotation-period-days)", c.Remediate.RotationPeriodDays,
+			policy.MinRotationPeriodDays, maxPeriod)
 	case c.Command == CommandRemediate && (c.Remediate.KeyID == "") == !c.Remediate.AllNoncompliant:
 		return flagError("key-id", "give either --key-id or --all-noncompliant")
 	}

@@ -321,12 +321,8 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) (found bool, fa
 		r, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String(k.ID)})
 		switch {
 		case err == nil:
-			k.Rotation = &policy.Rotation{
-				Enabled:      r.KeyRotationEnabled,
-				PeriodDays:   aws.ToInt32(r.RotationPeriodInDays),
-				NextRotation: aws.ToTime(r.NextRotationDate),
-			}
-			in.Rotation = k.Rotation
+			rot := awsclient.Rotation(r)
+			k.Rotation, in.Rotation = &rot, &rot
 		case stop("GetKeyRotationStatus", err, &in.RotationError):
 			return found, failed
 		}

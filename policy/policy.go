@@ -68,6 +68,22 @@ const (
 // the policy assumes when the API reports none (as older APIs and emulators do).
 const DefaultRotationPeriodDays = 365
 
+// The rotation periods EnableKeyRotation accepts (docs/aws-semantics.md,
+// "EnableKeyRotation").
+const (
+	MinRotationPeriodDays = 90
+	MaxRotationPeriodDays = 2560
+)
+
+// ValidRotationPeriod tells whether KMS accepts a rotation period.
+func ValidRotationPeriod(days int) bool {
+	return days >= MinRotationPeriodDays && days <= MaxRotationPeriodDays
+}
+
+// MultiRegionReplica is MultiRegionConfiguration.MultiRegionKeyType of a
+// replica key: its rotation is set on the primary, in the primary's region.
+const MultiRegionReplica = "REPLICA"
+
 // Meta is the part of DescribeKey's KeyMetadata that the rules need.
 type Meta struct {
 	KeyManager       string
