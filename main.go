@@ -78,7 +78,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	refresher := inventory.NewRefresher(resolver, auditor, logger, kmsCollector.Update)
 	remediator := &remediate.Remediator{
 		Inventory:          refresher,
-		Client:             func(role awsclient.Role, region string) remediate.KMS { return factory.KMS(role, region) },
+		Client:             func(arn, region string) remediate.KMS { return factory.KMS(factory.Role(arn), region) },
 		Policy:             cfg.Policy,
 		AllowTags:          cfg.Remediation.AllowTags,
 		AllowAliasPrefixes: cfg.Remediation.AllowAliasPrefixes,

@@ -221,6 +221,20 @@ func (f *Factory) KMS(role Role, region string) *Client {
 	return c
 }
 
+// Role returns the role with this ARN as a client was made for it (with its
+// external id), or the Role of just that ARN; "" is the own credentials.
+// The inventory names a target's role by ARN alone: this finds the rest.
+func (f *Factory) Role(arn string) Role {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for r := range f.creds {
+		if r.ARN == arn {
+			return r
+		}
+	}
+	return Role{ARN: arn}
+}
+
 // EnabledRegions lists the regions enabled for the role's account (account:ListRegions).
 func (f *Factory) EnabledRegions(ctx context.Context, role Role) ([]string, error) {
 	f.mu.Lock()

@@ -149,6 +149,13 @@ func TestAssumeRole(t *testing.T) {
 	if !strings.Contains(fake.kmsAuth[2], "Credential=AKIAOWNCREDS/") {
 		t.Errorf("own-account call not signed with the own credentials: %s", fake.kmsAuth[2])
 	}
+	// A role named by its ARN alone (as a snapshot names it) keeps its external id.
+	if got := factory.Role(role.ARN); got != role {
+		t.Errorf("Role(%q) = %+v, want %+v", role.ARN, got, role)
+	}
+	if got := factory.Role(""); got != (Role{}) {
+		t.Errorf(`Role("") = %+v, want the own credentials`, got)
+	}
 }
 
 func TestAssumeRoleDenied(t *testing.T) {

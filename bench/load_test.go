@@ -20,6 +20,7 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 )
 
 var (
@@ -42,7 +43,7 @@ func BenchmarkLoad(b *testing.B) {
 	c := collector.New(nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	var published atomic.Int32
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
-		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), c.Update, func(*inventory.Snapshot) { published.Add(1) })
+		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), c.Update, func(*model.Snapshot) { published.Add(1) })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r.Refresh(ctx)

@@ -12,23 +12,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kms-exporter/kms_exporter/collector"
-	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 // syntheticSnapshot is n keys spread over regions, shaped like a real
 // inventory: most symmetric and rotating, some not, aliases, dates.
-func syntheticSnapshot(n int) *inventory.Snapshot {
+func syntheticSnapshot(n int) *model.Snapshot {
 	regions := []string{"eu-west-1", "eu-central-1", "us-east-1", "us-west-2", "ap-southeast-2"}
-	s := &inventory.Snapshot{}
+	s := &model.Snapshot{}
 	per := n / len(regions)
 	created := time.Date(2023, 5, 1, 0, 0, 0, 0, time.UTC)
 	for _, region := range regions {
-		t := &inventory.TargetState{AccountID: "111122223333", Region: region, Success: true,
-			Duration: 40 * time.Second, LastSuccess: time.Now(), Keys: make([]inventory.Key, per)}
+		t := &model.TargetState{AccountID: "111122223333", Region: region, Success: true,
+			Duration: 40 * time.Second, LastSuccess: time.Now(), Keys: make([]model.Key, per)}
 		for i := range t.Keys {
 			id := fmt.Sprintf("%08x-1111-4222-8333-%012x", i, i)
-			k := inventory.Key{AccountID: t.AccountID, Region: region, ID: id,
+			k := model.Key{AccountID: t.AccountID, Region: region, ID: id,
 				ARN:          "arn:aws:kms:" + region + ":111122223333:key/" + id,
 				Aliases:      []string{fmt.Sprintf("alias/service-%d/data", i%500)},
 				Meta:         policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyUsage: "ENCRYPT_DECRYPT", KeyState: "Enabled", Origin: "AWS_KMS"},

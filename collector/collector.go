@@ -15,7 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -72,7 +72,7 @@ var (
 type Collector struct {
 	info       *prometheus.Desc
 	logger     *slog.Logger
-	snapshot   atomic.Pointer[inventory.Snapshot]
+	snapshot   atomic.Pointer[model.Snapshot]
 	exposition atomic.Pointer[exposition]
 }
 
@@ -85,7 +85,7 @@ func New(tagLabels []string, logger *slog.Logger) *Collector {
 	}
 	c := &Collector{logger: logger, info: keyDesc("kms_key_info",
 		"Metadata of a KMS key, always 1; alias holds the key's aliases, comma-separated and sorted.", labels...)}
-	c.snapshot.Store(&inventory.Snapshot{})
+	c.snapshot.Store(&model.Snapshot{})
 	c.exposition.Store(&exposition{})
 	return c
 }
@@ -115,7 +115,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 // Update encodes the metrics of a new snapshot once; later scrapes serve the
 // bytes as they are. Only the encoded form is kept, not the metrics.
-func (c *Collector) Update(s *inventory.Snapshot) {
+func (c *Collector) Update(s *model.Snapshot) {
 	exp, err := encode(c.build(s))
 	if err != nil {
 		// Only an inconsistent metric set fails here: a bug, not bad input.
@@ -128,7 +128,7 @@ func (c *Collector) Update(s *inventory.Snapshot) {
 }
 
 // build makes the metrics of a snapshot.
-func (c *Collector) build(s *inventory.Snapshot) []prometheus.Metric {
+func (c *Collector) build(s *model.Snapshot) []prometheus.Metric {
 	n := 0
 	for _, t := range s.Targets {
 		n += 5 + len(policy.Statuses) + 5*len(t.Keys)

@@ -15,7 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/kms-exporter/kms_exporter/internal/harness"
-	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -27,14 +27,14 @@ func symMeta(state string) policy.Meta {
 	return policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyUsage: "ENCRYPT_DECRYPT", KeyState: state, Origin: "AWS_KMS"}
 }
 
-func key(region, id string, meta policy.Meta, v policy.Verdict) inventory.Key {
-	return inventory.Key{AccountID: account, Region: region, ID: id,
+func key(region, id string, meta policy.Meta, v policy.Verdict) model.Key {
+	return model.Key{AccountID: account, Region: region, ID: id,
 		ARN:  "arn:aws:kms:" + region + ":" + account + ":key/" + id,
 		Meta: meta, Verdict: v, CreationDate: time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)}
 }
 
 // goldenSnapshot has one key of every shape the collector renders.
-func goldenSnapshot() *inventory.Snapshot {
+func goldenSnapshot() *model.Snapshot {
 	rotating := key("eu-west-1", "k-rotating", symMeta("Enabled"), policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
 	rotating.Aliases = []string{"alias/a", "alias/b"}
 	rotating.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
@@ -50,7 +50,7 @@ func goldenSnapshot() *inventory.Snapshot {
 	retired := key("eu-west-1", "k-retired", symMeta("PendingDeletion"), policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion})
 	retired.DeletionDate = time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
 
-	denied := inventory.Key{AccountID: account, Region: "eu-west-1", ID: "k-denied", ARN: "arn:aws:kms:eu-west-1:" + account + ":key/k-denied",
+	denied := model.Key{AccountID: account, Region: "eu-west-1", ID: "k-denied", ARN: "arn:aws:kms:eu-west-1:" + account + ":key/k-denied",
 		Verdict: policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}}
 
 	replica := key("us-east-1", "mrk-1", symMeta("Enabled"), policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
@@ -60,13 +60,13 @@ func goldenSnapshot() *inventory.Snapshot {
 	replica.ReadError, replica.Stale = "RequestTimeout", true
 
 	last := time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
-	return &inventory.Snapshot{
+	return &model.Snapshot{
 		TagLabels: []string{"team"},
-		Targets: []*inventory.TargetState{
+		Targets: []*model.TargetState{
 			{AccountID: account, Region: "eu-west-1", Success: true, Duration: 1500 * time.Millisecond, LastSuccess: last,
-				Keys: []inventory.Key{denied, exempt, off, retired, rotating}},
+				Keys: []model.Key{denied, exempt, off, retired, rotating}},
 			{AccountID: account, Region: "us-east-1", Success: false, Error: "ListKeys: RequestTimeout", Duration: 10 * time.Second,
-				LastSuccess: last.Add(-time.Hour), Keys: []inventory.Key{replica}},
+				LastSuccess: last.Add(-time.Hour), Keys: []model.Key{replica}},
 			{AccountID: "444455556666", Region: "eu-west-1", Success: false, Error: "ListKeys: AccessDeniedException"},
 		},
 	}

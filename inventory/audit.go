@@ -1,6 +1,6 @@
 // Package inventory lists every KMS key of each (account, region), reads what
 // the verdict needs, decides the verdict, and keeps the result as an
-// immutable Snapshot refreshed in the background.
+// immutable model.Snapshot refreshed in the background.
 package inventory
 
 import (
@@ -19,6 +19,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -96,7 +97,7 @@ type listing struct {
 
 // Audit lists and audits every key of the target, with no earlier state.
 // See AuditListed for what the error means.
-func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys []Key, err error) {
+func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys []model.Key, err error) {
 	l, err := a.list(ctx, t)
 	if err != nil {
 		return "", nil, err
@@ -134,8 +135,8 @@ func (a *Auditor) list(ctx context.Context, t Target) (*listing, error) {
 // listed is left out. The error is ReadErrors when reads failed for transient
 // reasons (the refresh of the target then did not succeed), or the context's
 // error.
-func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []Key) ([]Key, error) {
-	keys := make([]Key, len(l.keys))
+func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []model.Key) ([]model.Key, error) {
+	keys := make([]model.Key, len(l.keys))
 	found := make([]bool, len(l.keys))
 	failed := make([]ReadError, len(l.keys))
 	work := make(chan int)
@@ -144,7 +145,7 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []
 		wg.Go(func() {
 			for i := range work {
 				id := l.keys[i].id
-				k := Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
+				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
 				found[i], failed[i] = a.auditKey(ctx, t.API, &k)
 				if failed[i].Code != "" {
 					k = a.carry(k, findKey(prev, id), failed[i].Code)
@@ -170,9 +171,9 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []
 			errs[failed[i]]++
 		}
 	}
-	slices.SortFunc(kept, func(a, b Key) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(kept, func(a, b model.Key) int { return strings.Compare(a.ID, b.ID) })
 	// A key listed twice (pages shifting while keys are created) is kept once.
-	kept = slices.CompactFunc(kept, func(a, b Key) bool { return a.ID == b.ID })
+	kept = slices.CompactFunc(kept, func(a, b model.Key) bool { return a.ID == b.ID })
 	if err := ctx.Err(); err != nil {
 		return kept, err
 	}
@@ -183,8 +184,8 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []
 }
 
 // findKey returns the key with this id in keys sorted by id, or nil.
-func findKey(keys []Key, id string) *Key {
-	i, ok := slices.BinarySearchFunc(keys, id, func(k Key, id string) int { return strings.Compare(k.ID, id) })
+func findKey(keys []model.Key, id string) *model.Key {
+	i, ok := slices.BinarySearchFunc(keys, id, func(k model.Key, id string) int { return strings.Compare(k.ID, id) })
 	if !ok {
 		return nil
 	}
@@ -195,7 +196,7 @@ func findKey(keys []Key, id string) *Key {
 // error code: its last good state (prev), marked stale, while that is younger
 // than MaxStale; otherwise the key as now read, unknown with the code.
 // Listing is fresh evidence, so the aliases are today's.
-func (a *Auditor) carry(now Key, prev *Key, code string) Key {
+func (a *Auditor) carry(now model.Key, prev *model.Key, code string) model.Key {
 	if prev == nil || prev.LastRead.IsZero() || a.Now().Sub(prev.LastRead) > a.MaxStale {
 		now.Rotation, now.Tags, now.TagValues = nil, nil, nil
 		now.Verdict = policy.Verdict{Status: policy.Unknown, Reason: code}
@@ -214,8 +215,8 @@ func (a *Auditor) carry(now Key, prev *Key, code string) Key {
 // Age marks the keys of a target that could not be listed: each keeps its
 // last good state, stale with the listing's error code, while that is
 // younger than MaxStale; then it is unknown with that code.
-func (a *Auditor) Age(prev []Key, code string) []Key {
-	out := make([]Key, len(prev))
+func (a *Auditor) Age(prev []model.Key, code string) []model.Key {
+	out := make([]model.Key, len(prev))
 	for i := range prev {
 		now := prev[i]
 		now.LastRead = time.Time{}
@@ -283,7 +284,7 @@ func accountOf(s string) string {
 // code of a transient failure, which leaves the verdict undecided (the caller
 // decides what to publish, see carry). Any other error is AWS's answer about
 // the key: the verdict is unknown with that code.
-func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) (found bool, failed ReadError) {
+func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key) (found bool, failed ReadError) {
 	in := policy.Input{}
 	// check reports whether a call succeeded; on failure it records why.
 	// stop records why a call failed and tells whether reading the key ends
@@ -346,7 +347,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *Key) (found bool, fa
 	return found, failed
 }
 
-func setMetadata(k *Key, m *types.KeyMetadata) {
+func setMetadata(k *model.Key, m *types.KeyMetadata) {
 	if m == nil {
 		return
 	}

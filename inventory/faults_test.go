@@ -11,12 +11,13 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 type verdictMap map[string]policy.Verdict
 
-func verdicts(s *inventory.Snapshot) verdictMap {
+func verdicts(s *model.Snapshot) verdictMap {
 	out := verdictMap{}
 	for _, t := range s.Targets {
 		for _, k := range t.Keys {
@@ -176,7 +177,7 @@ func TestFailingTargetsDoNotBlankOthers(t *testing.T) {
 	}
 	for _, st := range s.Targets {
 		switch {
-		case st.Role == denied:
+		case st.RoleARN == denied.ARN:
 			if st.Success || !strings.Contains(st.Error, "AccessDenied") || st.AccountID != "444455556666" {
 				t.Errorf("denied role: success=%v error=%q account=%q", st.Success, st.Error, st.AccountID)
 			}

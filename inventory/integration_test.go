@@ -16,6 +16,7 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -63,7 +64,7 @@ func TestMixedInventoryVerdicts(t *testing.T) {
 	if len(keys) != len(kmstest.MixedInventory) {
 		t.Errorf("audited %d keys, want %d", len(keys), len(kmstest.MixedInventory))
 	}
-	byID := map[string]inventory.Key{}
+	byID := map[string]model.Key{}
 	for _, k := range keys {
 		byID[k.ID] = k
 	}
@@ -258,11 +259,11 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 	if !errors.As(err, &readErrs) || len(readErrs) != 1 || readErrs[inventory.ReadError{Op: "GetKeyRotationStatus", Code: "ThrottlingException"}] != 1 {
 		t.Fatalf("Audit error = %v, want one key throttled at GetKeyRotationStatus", err)
 	}
-	byID := map[string]inventory.Key{}
+	byID := map[string]model.Key{}
 	for _, k := range keys {
 		byID[k.ID] = k
 	}
-	check := func(name, id string, status policy.Status, reason string) inventory.Key {
+	check := func(name, id string, status policy.Status, reason string) model.Key {
 		t.Helper()
 		k, ok := byID[id]
 		if !ok {

@@ -17,12 +17,13 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	prommodel "github.com/prometheus/common/model"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -39,7 +40,7 @@ func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.U
 // counters: every sample by its series, as `name{label="value",...}`.
 type exposition map[string]float64
 
-func scrape(t *testing.T, s *inventory.Snapshot, r *inventory.Refresher) exposition {
+func scrape(t *testing.T, s *model.Snapshot, r *inventory.Refresher) exposition {
 	t.Helper()
 	c := collector.New(nil, discard())
 	c.Update(s)
@@ -47,7 +48,7 @@ func scrape(t *testing.T, s *inventory.Snapshot, r *inventory.Refresher) exposit
 	reg.MustRegister(r.Metrics())
 	rec := httptest.NewRecorder()
 	c.Handler(reg, discard()).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	p := expfmt.NewTextParser(model.UTF8Validation)
+	p := expfmt.NewTextParser(prommodel.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(rec.Body)
 	if err != nil {
 		t.Fatalf("parsing /metrics: %v", err)
@@ -261,7 +262,7 @@ func TestOutcomesUnderFailure(t *testing.T) {
 		clk.Add(time.Minute)
 		r.Refresh(ctx)
 		id := ids["legacy-billing"]
-		m := scrape(t, r.ApplyRotationChanges(inventory.RotationChange{AccountID: kmstest.DefaultAccount, KeyID: id,
+		m := scrape(t, r.ApplyRotationChanges(model.RotationChange{AccountID: kmstest.DefaultAccount, KeyID: id,
 			Rotation: policy.Rotation{Enabled: true, PeriodDays: 365}, At: time.Now()}), r)
 		if got := m.compliance()[id]; got != "compliant/rotation_enabled" {
 			t.Errorf("after the change: %s", got)

@@ -3,24 +3,15 @@ package inventory
 import (
 	"time"
 
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
-
-// RotationChange is a rotation status read from AWS after the exporter changed it.
-type RotationChange struct {
-	AccountID string
-	// KeyID is the key changed. For a multi-Region key it is the shared
-	// mrk- id: the change applies to the primary and every replica.
-	KeyID    string
-	Rotation policy.Rotation
-	At       time.Time
-}
 
 // ApplyRotationChanges publishes a snapshot in which the changed keys carry
 // their new rotation status and verdict, at once, without waiting for the
 // next refresh. A refresh already running when the change was made would
 // publish the old state: its result is patched with the change too.
-func (r *Refresher) ApplyRotationChanges(changes ...RotationChange) *Snapshot {
+func (r *Refresher) ApplyRotationChanges(changes ...model.RotationChange) *model.Snapshot {
 	r.pubMu.Lock()
 	defer r.pubMu.Unlock()
 	r.pending = append(r.pending, changes...)
@@ -31,16 +22,16 @@ func (r *Refresher) ApplyRotationChanges(changes ...RotationChange) *Snapshot {
 
 // patched returns a copy of s with the changes applied; s is not modified.
 // A later change to the same key wins.
-func (r *Refresher) patched(s *Snapshot, changes []RotationChange) *Snapshot {
+func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *model.Snapshot {
 	if len(changes) == 0 {
 		return s
 	}
 	type keyRef struct{ account, id string }
-	byKey := make(map[keyRef]RotationChange, len(changes))
+	byKey := make(map[keyRef]model.RotationChange, len(changes))
 	for _, c := range changes {
 		byKey[keyRef{c.AccountID, c.KeyID}] = c
 	}
-	out := &Snapshot{TagLabels: s.TagLabels, Targets: make([]*TargetState, len(s.Targets))}
+	out := &model.Snapshot{TagLabels: s.TagLabels, Targets: make([]*model.TargetState, len(s.Targets))}
 	for i, t := range s.Targets {
 		out.Targets[i] = t
 		for j := range t.Keys {
@@ -50,7 +41,7 @@ func (r *Refresher) patched(s *Snapshot, changes []RotationChange) *Snapshot {
 			}
 			if out.Targets[i] == t { // copy on first write
 				cp := *t
-				cp.Keys = append([]Key(nil), t.Keys...)
+				cp.Keys = append([]model.Key(nil), t.Keys...)
 				out.Targets[i] = &cp
 			}
 			k := &out.Targets[i].Keys[j]
@@ -66,7 +57,7 @@ func (r *Refresher) patched(s *Snapshot, changes []RotationChange) *Snapshot {
 
 // withPending applies the changes made after a refresh started to its
 // result, and forgets those the refresh has seen. Callers hold pubMu.
-func (r *Refresher) withPending(s *Snapshot, refreshStart time.Time) *Snapshot {
+func (r *Refresher) withPending(s *model.Snapshot, refreshStart time.Time) *model.Snapshot {
 	keep := r.pending[:0]
 	for _, c := range r.pending {
 		if c.At.After(refreshStart) {

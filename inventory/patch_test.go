@@ -8,6 +8,7 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -35,7 +36,7 @@ func TestChangeSurvivesARefreshThatStartedBefore(t *testing.T) {
 	f := newFactory(srv.URL)
 	src := &gatedTargets{targets: inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}}
 	var updates int
-	r := inventory.NewRefresher(src, newAuditor(), discard(), func(*inventory.Snapshot) { updates++ })
+	r := inventory.NewRefresher(src, newAuditor(), discard(), func(*model.Snapshot) { updates++ })
 	ctx := ctxT(t)
 	r.Refresh(ctx)
 	id := ids["legacy-billing"]
@@ -49,7 +50,7 @@ func TestChangeSurvivesARefreshThatStartedBefore(t *testing.T) {
 	go func() { r.Refresh(ctx); close(done) }()
 	<-src.started
 	// KMS is not changed: only the published state says rotation is on.
-	change := inventory.RotationChange{AccountID: kmstest.DefaultAccount, KeyID: id, Rotation: policy.Rotation{Enabled: true, PeriodDays: 365}, At: time.Now()}
+	change := model.RotationChange{AccountID: kmstest.DefaultAccount, KeyID: id, Rotation: policy.Rotation{Enabled: true, PeriodDays: 365}, At: time.Now()}
 	published := r.Snapshot()
 	r.ApplyRotationChanges(change)
 	if v := verdict(); v != policy.Compliant {

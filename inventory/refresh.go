@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/model"
 )
 
 // TargetSource lists the targets to audit; it is asked again at every refresh
@@ -28,17 +29,17 @@ type StaticTargets []Target
 // Targets implements TargetSource.
 func (s StaticTargets) Targets(context.Context) []Target { return s }
 
-// Refresher keeps the current Snapshot up to date in the background.
+// Refresher keeps the current model.Snapshot up to date in the background.
 type Refresher struct {
 	source   TargetSource
 	auditor  *Auditor
 	logger   *slog.Logger
-	onUpdate []func(*Snapshot)
+	onUpdate []func(*model.Snapshot)
 
 	mu      sync.Mutex // serialises refreshes: they never overlap
 	pubMu   sync.Mutex // serialises publishing; guards pending
-	pending []RotationChange
-	current atomic.Pointer[Snapshot]
+	pending []model.RotationChange
+	current atomic.Pointer[model.Snapshot]
 	ready   chan struct{}
 	once    sync.Once
 
@@ -51,14 +52,14 @@ type Refresher struct {
 
 // NewRefresher returns a Refresher; onUpdate functions are called with every
 // new snapshot, before it is published.
-func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, onUpdate ...func(*Snapshot)) *Refresher {
+func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, onUpdate ...func(*model.Snapshot)) *Refresher {
 	r := &Refresher{source: source, auditor: auditor, logger: logger, onUpdate: onUpdate, ready: make(chan struct{})}
-	r.current.Store(&Snapshot{TagLabels: auditor.TagLabels})
+	r.current.Store(&model.Snapshot{TagLabels: auditor.TagLabels})
 	return r
 }
 
-// Snapshot returns the current snapshot (empty before the first refresh ends).
-func (r *Refresher) Snapshot() *Snapshot { return r.current.Load() }
+// model.Snapshot returns the current snapshot (empty before the first refresh ends).
+func (r *Refresher) Snapshot() *model.Snapshot { return r.current.Load() }
 
 // Ready is closed once the first refresh has finished.
 func (r *Refresher) Ready() <-chan struct{} { return r.ready }
@@ -82,7 +83,7 @@ func (r *Refresher) Run(ctx context.Context, interval time.Duration) {
 // that an (account, region) reached by two paths is audited once. A target
 // that cannot be listed keeps its last good keys, stale, for up to the
 // auditor's MaxStale.
-func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
+func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
@@ -98,7 +99,7 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 	wg.Wait()
 
 	chosen := r.chooseTargets(targets, listings, listErrs, prev)
-	states := make([]*TargetState, len(chosen))
+	states := make([]*model.TargetState, len(chosen))
 	for i, c := range chosen {
 		wg.Go(func() { states[i] = r.refreshTarget(ctx, targets[c], listings[c], listErrs[c], prev, start) })
 	}
@@ -107,11 +108,11 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 		// Shutting down: keep what was published.
 		return r.current.Load()
 	}
-	slices.SortStableFunc(states, func(a, b *TargetState) int {
+	slices.SortStableFunc(states, func(a, b *model.TargetState) int {
 		return cmp.Or(strings.Compare(a.AccountID, b.AccountID), strings.Compare(a.Region, b.Region))
 	})
 	r.pubMu.Lock()
-	s := r.withPending(&Snapshot{Targets: states, TagLabels: r.auditor.TagLabels}, start)
+	s := r.withPending(&model.Snapshot{Targets: states, TagLabels: r.auditor.TagLabels}, start)
 	r.publish(s)
 	r.pubMu.Unlock()
 	r.once.Do(func() { close(r.ready) })
@@ -124,7 +125,7 @@ func (r *Refresher) Refresh(ctx context.Context) *Snapshot {
 
 // publish hands a new snapshot to the onUpdate functions, then makes it
 // current. Callers hold pubMu.
-func (r *Refresher) publish(s *Snapshot) {
+func (r *Refresher) publish(s *model.Snapshot) {
 	for _, f := range r.onUpdate {
 		f(s)
 	}
@@ -146,21 +147,21 @@ func idOf(account, role, region string) targetID {
 // previous is the last snapshot's targets: their states, and the account
 // each role and region reached.
 type previous struct {
-	states   map[targetID]*TargetState
+	states   map[targetID]*model.TargetState
 	accounts map[targetID]string
 }
 
-func indexTargets(states []*TargetState) previous {
-	p := previous{states: map[targetID]*TargetState{}, accounts: map[targetID]string{}}
+func indexTargets(states []*model.TargetState) previous {
+	p := previous{states: map[targetID]*model.TargetState{}, accounts: map[targetID]string{}}
 	for _, st := range states {
-		p.states[idOf(st.AccountID, st.Role.ARN, st.Region)] = st
-		p.accounts[targetID{role: st.Role.ARN, region: st.Region}] = st.AccountID
+		p.states[idOf(st.AccountID, st.RoleARN, st.Region)] = st
+		p.accounts[targetID{role: st.RoleARN, region: st.Region}] = st.AccountID
 	}
 	return p
 }
 
 // of returns the last state of the account and region a target reaches.
-func (p previous) of(account string, t Target) *TargetState {
+func (p previous) of(account string, t Target) *model.TargetState {
 	return p.states[idOf(account, t.Role.ARN, t.Region)]
 }
 
@@ -228,11 +229,11 @@ func roleName(r awsclient.Role) string {
 
 // refreshTarget audits one listed target, or ages the last good keys of one
 // that could not be listed.
-func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, listErr error, prev previous, start time.Time) *TargetState {
+func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, listErr error, prev previous, start time.Time) *model.TargetState {
 	account := accountOfTarget(t, l, prev)
 	last := prev.of(account, t)
-	var lastKeys []Key
-	st := &TargetState{AccountID: account, Region: t.Region, Role: t.Role, LastAttempt: start}
+	var lastKeys []model.Key
+	st := &model.TargetState{AccountID: account, Region: t.Region, RoleARN: t.Role.ARN, LastAttempt: start}
 	if last != nil {
 		lastKeys, st.LastSuccess = last.Keys, last.LastSuccess
 	}
@@ -262,7 +263,7 @@ func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, lis
 }
 
 // countReadErrors counts and logs the keys of a target whose reads failed.
-func (r *Refresher) countReadErrors(st *TargetState, errs ReadErrors) {
+func (r *Refresher) countReadErrors(st *model.TargetState, errs ReadErrors) {
 	var stale, unknown int
 	var sample []string
 	for i := range st.Keys {

@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 )
 
 // slowSource counts the refreshes in progress at once.
@@ -109,7 +110,7 @@ func TestShutdownPublishesNoPartialSnapshot(t *testing.T) {
 	auditor := newAuditor()
 	auditor.MaxStale = time.Hour
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: api}}, auditor, discard(),
-		func(*inventory.Snapshot) { updates.Add(1) })
+		func(*model.Snapshot) { updates.Add(1) })
 	first := r.Refresh(context.Background())
 	if len(first.Targets) != 1 || len(first.Targets[0].Keys) != 3 || !first.Targets[0].Success {
 		t.Fatalf("first refresh: %+v", first.Targets)

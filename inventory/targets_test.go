@@ -118,7 +118,7 @@ func TestSameAccountTwiceAuditedOnce(t *testing.T) {
 		Code: "KMSInternalException", Status: 500})
 	before := proxy.Calls("DescribeKey")
 	s := r.Refresh(ctxT(t))
-	if len(s.Targets) != 1 || s.Targets[0].Role != role || len(s.Targets[0].Keys) != len(kmstest.MixedInventory) {
+	if len(s.Targets) != 1 || s.Targets[0].RoleARN != role.ARN || len(s.Targets[0].Keys) != len(kmstest.MixedInventory) {
 		t.Fatalf("own credentials failing: %d targets (%+v), want the account through the role", len(s.Targets), s.Targets)
 	}
 	if n := proxy.Calls("DescribeKey") - before; n != len(kmstest.MixedInventory)+2 { // the failing key is tried 3 times

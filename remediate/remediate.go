@@ -24,7 +24,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
-	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -36,8 +36,8 @@ type KMS interface {
 
 // Inventory is where keys are looked up and where verified changes go.
 type Inventory interface {
-	Snapshot() *inventory.Snapshot
-	ApplyRotationChanges(...inventory.RotationChange) *inventory.Snapshot
+	Snapshot() *model.Snapshot
+	ApplyRotationChanges(...model.RotationChange) *model.Snapshot
 }
 
 // Request asks to remediate one key.
@@ -107,8 +107,9 @@ func (r Result) OK() bool { return r.Outcome == OutcomeEnabled || r.Outcome == O
 // Remediator decides and acts.
 type Remediator struct {
 	Inventory Inventory
-	// Client returns the KMS client of an account (by role) in a region.
-	Client func(role awsclient.Role, region string) KMS
+	// Client returns the KMS client of an account (by the role reaching it, "" for
+	// the own credentials) in a region.
+	Client func(roleARN, region string) KMS
 	Policy policy.Policy
 	// AllowTags (KEY or KEY=VALUE) and AllowAliasPrefixes, when any is set,
 	// limit remediation to keys matching at least one of them.
@@ -241,8 +242,8 @@ func (r *Remediator) remediate(ctx context.Context, req Request) Result {
 
 // publish makes the verified changes visible at once, in one new snapshot,
 // and sets each result's verdict from it.
-func (r *Remediator) publish(results []Result, changes ...*inventory.RotationChange) {
-	var apply []inventory.RotationChange
+func (r *Remediator) publish(results []Result, changes ...*model.RotationChange) {
+	var apply []model.RotationChange
 	for _, c := range changes {
 		if c != nil {
 			apply = append(apply, *c)
@@ -276,7 +277,7 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 	}
 	snap := r.Inventory.Snapshot()
 	var results []Result
-	var changes []*inventory.RotationChange
+	var changes []*model.RotationChange
 	// However the loop ends, what was changed is published and logged.
 	defer func() {
 		r.publish(results, changes...)
@@ -305,14 +306,14 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 }
 
 // matches tells whether a key has an alias with the prefix and the tag (each when given).
-func matches(k *inventory.Key, aliasPrefix, tag string) bool {
+func matches(k *model.Key, aliasPrefix, tag string) bool {
 	if aliasPrefix != "" && !hasAliasPrefix(k, []string{aliasPrefix}) {
 		return false
 	}
 	return tag == "" || hasTag(k, []string{tag})
 }
 
-func hasAliasPrefix(k *inventory.Key, prefixes []string) bool {
+func hasAliasPrefix(k *model.Key, prefixes []string) bool {
 	for _, a := range k.Aliases {
 		for _, p := range prefixes {
 			if strings.HasPrefix(a, p) {
@@ -323,7 +324,7 @@ func hasAliasPrefix(k *inventory.Key, prefixes []string) bool {
 	return false
 }
 
-func hasTag(k *inventory.Key, tags []string) bool {
+func hasTag(k *model.Key, tags []string) bool {
 	for _, t := range tags {
 		key, value, withValue := strings.Cut(t, "=")
 		if v, ok := k.Tags[key]; ok && (!withValue || v == value) {
@@ -334,7 +335,7 @@ func hasTag(k *inventory.Key, tags []string) bool {
 }
 
 // eligibility refuses a key that must not be remediated; nil means go ahead.
-func (r *Remediator) eligibility(k *inventory.Key) *Result {
+func (r *Remediator) eligibility(k *model.Key) *Result {
 	refuse := func(outcome, reason string, status int) *Result {
 		return &Result{Outcome: outcome, Reason: reason, Status: status}
 	}
@@ -355,7 +356,7 @@ func (r *Remediator) eligibility(k *inventory.Key) *Result {
 	if len(r.AllowTags)+len(r.AllowAliasPrefixes) > 0 && !hasTag(k, r.AllowTags) && !hasAliasPrefix(k, r.AllowAliasPrefixes) {
 		return refuse(OutcomeIneligible, "not in the remediation allow-list (--remediation.allow-tag, --remediation.allow-alias-prefix)", http.StatusUnprocessableEntity)
 	}
-	if k.MultiRegionType == "REPLICA" && k.PrimaryRegion == "" {
+	if k.MultiRegionType == policy.MultiRegionReplica && k.PrimaryRegion == "" {
 		return refuse(OutcomeIneligible, "multi-Region replica whose primary is unknown", http.StatusConflict)
 	}
 	return nil
@@ -363,7 +364,7 @@ func (r *Remediator) eligibility(k *inventory.Key) *Result {
 
 // act checks a located key and, unless refused or a dry run, enables
 // rotation and re-reads the status; it returns the verified change to publish.
-func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inventory.Key, days int, dryRun bool) (Result, *inventory.RotationChange) {
+func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key, days int, dryRun bool) (Result, *model.RotationChange) {
 	res := Result{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, Aliases: strings.Join(k.Aliases, ","), DryRun: dryRun,
 		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Status)}
 	if refusal := r.eligibility(k); refusal != nil {
@@ -371,7 +372,7 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 			res.AccountID, res.Region, res.KeyID, res.Aliases, dryRun, res.Verdict
 		return *refusal, nil
 	}
-	if k.MultiRegionType == "REPLICA" {
+	if k.MultiRegionType == policy.MultiRegionReplica {
 		// Rotation of a multi-Region key is set on its primary, in the primary's region.
 		res.ActedOnRegion = k.PrimaryRegion
 	}
@@ -379,7 +380,7 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 		res.Outcome, res.Reason, res.Status = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days), http.StatusOK
 		return res, nil
 	}
-	api := r.Client(t.Role, res.ActedOnRegion)
+	api := r.Client(t.RoleARN, res.ActedOnRegion)
 	id := aws.String(res.ActedOnKeyID)
 	if err := r.waitForEnable(ctx, k.AccountID, res.ActedOnRegion); err != nil {
 		res.Outcome, res.Reason, res.Status = OutcomeFailed, "timed out waiting for the EnableKeyRotation rate limit", http.StatusServiceUnavailable
@@ -408,7 +409,7 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 		res.Outcome, res.Status = OutcomeEnabled, http.StatusOK
 	}
 	// Whatever AWS now says is the truth the inventory shows, success or not.
-	return res, &inventory.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
+	return res, &model.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
 }
 
 // count counts one decision.

@@ -79,7 +79,7 @@ func setup(t *testing.T, configure func(*remediate.API)) *env {
 	refresher.Refresh(context.Background())
 	rem := &remediate.Remediator{
 		Inventory: refresher,
-		Client:    func(role awsclient.Role, r string) remediate.KMS { return factory.KMS(role, r) },
+		Client:    func(arn, r string) remediate.KMS { return factory.KMS(factory.Role(arn), r) },
 		Policy:    pol, Logger: logger, Now: time.Now,
 	}
 	api := &remediate.API{Remediator: rem, TokenHash: sha256.Sum256([]byte(token)), Timeout: 30 * time.Second, Logger: logger}

@@ -11,19 +11,18 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
-	"github.com/kms-exporter/kms_exporter/awsclient"
-	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 // fakeInventory serves a fixed snapshot and counts publications.
 type fakeInventory struct {
-	snap      *inventory.Snapshot
+	snap      *model.Snapshot
 	published int
 }
 
-func (f *fakeInventory) Snapshot() *inventory.Snapshot { return f.snap }
-func (f *fakeInventory) ApplyRotationChanges(cs ...inventory.RotationChange) *inventory.Snapshot {
+func (f *fakeInventory) Snapshot() *model.Snapshot { return f.snap }
+func (f *fakeInventory) ApplyRotationChanges(cs ...model.RotationChange) *model.Snapshot {
 	f.published++
 	for _, c := range cs {
 		for _, t := range f.snap.Targets {
@@ -50,27 +49,27 @@ func (f *fakeKMS) GetKeyRotationStatus(_ context.Context, in *kms.GetKeyRotation
 	return &kms.GetKeyRotationStatusOutput{KeyRotationEnabled: ok, RotationPeriodInDays: aws.Int32(p)}, nil
 }
 
-func noncompliant(id string) inventory.Key {
-	return inventory.Key{AccountID: "444455556666", Region: "eu-west-1", ID: id,
+func noncompliant(id string) model.Key {
+	return model.Key{AccountID: "444455556666", Region: "eu-west-1", ID: id,
 		Meta:    policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled", Origin: "AWS_KMS"},
 		Verdict: policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}}
 }
 
 func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
-	role := awsclient.Role{ARN: "arn:aws:iam::444455556666:role/kms-audit", ExternalID: "org-secret"}
-	inv := &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{{
-		AccountID: "444455556666", Region: "eu-west-1", Role: role, Success: true,
-		Keys: []inventory.Key{
+	role := "arn:aws:iam::444455556666:role/kms-audit"
+	inv := &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{{
+		AccountID: "444455556666", Region: "eu-west-1", RoleARN: role, Success: true,
+		Keys: []model.Key{
 			noncompliant("11111111-1111-4111-8111-111111111111"),
 			noncompliant("22222222-2222-4222-8222-222222222222"),
 			noncompliant("33333333-3333-4333-8333-333333333333"),
 		},
 	}}}}
 	api := &fakeKMS{enabled: map[string]int32{}}
-	var roles []awsclient.Role
+	var roles []string
 	r := &Remediator{
 		Inventory: inv,
-		Client:    func(ro awsclient.Role, _ string) KMS { roles = append(roles, ro); return api },
+		Client:    func(ro, _ string) KMS { roles = append(roles, ro); return api },
 		Policy:    policy.Policy{MaxRotationPeriodDays: 365},
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Now:       time.Now,
@@ -89,7 +88,7 @@ func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 	}
 	for _, ro := range roles {
 		if ro != role {
-			t.Errorf("client asked for role %+v, want %+v (external id kept)", ro, role)
+			t.Errorf("client asked for role %q, want the target's %q", ro, role)
 		}
 	}
 	if len(api.enabled) != 3 || api.enabled["11111111-1111-4111-8111-111111111111"] != 365 {
@@ -101,14 +100,14 @@ func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 // EnableKeyRotation calls per account and region (a lower bound on time,
 // which a slow machine cannot break).
 func TestEnableKeyRotationRateLimited(t *testing.T) {
-	var keys []inventory.Key
+	var keys []model.Key
 	for i := range 6 {
 		keys = append(keys, noncompliant(fmt.Sprintf("%08d-1111-4111-8111-111111111111", i)))
 	}
-	inv := &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{{
+	inv := &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{{
 		AccountID: "444455556666", Region: "eu-west-1", Success: true, Keys: keys}}}}
 	api := &fakeKMS{enabled: map[string]int32{}}
-	r := &Remediator{Inventory: inv, Client: func(awsclient.Role, string) KMS { return api },
+	r := &Remediator{Inventory: inv, Client: func(string, string) KMS { return api },
 		Policy: policy.Policy{MaxRotationPeriodDays: 365}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Now: time.Now, EnablesPerSecond: 10}
 	start := time.Now()

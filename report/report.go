@@ -9,7 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 	"github.com/kms-exporter/kms_exporter/remediate"
 )
@@ -53,7 +53,7 @@ type TargetRecord struct {
 
 // AuditExitCode is ExitError when any target failed, else ExitFinding when
 // any key is noncompliant, else ExitOK.
-func AuditExitCode(s *inventory.Snapshot) int {
+func AuditExitCode(s *model.Snapshot) int {
 	for _, t := range s.Targets {
 		if !t.Success {
 			return ExitError
@@ -66,7 +66,7 @@ func AuditExitCode(s *inventory.Snapshot) int {
 }
 
 // WriteAudit prints every key with its verdict, as a table or as JSON.
-func WriteAudit(w io.Writer, s *inventory.Snapshot, format string) error {
+func WriteAudit(w io.Writer, s *model.Snapshot, format string) error {
 	if format == "json" {
 		out := struct {
 			Targets []TargetRecord        `json:"targets"`
@@ -105,7 +105,7 @@ func WriteAudit(w io.Writer, s *inventory.Snapshot, format string) error {
 	return nil
 }
 
-func record(k *inventory.Key) KeyRecord {
+func record(k *model.Key) KeyRecord {
 	r := KeyRecord{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, KeyARN: k.ARN, Aliases: k.Aliases,
 		KeyManager: k.Meta.KeyManager, KeySpec: k.Meta.KeySpec, KeyState: k.Meta.KeyState, Origin: k.Meta.Origin,
 		MultiRegionType: k.MultiRegionType, Status: string(k.Verdict.Status), Reason: k.Verdict.Reason,

@@ -1,9 +1,12 @@
-package inventory
+// Package model holds the plain types the exporter's stages hand each other:
+// a key with its verdict, what is known of an (account, region), the
+// snapshot of every audited target, and a verified rotation change. It
+// imports only policy, so that the exposition, the reports and remediation
+// depend on these types and nothing of AWS.
+package model
 
 import (
 	"time"
-
-	"github.com/kms-exporter/kms_exporter/awsclient"
 
 	"github.com/kms-exporter/kms_exporter/policy"
 )
@@ -21,8 +24,9 @@ type Snapshot struct {
 type TargetState struct {
 	AccountID string
 	Region    string
-	// Role is how the account is reached (the zero Role: own credentials).
-	Role awsclient.Role
+	// RoleARN is the role assumed to reach the account; "" for the
+	// exporter's own credentials.
+	RoleARN string
 	// Keys are those of the last successful refresh, sorted by key id.
 	Keys []Key
 	// Success tells whether the last refresh of this target succeeded; when
@@ -94,4 +98,14 @@ func (s *Snapshot) Locate(accountID, region, keyID string) (*TargetState, *Key) 
 		}
 	}
 	return nil, nil
+}
+
+// RotationChange is a rotation status read from AWS after the exporter changed it.
+type RotationChange struct {
+	AccountID string
+	// KeyID is the key changed. For a multi-Region key it is the shared
+	// mrk- id: the change applies to the primary and every replica.
+	KeyID    string
+	Rotation policy.Rotation
+	At       time.Time
 }
