@@ -75,7 +75,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	resolver := &inventory.Resolver{Factory: factory, Roles: cfg.AWS.Roles, Regions: cfg.AWS.Regions, DiscoverRegions: cfg.AWS.DiscoverRegions,
 		OrganizationsRoleName: cfg.AWS.OrganizationsRoleName, OrganizationsExternalID: cfg.AWS.OrganizationsExternalID,
 		Shard: cfg.Shard, TotalShards: cfg.TotalShards, Logger: logger}
-	refresher := inventory.NewRefresher(resolver, auditor, logger, kmsCollector.Update)
+	refresher := inventory.NewRefresher(resolver, auditor, logger, kmsCollector)
 	remediator := &remediate.Remediator{
 		Inventory:          refresher,
 		Client:             func(arn, region string) remediate.KMS { return factory.KMS(factory.Role(arn), region) },

@@ -235,7 +235,7 @@ func metricsHandler(b *testing.B) http.Handler {
 	f := factory(srv.URL)
 	c := collector.New(nil, slog.Default())
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
-		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), c.Update)
+		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), c)
 	r.Refresh(context.Background())
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(f, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -280,12 +280,12 @@ func BenchmarkUpdate(b *testing.B) {
 	srv := emulator(b)
 	f := factory(srv.URL)
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
-		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	s := r.Refresh(context.Background())
 	c := collector.New(nil, slog.Default())
 	b.ReportAllocs()
 	for b.Loop() {
-		c.Update(s)
+		c.Publish(s)
 	}
 	record("update_s", b.Elapsed().Seconds()/float64(b.N))
 }

@@ -111,7 +111,7 @@ func BenchmarkBudget(b *testing.B) {
 		}
 		a := auditor()
 		a.Workers = 64
-		r := inventory.NewRefresher(targets, a, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		r := inventory.NewRefresher(targets, a, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 		start := time.Now()
 		s := r.Refresh(context.Background())
 		took := time.Since(start)

@@ -70,7 +70,7 @@ func BenchmarkScale(b *testing.B) {
 			snapshotBytes := heapInUse() - base
 			c := collector.New(nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			start := time.Now()
-			c.Update(s)
+			c.Publish(s)
 			update := time.Since(start)
 			total := heapInUse() - base
 			reg := prometheus.NewRegistry()

@@ -66,14 +66,21 @@ var (
 		"When the last successful refresh of this account and region started; the age of the data served.")
 )
 
-// Collector serves the latest snapshot: pre-encoded through Handler, which
-// is what the exporter serves, and as a prometheus.Collector (which builds
-// the metrics anew at every collection: for tests and library use).
+// Collector owns the current snapshot and its metrics, encoded once when
+// the snapshot is published (inventory.Publisher). It serves them
+// pre-encoded through Handler, which is what the exporter serves, and as a
+// prometheus.Collector (which builds the metrics anew at every collection:
+// for tests and library use).
 type Collector struct {
-	info       *prometheus.Desc
-	logger     *slog.Logger
-	snapshot   atomic.Pointer[model.Snapshot]
-	exposition atomic.Pointer[exposition]
+	info    *prometheus.Desc
+	logger  *slog.Logger
+	current atomic.Pointer[published]
+}
+
+// published is a snapshot with its encoded metrics: swapped as one.
+type published struct {
+	snapshot   *model.Snapshot
+	exposition *exposition
 }
 
 // New returns a Collector; tagLabels are the tag keys exposed on kms_key_info
@@ -85,8 +92,7 @@ func New(tagLabels []string, logger *slog.Logger) *Collector {
 	}
 	c := &Collector{logger: logger, info: keyDesc("kms_key_info",
 		"Metadata of a KMS key, always 1; alias holds the key's aliases, comma-separated and sorted.", labels...)}
-	c.snapshot.Store(&model.Snapshot{})
-	c.exposition.Store(&exposition{})
+	c.current.Store(&published{&model.Snapshot{TagLabels: tagLabels}, &exposition{}})
 	return c
 }
 
@@ -108,24 +114,27 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	for _, m := range c.build(c.snapshot.Load()) {
+	for _, m := range c.build(c.Snapshot()) {
 		ch <- m
 	}
 }
 
-// Update encodes the metrics of a new snapshot once; later scrapes serve the
-// bytes as they are. Only the encoded form is kept, not the metrics.
-func (c *Collector) Update(s *model.Snapshot) {
+// Publish makes s the current snapshot, with its metrics encoded once;
+// later scrapes serve the bytes as they are. Only the encoded form is kept,
+// not the metrics.
+func (c *Collector) Publish(s *model.Snapshot) {
 	exp, err := encode(c.build(s))
 	if err != nil {
 		// Only an inconsistent metric set fails here: a bug, not bad input.
-		// Keep serving the previous exposition and say why.
+		// Keep serving the previous snapshot and say why.
 		c.logger.Error("encoding the snapshot's metrics failed; serving the previous ones", "err", err)
 		return
 	}
-	c.snapshot.Store(s)
-	c.exposition.Store(exp)
+	c.current.Store(&published{s, exp})
 }
+
+// Snapshot returns the current snapshot.
+func (c *Collector) Snapshot() *model.Snapshot { return c.current.Load().snapshot }
 
 // build makes the metrics of a snapshot.
 func (c *Collector) build(s *model.Snapshot) []prometheus.Metric {

@@ -74,7 +74,7 @@ func goldenSnapshot() *model.Snapshot {
 
 func goldenCollector() *Collector {
 	c := New([]string{"team"}, slog.Default())
-	c.Update(goldenSnapshot())
+	c.Publish(goldenSnapshot())
 	return c
 }
 
@@ -141,7 +141,7 @@ func TestOneComplianceSeriesPerKey(t *testing.T) {
 		keys += len(tg.Keys)
 	}
 	c := New(s.TagLabels, slog.Default())
-	c.Update(s)
+	c.Publish(s)
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
 	if n, err := testutil.GatherAndCount(reg, "kms_key_compliance"); err != nil || n != keys {

@@ -81,7 +81,7 @@ func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Han
 				return
 			}
 		}
-		exp := c.exposition.Load()
+		exp := c.current.Load().exposition
 		h := w.Header()
 		h.Set("Content-Type", string(textFormat))
 		h.Add("Vary", "Accept-Encoding")

@@ -1,6 +1,6 @@
 // Package inventory lists every KMS key of each (account, region), reads what
 // the verdict needs, decides the verdict, and keeps the result as an
-// immutable model.Snapshot refreshed in the background.
+// immutable snapshot (model.Snapshot) refreshed in the background.
 package inventory
 
 import (
@@ -60,6 +60,13 @@ type Auditor struct {
 	MaxStale time.Duration
 	// Now returns the time verdicts are decided at.
 	Now func() time.Time
+}
+
+// verdict decides a key's verdict from what was read: the one place a
+// verdict is decided, for a refresh and for a change read back after
+// remediation alike.
+func (a *Auditor) verdict(in policy.Input) policy.Verdict {
+	return policy.Decide(in, a.Policy, a.Now())
 }
 
 // listError marks a failure of a listing call: the target as a whole failed.
@@ -305,7 +312,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key) (found bo
 	found = true
 	defer func() {
 		if found && failed.Code == "" {
-			k.Verdict = policy.Decide(in, a.Policy, a.Now())
+			k.Verdict = a.verdict(in)
 			k.LastRead = a.Now()
 		}
 	}()

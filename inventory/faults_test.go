@@ -63,7 +63,7 @@ func TestFaultInjection(t *testing.T) {
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	proxy := kmstest.NewProxy(t, srv.URL)
 	factory := awsclient.NewFactory(testConfig(proxy.URL), awsclient.Options{MaxConcurrency: 8, MaxAttempts: 5, Timeout: 300 * time.Millisecond})
-	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: factory.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard())
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: factory.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard(), nil)
 	ctx := ctxT(t)
 	baseline := verdicts(r.Refresh(ctx))
 	if len(baseline) != len(kmstest.MixedInventory) {
@@ -149,7 +149,7 @@ func TestFailingTargetsDoNotBlankOthers(t *testing.T) {
 		{Region: "us-east-1", API: newFactory("http://127.0.0.1:1").KMS(awsclient.Role{}, "us-east-1")},
 	}
 	var log strings.Builder
-	r := inventory.NewRefresher(targets, newAuditor(), slog.New(slog.NewTextHandler(&log, nil)))
+	r := inventory.NewRefresher(targets, newAuditor(), slog.New(slog.NewTextHandler(&log, nil)), nil)
 	s := r.Refresh(ctxT(t))
 	m := scrape(t, s, r)
 	for _, want := range []string{`account_id=444455556666 region=eu-west-1 role=` + denied.ARN, `account_id="" region=us-east-1 role="own credentials"`} {

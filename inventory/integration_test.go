@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +38,16 @@ func newFactory(url string) *awsclient.Factory {
 func newAuditor() *inventory.Auditor {
 	return &inventory.Auditor{Policy: testPolicy, Workers: 8, Now: time.Now}
 }
+
+// counted is a publisher that counts the snapshots it is handed.
+type counted struct {
+	*model.Latest
+	n atomic.Int32
+}
+
+func newCounted() *counted { return &counted{Latest: model.NewLatest(nil)} }
+
+func (c *counted) Publish(s *model.Snapshot) { c.n.Add(1); c.Latest.Publish(s) }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -155,7 +166,7 @@ func TestRotationChangeSeenOnNextRefresh(t *testing.T) {
 	ctx := ctxT(t)
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	f := newFactory(srv.URL)
-	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard())
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard(), nil)
 	id := ids["legacy-billing"]
 	if _, k := r.Refresh(ctx).Locate("", "eu-west-1", id); k == nil || k.Verdict.Status != policy.Noncompliant {
 		t.Fatalf("before: %+v", k)
@@ -185,7 +196,7 @@ func TestFailingRegionKeepsOthers(t *testing.T) {
 		{Region: "eu-west-1", API: newFactory(west.URL).KMS(awsclient.Role{}, "eu-west-1")},
 		{Region: "us-east-1", API: newFactory(east.URL).KMS(awsclient.Role{}, "us-east-1")},
 	}
-	r := inventory.NewRefresher(targets, newAuditor(), discard())
+	r := inventory.NewRefresher(targets, newAuditor(), discard(), nil)
 	first := r.Refresh(ctx)
 	for _, st := range first.Targets {
 		if !st.Success {

@@ -43,7 +43,7 @@ type exposition map[string]float64
 func scrape(t *testing.T, s *model.Snapshot, r *inventory.Refresher) exposition {
 	t.Helper()
 	c := collector.New(nil, discard())
-	c.Update(s)
+	c.Publish(s)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(r.Metrics())
 	rec := httptest.NewRecorder()
@@ -132,7 +132,7 @@ func TestOutcomesUnderFailure(t *testing.T) {
 	auditor := &inventory.Auditor{Policy: testPolicy, Workers: 8, MaxStale: time.Hour, Now: clk.Now}
 	var log strings.Builder
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}}, auditor,
-		slog.New(slog.NewTextHandler(&log, nil)))
+		slog.New(slog.NewTextHandler(&log, nil)), nil)
 	ctx := ctxT(t)
 	baseline := scrape(t, r.Refresh(ctx), r).compliance()
 	if len(baseline) != len(kmstest.MixedInventory) {
@@ -355,7 +355,7 @@ func TestConnectionFaults(t *testing.T) {
 	url := toxi.Proxy(t, "kms", srv.URL)
 	factory := awsclient.NewFactory(testConfig(url), awsclient.Options{MaxConcurrency: 8, MaxAttempts: 2, Timeout: 300 * time.Millisecond})
 	auditor := &inventory.Auditor{Policy: testPolicy, Workers: 8, MaxStale: time.Hour, Now: time.Now}
-	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}}, auditor, discard())
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}}, auditor, discard(), nil)
 	ctx := ctxT(t)
 	baseline := scrape(t, r.Refresh(ctx), r).compliance()
 	if len(baseline) != len(kmstest.MixedInventory) {

@@ -15,8 +15,8 @@ func (r *Refresher) ApplyRotationChanges(changes ...model.RotationChange) *model
 	r.pubMu.Lock()
 	defer r.pubMu.Unlock()
 	r.pending = append(r.pending, changes...)
-	s := r.patched(r.current.Load(), changes)
-	r.publish(s)
+	s := r.patched(r.pub.Snapshot(), changes)
+	r.pub.Publish(s)
 	return s
 }
 
@@ -49,7 +49,7 @@ func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *
 			k.Rotation = &rot
 			// A status read from AWS just now: the key is no longer stale.
 			k.LastRead, k.ReadError, k.Stale = c.At, "", false
-			k.Verdict = policy.Decide(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags}, r.auditor.Policy, r.auditor.Now())
+			k.Verdict = r.auditor.verdict(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags})
 		}
 	}
 	return out

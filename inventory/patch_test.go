@@ -35,8 +35,8 @@ func TestChangeSurvivesARefreshThatStartedBefore(t *testing.T) {
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	f := newFactory(srv.URL)
 	src := &gatedTargets{targets: inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}}
-	var updates int
-	r := inventory.NewRefresher(src, newAuditor(), discard(), func(*model.Snapshot) { updates++ })
+	updates := newCounted()
+	r := inventory.NewRefresher(src, newAuditor(), discard(), updates)
 	ctx := ctxT(t)
 	r.Refresh(ctx)
 	id := ids["legacy-billing"]
@@ -69,7 +69,7 @@ func TestChangeSurvivesARefreshThatStartedBefore(t *testing.T) {
 	if v := verdict(); v != policy.Noncompliant {
 		t.Errorf("a refresh that started after the change must show KMS's state: %s", v)
 	}
-	if updates != 4 {
-		t.Errorf("%d snapshots published, want 4 (3 refreshes and the change)", updates)
+	if n := updates.n.Load(); n != 4 {
+		t.Errorf("%d snapshots published, want 4 (3 refreshes and the change)", n)
 	}
 }

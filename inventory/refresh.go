@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,17 +28,25 @@ type StaticTargets []Target
 // Targets implements TargetSource.
 func (s StaticTargets) Targets(context.Context) []Target { return s }
 
-// Refresher keeps the current model.Snapshot up to date in the background.
+// Publisher owns the current snapshot: each new one is handed to it, and
+// it is asked for the current one. collector.Collector is the exporter's
+// (it keeps the snapshot with its encoded metrics); model.Latest, where
+// nothing is served.
+type Publisher interface {
+	Snapshot() *model.Snapshot
+	Publish(*model.Snapshot)
+}
+
+// Refresher keeps the current snapshot up to date in the background.
 type Refresher struct {
-	source   TargetSource
-	auditor  *Auditor
-	logger   *slog.Logger
-	onUpdate []func(*model.Snapshot)
+	source  TargetSource
+	auditor *Auditor
+	logger  *slog.Logger
+	pub     Publisher
 
 	mu      sync.Mutex // serialises refreshes: they never overlap
 	pubMu   sync.Mutex // serialises publishing; guards pending
 	pending []model.RotationChange
-	current atomic.Pointer[model.Snapshot]
 	ready   chan struct{}
 	once    sync.Once
 
@@ -50,16 +57,17 @@ type Refresher struct {
 	readFailures *prometheus.CounterVec
 }
 
-// NewRefresher returns a Refresher; onUpdate functions are called with every
-// new snapshot, before it is published.
-func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, onUpdate ...func(*model.Snapshot)) *Refresher {
-	r := &Refresher{source: source, auditor: auditor, logger: logger, onUpdate: onUpdate, ready: make(chan struct{})}
-	r.current.Store(&model.Snapshot{TagLabels: auditor.TagLabels})
-	return r
+// NewRefresher returns a Refresher that publishes to pub; nil: a
+// model.Latest of its own.
+func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, pub Publisher) *Refresher {
+	if pub == nil {
+		pub = model.NewLatest(auditor.TagLabels)
+	}
+	return &Refresher{source: source, auditor: auditor, logger: logger, pub: pub, ready: make(chan struct{})}
 }
 
-// model.Snapshot returns the current snapshot (empty before the first refresh ends).
-func (r *Refresher) Snapshot() *model.Snapshot { return r.current.Load() }
+// Snapshot returns the current snapshot (empty before the first refresh ends).
+func (r *Refresher) Snapshot() *model.Snapshot { return r.pub.Snapshot() }
 
 // Ready is closed once the first refresh has finished.
 func (r *Refresher) Ready() <-chan struct{} { return r.ready }
@@ -87,7 +95,7 @@ func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
-	prev := indexTargets(r.current.Load().Targets)
+	prev := indexTargets(r.pub.Snapshot().Targets)
 
 	targets := r.source.Targets(ctx)
 	listings := make([]*listing, len(targets))
@@ -106,14 +114,14 @@ func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 	wg.Wait()
 	if ctx.Err() != nil {
 		// Shutting down: keep what was published.
-		return r.current.Load()
+		return r.pub.Snapshot()
 	}
 	slices.SortStableFunc(states, func(a, b *model.TargetState) int {
 		return cmp.Or(strings.Compare(a.AccountID, b.AccountID), strings.Compare(a.Region, b.Region))
 	})
 	r.pubMu.Lock()
 	s := r.withPending(&model.Snapshot{Targets: states, TagLabels: r.auditor.TagLabels}, start)
-	r.publish(s)
+	r.pub.Publish(s)
 	r.pubMu.Unlock()
 	r.once.Do(func() { close(r.ready) })
 	c := s.Counts()
@@ -121,15 +129,6 @@ func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 		"compliant", c["compliant"], "noncompliant", c["noncompliant"], "unknown", c["unknown"],
 		"exempt", c["exempt"], "not_applicable", c["not_applicable"])
 	return s
-}
-
-// publish hands a new snapshot to the onUpdate functions, then makes it
-// current. Callers hold pubMu.
-func (r *Refresher) publish(s *model.Snapshot) {
-	for _, f := range r.onUpdate {
-		f(s)
-	}
-	r.current.Store(s)
 }
 
 // targetID names the state of a target in a snapshot: by account and region

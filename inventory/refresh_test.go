@@ -12,7 +12,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/kms-exporter/kms_exporter/inventory"
-	"github.com/kms-exporter/kms_exporter/model"
 )
 
 // slowSource counts the refreshes in progress at once.
@@ -38,7 +37,7 @@ func (s *slowSource) Targets(context.Context) []inventory.Target {
 // for from elsewhere at the same time run one after the other.
 func TestRefreshesNeverOverlap(t *testing.T) {
 	src := &slowSource{}
-	r := inventory.NewRefresher(src, newAuditor(), discard())
+	r := inventory.NewRefresher(src, newAuditor(), discard(), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.Run(ctx, time.Millisecond); close(done) }()
@@ -106,11 +105,10 @@ func (b *blockingKMS) GetKeyRotationStatus(context.Context, *kms.GetKeyRotationS
 // publishes nothing; what was published before stays.
 func TestShutdownPublishesNoPartialSnapshot(t *testing.T) {
 	api := &blockingKMS{started: make(chan struct{}, 1)}
-	updates := atomic.Int32{}
+	updates := newCounted()
 	auditor := newAuditor()
 	auditor.MaxStale = time.Hour
-	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: api}}, auditor, discard(),
-		func(*model.Snapshot) { updates.Add(1) })
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: api}}, auditor, discard(), updates)
 	first := r.Refresh(context.Background())
 	if len(first.Targets) != 1 || len(first.Targets[0].Keys) != 3 || !first.Targets[0].Success {
 		t.Fatalf("first refresh: %+v", first.Targets)
@@ -121,8 +119,8 @@ func TestShutdownPublishesNoPartialSnapshot(t *testing.T) {
 	if got := r.Refresh(ctx); got != first {
 		t.Error("the refresh cut short returned a new snapshot")
 	}
-	if r.Snapshot() != first || updates.Load() != 1 {
-		t.Errorf("a partial snapshot was published (%d updates)", updates.Load())
+	if r.Snapshot() != first || updates.n.Load() != 1 {
+		t.Errorf("a partial snapshot was published (%d updates)", updates.n.Load())
 	}
 }
 

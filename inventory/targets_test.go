@@ -89,7 +89,7 @@ func TestSameAccountTwiceAuditedOnce(t *testing.T) {
 	}
 	auditor := newAuditor()
 	auditor.MaxStale = time.Hour
-	r := inventory.NewRefresher(targets, auditor, logger)
+	r := inventory.NewRefresher(targets, auditor, logger, nil)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(f)
 	for refresh := range 2 {

@@ -6,6 +6,7 @@
 package model
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/kms-exporter/kms_exporter/policy"
@@ -109,3 +110,20 @@ type RotationChange struct {
 	Rotation policy.Rotation
 	At       time.Time
 }
+
+// Latest holds the current snapshot where nothing else publishes it (the
+// audit command, tests). It implements inventory.Publisher.
+type Latest struct{ current atomic.Pointer[Snapshot] }
+
+// NewLatest returns a Latest holding an empty snapshot with these tag labels.
+func NewLatest(tagLabels []string) *Latest {
+	l := &Latest{}
+	l.Publish(&Snapshot{TagLabels: tagLabels})
+	return l
+}
+
+// Snapshot returns the current snapshot.
+func (l *Latest) Snapshot() *Snapshot { return l.current.Load() }
+
+// Publish makes s the current snapshot.
+func (l *Latest) Publish(s *Snapshot) { l.current.Store(s) }

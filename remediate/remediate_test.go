@@ -75,7 +75,7 @@ func setup(t *testing.T, configure func(*remediate.API)) *env {
 	coll := collector.New(nil, logger)
 	refresher := inventory.NewRefresher(
 		inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}},
-		&inventory.Auditor{Policy: pol, Workers: 4, Now: time.Now}, logger, coll.Update)
+		&inventory.Auditor{Policy: pol, Workers: 4, Now: time.Now}, logger, coll)
 	refresher.Refresh(context.Background())
 	rem := &remediate.Remediator{
 		Inventory: refresher,
