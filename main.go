@@ -104,12 +104,8 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	// The snapshot's metrics are not in the registry: kmsCollector.Handler
 	// serves them, encoded once per refresh, after the registry's.
 	registry.MustRegister(
-		factory, remediator.Metrics(), resolver.Metrics(), refresher.Metrics(),
+		factory, remediator.Metrics(), resolver, refresher.Metrics(),
 		versioncollector.NewCollector("kms_exporter"),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kms_exporter_shard_ordinal",
-			Help: "This replica's shard (--shard)."}, func() float64 { return float64(cfg.Shard) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "kms_exporter_total_shards",
-			Help: "Number of shards the (account, region) targets are split into (--total-shards)."}, func() float64 { return float64(cfg.TotalShards) }),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -118,14 +114,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	metricsPath := cfg.Web.TelemetryPath
 	mux.Handle(metricsPath, promhttp.InstrumentMetricHandler(registry, kmsCollector.Handler(registry, logger)))
 	mux.HandleFunc(config.PathHealthy, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
-	mux.HandleFunc(config.PathReady, func(w http.ResponseWriter, _ *http.Request) {
-		select {
-		case <-refresher.Ready():
-			fmt.Fprintln(w, "Ready")
-		default:
-			http.Error(w, "Not ready: the first refresh has not finished", http.StatusServiceUnavailable)
-		}
-	})
+	mux.Handle(config.PathReady, refresher.ReadyHandler())
 	api := &remediate.API{TokenHash: cfg.Remediation.TokenHash, Limiter: rate.NewLimiter(rate.Limit(cfg.Remediation.RequestsPerSecond), 5),
 		Timeout: cfg.Remediation.Timeout, Logger: logger}
 	if cfg.Remediation.Enabled {

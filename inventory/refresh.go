@@ -4,7 +4,9 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -69,8 +71,17 @@ func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, pu
 // Snapshot returns the current snapshot (empty before the first refresh ends).
 func (r *Refresher) Snapshot() *model.Snapshot { return r.pub.Snapshot() }
 
-// Ready is closed once the first refresh has finished.
-func (r *Refresher) Ready() <-chan struct{} { return r.ready }
+// ReadyHandler answers 200 once the first refresh has finished, 503 before.
+func (r *Refresher) ReadyHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		select {
+		case <-r.ready:
+			fmt.Fprintln(w, "Ready")
+		default:
+			http.Error(w, "Not ready: the first refresh has not finished", http.StatusServiceUnavailable)
+		}
+	})
+}
 
 // Run refreshes at once, then every interval, until ctx ends.
 func (r *Refresher) Run(ctx context.Context, interval time.Duration) {

@@ -2,6 +2,8 @@ package inventory_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -180,5 +182,23 @@ func TestKeySpecOfOlderAnswers(t *testing.T) {
 	}
 	if len(keys) != len(want) {
 		t.Errorf("%d keys, want %d", len(keys), len(want))
+	}
+}
+
+// TestReadyAfterFirstRefresh: /-/ready answers 503 until the first refresh
+// has finished, then 200.
+func TestReadyAfterFirstRefresh(t *testing.T) {
+	r := inventory.NewRefresher(inventory.StaticTargets{}, newAuditor(), discard(), nil)
+	ready := func() int {
+		rec := httptest.NewRecorder()
+		r.ReadyHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/-/ready", nil))
+		return rec.Code
+	}
+	if code := ready(); code != http.StatusServiceUnavailable {
+		t.Errorf("before the first refresh: %d, want 503", code)
+	}
+	r.Refresh(context.Background())
+	if code := ready(); code != http.StatusOK {
+		t.Errorf("after the first refresh: %d, want 200", code)
 	}
 }

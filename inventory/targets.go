@@ -54,6 +54,28 @@ func (r *Resolver) Metrics() *prometheus.CounterVec {
 	return r.errors
 }
 
+var (
+	shardDesc = prometheus.NewDesc("kms_exporter_shard_ordinal",
+		"This replica's shard (--shard).", nil, nil)
+	totalShardsDesc = prometheus.NewDesc("kms_exporter_total_shards",
+		"Number of shards the (account, region) targets are split into (--total-shards).", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (r *Resolver) Describe(ch chan<- *prometheus.Desc) {
+	r.Metrics().Describe(ch)
+	ch <- shardDesc
+	ch <- totalShardsDesc
+}
+
+// Collect implements prometheus.Collector: kms_discovery_errors_total and
+// this replica's place among the shards.
+func (r *Resolver) Collect(ch chan<- prometheus.Metric) {
+	r.Metrics().Collect(ch)
+	ch <- prometheus.MustNewConstMetric(shardDesc, prometheus.GaugeValue, float64(r.Shard))
+	ch <- prometheus.MustNewConstMetric(totalShardsDesc, prometheus.GaugeValue, float64(max(1, r.TotalShards)))
+}
+
 // Targets implements TargetSource. When region discovery fails for an
 // account, the regions found last time are used.
 func (r *Resolver) Targets(ctx context.Context) []Target {

@@ -168,6 +168,30 @@ func TestShardingAuditsEveryTargetOnce(t *testing.T) {
 	}
 }
 
+// TestResolverMetrics: the discovery counters start at 0 and the replica
+// says which shard it is.
+func TestResolverMetrics(t *testing.T) {
+	r := &inventory.Resolver{Shard: 2, TotalShards: 3}
+	want := `
+# HELP kms_discovery_errors_total Failed discoveries of accounts (organizations) or regions (regions); the targets found before are kept.
+# TYPE kms_discovery_errors_total counter
+kms_discovery_errors_total{kind="organizations"} 0
+kms_discovery_errors_total{kind="regions"} 0
+# HELP kms_exporter_shard_ordinal This replica's shard (--shard).
+# TYPE kms_exporter_shard_ordinal gauge
+kms_exporter_shard_ordinal 2
+# HELP kms_exporter_total_shards Number of shards the (account, region) targets are split into (--total-shards).
+# TYPE kms_exporter_total_shards gauge
+kms_exporter_total_shards 3
+`
+	if err := testutil.CollectAndCompare(r, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	if problems, err := testutil.CollectAndLint(r); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
 func TestParseShard(t *testing.T) {
 	for in, want := range map[string]int{"0": 0, "3": 3, "kms-exporter-2": 2, "kms-exporter-0": 0, "a-b-12": 12} {
 		if got, err := inventory.ParseShard(in); err != nil || got != want {
