@@ -75,7 +75,12 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	resolver := &inventory.Resolver{Factory: factory, Roles: cfg.AWS.Roles, Regions: cfg.AWS.Regions, DiscoverRegions: cfg.AWS.DiscoverRegions,
 		OrganizationsRoleName: cfg.AWS.OrganizationsRoleName, OrganizationsExternalID: cfg.AWS.OrganizationsExternalID,
 		Shard: cfg.Shard, TotalShards: cfg.TotalShards, Logger: logger}
-	refresher := inventory.NewRefresher(resolver, auditor, logger, kmsCollector)
+	// Only serving needs the metrics encoded: the commands keep the snapshot alone.
+	var pub inventory.Publisher
+	if cfg.Command == config.CommandServe {
+		pub = kmsCollector
+	}
+	refresher := inventory.NewRefresher(resolver, auditor, logger, pub)
 	remediator := &remediate.Remediator{
 		Inventory:          refresher,
 		Client:             func(arn, region string) remediate.KMS { return factory.KMS(factory.Role(arn), region) },
@@ -89,11 +94,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 
 	switch cfg.Command {
 	case config.CommandAudit:
-		s := refresher.Refresh(ctx)
-		if err := report.WriteAudit(os.Stdout, s, cfg.Audit.Output); err != nil {
-			return 0, fmt.Errorf("writing the audit: %w", err)
-		}
-		return report.AuditExitCode(s), nil
+		return report.Audit(ctx, refresher.Refresh, os.Stdout, cfg.Audit.Output)
 	case config.CommandRemediate:
 		return remediateCommand(ctx, cfg, refresher, remediator)
 	}

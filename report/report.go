@@ -2,6 +2,7 @@
 package report
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -49,6 +50,16 @@ type TargetRecord struct {
 	Success   bool   `json:"success"`
 	Error     string `json:"error,omitempty"`
 	Keys      int    `json:"keys"`
+}
+
+// Audit runs the audit command: one refresh, every key with its verdict on
+// w, and the exit code (AuditExitCode).
+func Audit(ctx context.Context, refresh func(context.Context) *model.Snapshot, w io.Writer, format string) (int, error) {
+	s := refresh(ctx)
+	if err := WriteAudit(w, s, format); err != nil {
+		return ExitError, fmt.Errorf("writing the audit: %w", err)
+	}
+	return AuditExitCode(s), nil
 }
 
 // AuditExitCode is ExitError when any target failed, else ExitFinding when
