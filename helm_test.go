@@ -1216,29 +1216,8 @@ func startPod(t *testing.T, r rendered, podName, endpoint string, secrets map[st
 			t.Fatalf("env %v: the test cannot stand in for it", e)
 		}
 	}
-	p := &process{addr: harness.FreeAddr(t), logs: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(binary, append(args, "--web.listen-address="+p.addr)...)
-	p.cmd.Env = testEnv(endpoint, env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		close(p.exited)
-	}()
-	t.Cleanup(func() {
-		_ = p.cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-p.exited:
-		case <-time.After(15 * time.Second):
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		}
-		if t.Failed() {
-			t.Logf("pod %s: kms_exporter %q\n%s", podName, args, p.logs)
-		}
-	})
+	t.Logf("pod %s", podName)
+	p := launch(t, args, testEnv(endpoint, env...))
 	return p
 }
 

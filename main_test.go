@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -89,9 +90,17 @@ type process struct {
 // a free port; the test's cleanup stops it with SIGINT.
 func start(t *testing.T, endpoint string, args ...string) *process {
 	t.Helper()
+	return launch(t, args, testEnv(endpoint))
+}
+
+// launch runs the binary with args (and --web.listen-address on a free
+// port) and env until the test ends; the cleanup stops it with SIGINT and
+// shows its log if the test failed.
+func launch(t *testing.T, args, env []string) *process {
+	t.Helper()
 	p := &process{addr: harness.FreeAddr(t), logs: &syncBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(binary, append([]string{"--web.listen-address=" + p.addr}, args...)...)
-	p.cmd.Env = testEnv(endpoint)
+	p.cmd = exec.Command(binary, append(slices.Clip(args), "--web.listen-address="+p.addr)...)
+	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -110,7 +119,7 @@ func start(t *testing.T, endpoint string, args ...string) *process {
 			t.Errorf("exporter did not stop within 15s of SIGINT")
 		}
 		if t.Failed() {
-			t.Logf("exporter log:\n%s", p.logs)
+			t.Logf("kms_exporter %q log:\n%s", args, p.logs)
 		}
 	})
 	return p
