@@ -140,12 +140,15 @@ func (a *API) authorized(header string) bool {
 
 // decode reads exactly one JSON object into v, refusing unknown fields.
 func decode(body []byte, v any) error {
+	if b := bytes.TrimLeft(body, " \t\r\n"); len(b) == 0 || b[0] != '{' {
+		return errors.New("the body must be a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("invalid JSON: %v", err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("invalid JSON: more than one value")
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -153,31 +154,48 @@ func (e *env) awsCLIRotation(id string) bool {
 	return st.KeyRotationEnabled
 }
 
+func (e *env) counted(outcome string) float64 {
+	return testutil.ToFloat64(e.remediator.Metrics().WithLabelValues(outcome))
+}
+
 func TestRefusedRequestsNeverCallAWS(t *testing.T) {
 	e := setup(t, nil)
+	legacy := e.ids["legacy-billing"]
+	legacyARN := "arn:aws:kms:eu-west-1:" + account + ":key/" + legacy
 	tests := []struct {
 		name, body string
 		status     int
 		outcome    string
+		reason     string
 	}{
-		{"invalid key id", `{"region":"eu-west-1","key_id":"not a key"}`, 400, ""},
-		{"invalid region", `{"region":"mars","key_id":"` + e.ids["legacy-billing"] + `"}`, 400, "invalid_request"},
-		{"missing key id", `{"region":"eu-west-1"}`, 400, ""},
-		{"unknown field", `{"region":"eu-west-1","key_id":"` + e.ids["legacy-billing"] + `","force":true}`, 400, ""},
-		{"not JSON", `{"region":`, 400, ""},
-		{"period below KMS minimum", e.request("legacy-billing", `,"rotation_period_days":30`), 400, "invalid_request"},
-		{"period above policy", e.request("legacy-billing", `,"rotation_period_days":730`), 422, "ineligible"},
-		{"unknown key", `{"region":"eu-west-1","key_id":"00000000-0000-4000-8000-000000000000"}`, 404, "not_found"},
-		{"key in another region", `{"region":"us-west-2","key_id":"` + e.ids["legacy-billing"] + `"}`, 404, "not_found"},
-		{"asymmetric", e.request("signing-rsa", ""), 422, "ineligible"},
-		{"ecc", e.request("signing-ecc", ""), 422, "ineligible"},
-		{"hmac", e.request("webhook-hmac", ""), 422, "ineligible"},
-		{"imported material", e.request("imported-material", ""), 422, "ineligible"},
-		{"disabled key", e.request("disabled", ""), 422, "ineligible"},
-		{"pending deletion", e.request("retired", ""), 422, "ineligible"},
-		{"already compliant", e.request("payments", ""), 409, "no_action_needed"},
-		{"exempt", e.request("vendor-appliance", ""), 409, "ineligible"},
-		{"status unknown", e.request("unreadable", ""), 409, "ineligible"},
+		{"invalid key id", `{"region":"eu-west-1","key_id":"not a key"}`, 400, "invalid_request", "not a KMS key id"},
+		{"invalid region", `{"region":"mars","key_id":"` + legacy + `"}`, 400, "invalid_request", "not an AWS region"},
+		{"invalid account", `{"account_id":"12345","region":"eu-west-1","key_id":"` + legacy + `"}`, 400, "invalid_request", "12-digit"},
+		{"missing key id", `{"region":"eu-west-1"}`, 400, "", "key_id is required"},
+		{"missing region", `{"key_id":"` + legacy + `"}`, 400, "", "region is required"},
+		{"unknown field", `{"region":"eu-west-1","key_id":"` + legacy + `","force":true}`, 400, "", "unknown field"},
+		{"not JSON", `{"region":`, 400, "", "invalid JSON"},
+		{"null", `null`, 400, "", "JSON object"},
+		{"two JSON values", e.request("legacy-billing", "") + `{"region":"eu-west-1"}`, 400, "", "more than one value"},
+		{"JSON then a brace", e.request("legacy-billing", "") + ` }`, 400, "", "more than one value"},
+		{"ARN of another service", `{"key_id":"arn:aws:s3:::bucket"}`, 400, "invalid_request", "not a KMS key ARN"},
+		{"ARN of an alias", `{"key_id":"arn:aws:kms:eu-west-1:` + account + `:alias/legacy-billing"}`, 400, "invalid_request", "not a KMS key ARN"},
+		{"ARN contradicting region", `{"region":"us-west-2","key_id":"` + legacyARN + `"}`, 400, "invalid_request", "contradicts"},
+		{"ARN contradicting account", `{"account_id":"999999999999","key_id":"` + legacyARN + `"}`, 400, "invalid_request", "contradicts"},
+		{"period below KMS minimum", e.request("legacy-billing", `,"rotation_period_days":30`), 400, "invalid_request", "outside KMS's 90..2560"},
+		{"period above KMS maximum", e.request("legacy-billing", `,"rotation_period_days":2561`), 400, "invalid_request", "outside KMS's 90..2560"},
+		{"period above policy", e.request("legacy-billing", `,"rotation_period_days":730`), 422, "ineligible", "exceeds the policy's 365"},
+		{"unknown key", `{"region":"eu-west-1","key_id":"00000000-0000-4000-8000-000000000000"}`, 404, "not_found", "no such key"},
+		{"key in another region", `{"region":"us-west-2","key_id":"` + legacy + `"}`, 404, "not_found", "no such key"},
+		{"asymmetric", e.request("signing-rsa", ""), 422, "ineligible", "not applicable: asymmetric"},
+		{"ecc", e.request("signing-ecc", ""), 422, "ineligible", "not applicable: asymmetric"},
+		{"hmac", e.request("webhook-hmac", ""), 422, "ineligible", "not applicable: hmac"},
+		{"imported material", e.request("imported-material", ""), 422, "ineligible", "not applicable: external_origin"},
+		{"disabled key", e.request("disabled", ""), 422, "ineligible", "not applicable: disabled"},
+		{"pending deletion", e.request("retired", ""), 422, "ineligible", "not applicable: pending_deletion"},
+		{"already compliant", e.request("payments", ""), 409, "no_action_needed", "already compliant"},
+		{"exempt", e.request("vendor-appliance", ""), 409, "ineligible", "exempt: appliance cannot re-encrypt"},
+		{"status unknown", e.request("unreadable", ""), 409, "ineligible", "verdict unknown (AccessDeniedException)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -188,16 +206,19 @@ func TestRefusedRequestsNeverCallAWS(t *testing.T) {
 			if tt.outcome != "" && body["outcome"] != tt.outcome {
 				t.Errorf("outcome %v, want %s: %v", body["outcome"], tt.outcome, body)
 			}
-			if body["error"] == nil && body["reason"] == nil {
-				t.Errorf("no reason given: %v", body)
+			if reason := fmt.Sprint(body["error"], body["reason"]); !strings.Contains(reason, tt.reason) {
+				t.Errorf("reason %q, want it to say %q", reason, tt.reason)
 			}
 		})
 	}
 	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
 		t.Errorf("EnableKeyRotation called %d times for refused requests", n)
 	}
-	if e.verdict(e.ids["legacy-billing"]) != policy.Noncompliant {
+	if e.verdict(legacy) != policy.Noncompliant {
 		t.Error("a refused request changed the inventory")
+	}
+	if got := e.counted(remediate.OutcomeInvalid); got != 16 {
+		t.Errorf(`kms_remediations_total{result="invalid_request"} = %v, want 16`, got)
 	}
 }
 
