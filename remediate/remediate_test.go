@@ -1,7 +1,6 @@
 package remediate_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/collector"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
@@ -47,7 +47,7 @@ type env struct {
 	collector  *collector.Collector
 	remediator *remediate.Remediator
 	api        *httptest.Server
-	logs       *bytes.Buffer
+	logs       *remediate.LogBuffer
 }
 
 // setup runs local-kms with the mixed inventory behind the AWS-faithful
@@ -70,7 +70,7 @@ func setup(t *testing.T, configure func(*remediate.API)) *env {
 	factory := awsclient.NewFactory(aws.Config{Region: region, BaseEndpoint: aws.String(proxy.URL),
 		Credentials: credentials.NewStaticCredentialsProvider("x", "x", "")},
 		awsclient.Options{MaxConcurrency: 4, MaxAttempts: 2, Timeout: 5 * time.Second})
-	logs := &bytes.Buffer{}
+	logs := &remediate.LogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, nil))
 	pol := policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}
 	coll := collector.New(nil, logger)
@@ -128,30 +128,21 @@ func (e *env) verdict(id string) policy.Status {
 	return k.Verdict.Status
 }
 
-// awsCLIRotation asks the real AWS CLI (Debian's awscli) whether rotation is
-// enabled, straight from local-kms.
-func (e *env) awsCLIRotation(id string) bool {
+// rotation reads a key's rotation status from KMS with the SDK (through the
+// proxy, which reports the period as AWS does).
+func (e *env) rotation(id string) (bool, int32) {
 	e.t.Helper()
-	const cli = "/usr/bin/aws"
-	if _, err := os.Stat(cli); err != nil {
-		if os.Getenv("KMS_EXPORTER_REQUIRE_TOOLS") != "" {
-			e.t.Fatal("Debian's awscli is not installed (make deps)")
-		}
-		e.t.Skip("Debian's awscli is not installed (make deps)")
-	}
-	cmd := exec.Command(cli, "--endpoint-url", e.srv.URL, "--region", region, "--output", "json",
-		"kms", "get-key-rotation-status", "--key-id", id)
-	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_CONFIG_FILE=/dev/null",
-		"AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true", "AWS_PAGER=")
-	out, err := cmd.Output()
+	st, err := kmstest.Client(e.proxy.URL, region).GetKeyRotationStatus(context.Background(), &kms.GetKeyRotationStatusInput{KeyId: aws.String(id)})
 	if err != nil {
-		e.t.Fatalf("aws kms get-key-rotation-status: %v %s", err, out)
+		e.t.Fatalf("GetKeyRotationStatus %s: %v", id, err)
 	}
-	var st struct{ KeyRotationEnabled bool }
-	if err := json.Unmarshal(out, &st); err != nil {
-		e.t.Fatalf("aws output %q: %v", out, err)
-	}
-	return st.KeyRotationEnabled
+	return st.KeyRotationEnabled, aws.ToInt32(st.RotationPeriodInDays)
+}
+
+func (e *env) enabled(id string) bool {
+	e.t.Helper()
+	on, _ := e.rotation(id)
+	return on
 }
 
 func (e *env) counted(outcome string) float64 {
@@ -292,17 +283,23 @@ func TestDisabledAnswers403AndChangesNothing(t *testing.T) {
 
 func TestDryRunChangesNothing(t *testing.T) {
 	e := setup(t, nil)
+	id := e.ids["legacy-billing"]
 	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", `,"dry_run":true`))
-	if status != 200 || body["outcome"] != "dry_run" || body["dry_run"] != true {
+	if status != 200 || body["outcome"] != "dry_run" || body["dry_run"] != true || body["reason"] != "would enable rotation every 365 days" {
 		t.Fatalf("dry run: %d %v", status, body)
+	}
+	// By ARN, with the account and region it names.
+	byARN := `{"account_id":"` + account + `","region":"eu-west-1","key_id":"arn:aws:kms:eu-west-1:` + account + `:key/` + id + `","dry_run":true}`
+	if status, body := e.post(remediate.PathRemediate, byARN); status != 200 || body["outcome"] != "dry_run" || body["key_id"] != id {
+		t.Errorf("dry run by ARN: %d %v", status, body)
 	}
 	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
 		t.Errorf("EnableKeyRotation called %d times in a dry run", n)
 	}
-	if e.awsCLIRotation(e.ids["legacy-billing"]) {
-		t.Error("the AWS CLI sees rotation enabled after a dry run")
+	if e.enabled(id) {
+		t.Error("KMS says rotation is enabled after a dry run")
 	}
-	if e.verdict(e.ids["legacy-billing"]) != policy.Noncompliant {
+	if e.verdict(id) != policy.Noncompliant {
 		t.Error("the inventory changed after a dry run")
 	}
 }
@@ -315,8 +312,8 @@ func TestRemediateVerifiesAndUpdatesSnapshot(t *testing.T) {
 		body["verdict"] != "compliant" || body["next_rotation"] == nil {
 		t.Fatalf("remediate: %d %v", status, body)
 	}
-	if !e.awsCLIRotation(id) {
-		t.Error("the AWS CLI does not see rotation enabled")
+	if on, days := e.rotation(id); !on || days != 365 {
+		t.Errorf("KMS says rotation %v, every %d days", on, days)
 	}
 	// Shown at once, before any refresh.
 	if v := e.verdict(id); v != policy.Compliant {
@@ -338,12 +335,50 @@ func TestRemediateVerifiesAndUpdatesSnapshot(t *testing.T) {
 	if status != 200 || body["rotation_period_days"] != 180.0 {
 		t.Errorf("period 180: %d %v", status, body)
 	}
+	if _, days := e.rotation(e.ids["old-exemption"]); days != 180 {
+		t.Errorf("KMS says every %d days, want 180", days)
+	}
 	// One structured line per decision, counted.
-	if n := strings.Count(e.logs.String(), `"msg":"remediation"`); n != 2 {
+	if n := len(e.logs.Lines("remediation")); n != 2 {
 		t.Errorf("%d remediation log lines, want 2:\n%s", n, e.logs)
 	}
-	if got := testutil.ToFloat64(e.remediator.Metrics().WithLabelValues(remediate.OutcomeEnabled)); got != 2 {
+	if got := e.counted(remediate.OutcomeEnabled); got != 2 {
 		t.Errorf(`kms_remediations_total{result="enabled"} = %v, want 2`, got)
+	}
+}
+
+// TestAWSCLISeesRemediation: Debian's AWS CLI, asking local-kms itself,
+// agrees with the answers.
+func TestAWSCLISeesRemediation(t *testing.T) {
+	cli := harness.Tool(t, "aws")
+	e := setup(t, nil)
+	rotating := func(id string) bool {
+		t.Helper()
+		cmd := exec.Command(cli, "--endpoint-url", e.srv.URL, "--region", region, "--output", "json",
+			"kms", "get-key-rotation-status", "--key-id", id)
+		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_CONFIG_FILE=/dev/null",
+			"AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true", "AWS_PAGER=")
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("aws kms get-key-rotation-status: %v %s", err, out)
+		}
+		var st struct{ KeyRotationEnabled bool }
+		if err := json.Unmarshal(out, &st); err != nil {
+			t.Fatalf("aws output %q: %v", out, err)
+		}
+		return st.KeyRotationEnabled
+	}
+	if status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", "")); status != 200 {
+		t.Fatalf("remediate: %d %v", status, body)
+	}
+	if status, body := e.post(remediate.PathRemediate, e.request("old-exemption", `,"dry_run":true`)); status != 200 {
+		t.Fatalf("dry run: %d %v", status, body)
+	}
+	if !rotating(e.ids["legacy-billing"]) {
+		t.Error("the AWS CLI does not see rotation enabled on the remediated key")
+	}
+	if rotating(e.ids["old-exemption"]) {
+		t.Error("the AWS CLI sees rotation enabled after a dry run")
 	}
 }
 
@@ -389,7 +424,7 @@ func TestAlertmanagerWebhook(t *testing.T) {
 			t.Errorf("alert %d: %v, want %s (%v)", i, got, want[i], a)
 		}
 	}
-	if !e.awsCLIRotation(e.ids["legacy-billing"]) || e.awsCLIRotation(e.ids["old-exemption"]) {
+	if !e.enabled(e.ids["legacy-billing"]) || e.enabled(e.ids["old-exemption"]) {
 		t.Error("only the firing, eligible alert's key may change")
 	}
 	if status, _ := e.post(remediate.PathAlertmanager, `{"version":"3","alerts":[]}`); status != 400 {

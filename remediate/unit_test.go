@@ -2,87 +2,242 @@ package remediate
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
-// fakeInventory serves a fixed snapshot and counts publications.
+const unitAccount = "444455556666"
+
+var unitPolicy = policy.Policy{MaxRotationPeriodDays: 365}
+
+// fakeInventory serves a snapshot and publishes changes as the refresher
+// does: a new snapshot whose changed keys carry the rotation read and the
+// verdict policy.Decide gives for it. It counts publications.
 type fakeInventory struct {
+	mu        sync.Mutex
 	snap      *inventory.Snapshot
 	published int
 }
 
-func (f *fakeInventory) Snapshot() *inventory.Snapshot { return f.snap }
-func (f *fakeInventory) ApplyRotationChanges(cs ...inventory.RotationChange) *inventory.Snapshot {
-	f.published++
-	for _, c := range cs {
-		for _, t := range f.snap.Targets {
-			for i := range t.Keys {
-				if t.Keys[i].ID == c.KeyID {
-					t.Keys[i].Verdict = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}
-				}
-			}
-		}
-	}
+func (f *fakeInventory) Snapshot() *inventory.Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	return f.snap
 }
 
-// fakeKMS enables rotation on request.
-type fakeKMS struct{ enabled map[string]int32 }
+func (f *fakeInventory) ApplyRotationChanges(cs ...inventory.RotationChange) *inventory.Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.published++
+	out := &inventory.Snapshot{}
+	for _, t := range f.snap.Targets {
+		cp := *t
+		cp.Keys = append([]inventory.Key(nil), t.Keys...)
+		for i := range cp.Keys {
+			k := &cp.Keys[i]
+			for _, c := range cs {
+				if c.AccountID == k.AccountID && c.KeyID == k.ID {
+					rot := c.Rotation
+					k.Rotation = &rot
+					k.Verdict = policy.Decide(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags}, unitPolicy, c.At)
+				}
+			}
+		}
+		out.Targets = append(out.Targets, &cp)
+	}
+	f.snap = out
+	return out
+}
 
-func (f *fakeKMS) EnableKeyRotation(_ context.Context, in *kms.EnableKeyRotationInput, _ ...func(*kms.Options)) (*kms.EnableKeyRotationOutput, error) {
-	f.enabled[*in.KeyId] = *in.RotationPeriodInDays
+// fakeKMS answers as KMS does (KMS-FACTS.md): EnableKeyRotation sets the
+// flag and the period (365 when none is given), GetKeyRotationStatus reports
+// them with the next rotation date. A replica's rotation is its primary's:
+// keys are known by id, whatever the region. Knobs make it misbehave.
+type fakeKMS struct {
+	mu      sync.Mutex
+	enabled map[string]int32 // key id: period, for keys that rotate
+	calls   map[string]int
+	// ignoreEnable answers EnableKeyRotation without changing anything.
+	ignoreEnable bool
+	// reportPeriod, when set, is the period GetKeyRotationStatus reports.
+	reportPeriod *int32
+	// hook runs before each call, outside the lock.
+	hook func(ctx context.Context, op string)
+}
+
+func newFakeKMS() *fakeKMS { return &fakeKMS{enabled: map[string]int32{}, calls: map[string]int{}} }
+
+func (f *fakeKMS) before(ctx context.Context, op string) {
+	f.mu.Lock()
+	f.calls[op]++
+	hook := f.hook
+	f.mu.Unlock()
+	if hook != nil {
+		hook(ctx, op)
+	}
+}
+
+func (f *fakeKMS) Calls(op string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[op]
+}
+
+func (f *fakeKMS) EnableKeyRotation(ctx context.Context, in *kms.EnableKeyRotationInput, _ ...func(*kms.Options)) (*kms.EnableKeyRotationOutput, error) {
+	f.before(ctx, "EnableKeyRotation")
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.ignoreEnable {
+		f.enabled[*in.KeyId] = aws.ToInt32(in.RotationPeriodInDays)
+		if in.RotationPeriodInDays == nil {
+			f.enabled[*in.KeyId] = 365
+		}
+	}
 	return &kms.EnableKeyRotationOutput{}, nil
 }
 
-func (f *fakeKMS) GetKeyRotationStatus(_ context.Context, in *kms.GetKeyRotationStatusInput, _ ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error) {
+func (f *fakeKMS) GetKeyRotationStatus(ctx context.Context, in *kms.GetKeyRotationStatusInput, _ ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error) {
+	f.before(ctx, "GetKeyRotationStatus")
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	p, ok := f.enabled[*in.KeyId]
-	return &kms.GetKeyRotationStatusOutput{KeyRotationEnabled: ok, RotationPeriodInDays: aws.Int32(p)}, nil
+	out := &kms.GetKeyRotationStatusOutput{KeyId: in.KeyId, KeyRotationEnabled: ok}
+	if ok {
+		if f.reportPeriod != nil {
+			p = *f.reportPeriod
+		}
+		out.RotationPeriodInDays = aws.Int32(p)
+		out.NextRotationDate = aws.Time(time.Now().Add(time.Duration(p) * 24 * time.Hour))
+	}
+	return out, nil
 }
 
 func noncompliant(id string) inventory.Key {
-	return inventory.Key{AccountID: "444455556666", Region: "eu-west-1", ID: id,
+	return inventory.Key{AccountID: unitAccount, Region: "eu-west-1", ID: id,
+		ARN:     "arn:aws:kms:eu-west-1:" + unitAccount + ":key/" + id,
 		Meta:    policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled", Origin: "AWS_KMS"},
 		Verdict: policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}}
+}
+
+func newRemediator(inv Inventory, api KMS) *Remediator {
+	return &Remediator{Inventory: inv, Client: func(awsclient.Role, string) KMS { return api },
+		Policy: unitPolicy, Logger: slog.New(slog.NewJSONHandler(&LogBuffer{}, nil)), Now: time.Now}
+}
+
+func unitKeys(ids ...string) *fakeInventory {
+	var keys []inventory.Key
+	for _, id := range ids {
+		keys = append(keys, noncompliant(id))
+	}
+	return &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{{
+		AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: keys}}}}
+}
+
+const unitToken = "unit-token"
+
+// unitAPI serves the remediation API over a fake inventory and KMS.
+type unitAPI struct {
+	t   *testing.T
+	url string
+	api *API
+	rem *Remediator
+}
+
+func startAPI(t *testing.T, rem *Remediator) *unitAPI {
+	t.Helper()
+	a := &API{Remediator: rem, TokenHash: sha256.Sum256([]byte(unitToken)), Timeout: 30 * time.Second, Logger: rem.Logger}
+	mux := http.NewServeMux()
+	a.Register(mux)
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	return &unitAPI{t: t, url: ts.URL, api: a, rem: rem}
+}
+
+// send posts a JSON body with the token; it returns the status and the
+// decoded answer. Safe in any goroutine.
+func (u *unitAPI) send(path, body string) (int, map[string]any, error) {
+	req, err := http.NewRequest(http.MethodPost, u.url+path, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+unitToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return resp.StatusCode, nil, fmt.Errorf("answer is not JSON: %q", raw)
+	}
+	return resp.StatusCode, out, nil
+}
+
+func (u *unitAPI) post(path, body string) (int, map[string]any) {
+	u.t.Helper()
+	status, out, err := u.send(path, body)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	return status, out
+}
+
+func (u *unitAPI) counted(outcome string) float64 {
+	return testutil.ToFloat64(u.rem.Metrics().WithLabelValues(outcome))
 }
 
 func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 	role := awsclient.Role{ARN: "arn:aws:iam::444455556666:role/kms-audit", ExternalID: "org-secret"}
 	inv := &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{{
-		AccountID: "444455556666", Region: "eu-west-1", Role: role, Success: true,
+		AccountID: unitAccount, Region: "eu-west-1", Role: role, Success: true,
 		Keys: []inventory.Key{
 			noncompliant("11111111-1111-4111-8111-111111111111"),
 			noncompliant("22222222-2222-4222-8222-222222222222"),
 			noncompliant("33333333-3333-4333-8333-333333333333"),
 		},
 	}}}}
-	api := &fakeKMS{enabled: map[string]int32{}}
+	api := newFakeKMS()
+	var mu sync.Mutex
 	var roles []awsclient.Role
-	r := &Remediator{
-		Inventory: inv,
-		Client:    func(ro awsclient.Role, _ string) KMS { roles = append(roles, ro); return api },
-		Policy:    policy.Policy{MaxRotationPeriodDays: 365},
-		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Now:       time.Now,
-	}
+	r := newRemediator(inv, api)
+	r.Client = func(ro awsclient.Role, _ string) KMS { mu.Lock(); roles = append(roles, ro); mu.Unlock(); return api }
 	results, err := r.RemediateAll(context.Background(), Selector{}, "test")
 	if err != nil || len(results) != 3 {
 		t.Fatalf("%d results, %v", len(results), err)
 	}
+	// The verdict is the one the published status (enabled, 365 days) gets.
 	for _, res := range results {
-		if res.Outcome != OutcomeEnabled || res.Verdict != "compliant" {
-			t.Errorf("%s: %s %s (%s)", res.KeyID, res.Outcome, res.Verdict, res.Reason)
+		if res.Outcome != OutcomeEnabled || res.Verdict != "compliant" || res.RotationPeriodDays != 365 {
+			t.Errorf("%s: %s %s, %d days (%s)", res.KeyID, res.Outcome, res.Verdict, res.RotationPeriodDays, res.Reason)
 		}
+	}
+	if c := inv.Snapshot().Counts(); c[policy.Compliant] != 3 {
+		t.Errorf("published snapshot counts %v, want 3 compliant", c)
 	}
 	if inv.published != 1 {
 		t.Errorf("published %d snapshots for one bulk request, want 1", inv.published)
@@ -101,16 +256,14 @@ func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 // EnableKeyRotation calls per account and region (a lower bound on time,
 // which a slow machine cannot break).
 func TestEnableKeyRotationRateLimited(t *testing.T) {
-	var keys []inventory.Key
+	var ids []string
 	for i := range 6 {
-		keys = append(keys, noncompliant(fmt.Sprintf("%08d-1111-4111-8111-111111111111", i)))
+		ids = append(ids, fmt.Sprintf("%08d-1111-4111-8111-111111111111", i))
 	}
-	inv := &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{{
-		AccountID: "444455556666", Region: "eu-west-1", Success: true, Keys: keys}}}}
-	api := &fakeKMS{enabled: map[string]int32{}}
-	r := &Remediator{Inventory: inv, Client: func(awsclient.Role, string) KMS { return api },
-		Policy: policy.Policy{MaxRotationPeriodDays: 365}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Now: time.Now, EnablesPerSecond: 10}
+	inv := unitKeys(ids...)
+	api := newFakeKMS()
+	r := newRemediator(inv, api)
+	r.EnablesPerSecond = 10
 	start := time.Now()
 	results, err := r.RemediateAll(context.Background(), Selector{}, "test")
 	if err != nil || len(results) != 6 || len(api.enabled) != 6 {
@@ -119,5 +272,41 @@ func TestEnableKeyRotationRateLimited(t *testing.T) {
 	// One at once, then 5 more at 10/s: at least 0.5 s.
 	if took := time.Since(start); took < 450*time.Millisecond {
 		t.Errorf("6 enables at 10/s took %s", took)
+	}
+}
+
+// TestVerificationFailures: what KMS says after EnableKeyRotation decides
+// the answer, not the call's success.
+func TestVerificationFailures(t *testing.T) {
+	id := "11111111-1111-4111-8111-111111111111"
+	tests := []struct {
+		name         string
+		ignoreEnable bool
+		reportPeriod *int32
+		status       int
+		outcome      string
+		reason       string
+		verdict      string
+	}{
+		{"still disabled", true, nil, 502, OutcomeVerificationFailed, "rotation still disabled after EnableKeyRotation", "noncompliant"},
+		{"other period", false, aws.Int32(400), 502, OutcomeVerificationFailed, "rotation period is 400 days, 365 was set", "noncompliant"},
+		// An emulator that reports no period: the flag is the proof.
+		{"no period reported", false, aws.Int32(0), 200, OutcomeEnabled, "", "compliant"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			inv := unitKeys(id)
+			api := newFakeKMS()
+			api.reportPeriod, api.ignoreEnable = tt.reportPeriod, tt.ignoreEnable
+			u := startAPI(t, newRemediator(inv, api))
+			status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+id+`"}`)
+			if status != tt.status || body["outcome"] != tt.outcome || (tt.reason != "" && body["reason"] != tt.reason) ||
+				body["verdict"] != tt.verdict {
+				t.Errorf("%d %v, want %d %s %q, verdict %s", status, body, tt.status, tt.outcome, tt.reason, tt.verdict)
+			}
+			if got := u.counted(tt.outcome); got != 1 {
+				t.Errorf("kms_remediations_total{result=%q} = %v, want 1", tt.outcome, got)
+			}
+		})
 	}
 }
