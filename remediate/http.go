@@ -128,10 +128,11 @@ func (a *API) guard(h handler) http.Handler {
 	})
 }
 
-// authorized compares the bearer token in constant time (hashes of equal length).
+// authorized compares the bearer token in constant time (hashes of equal
+// length); the scheme's name is case-insensitive (RFC 9110, 11.1).
 func (a *API) authorized(header string) bool {
-	token, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))

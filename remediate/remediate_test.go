@@ -214,7 +214,9 @@ func TestRefusedRequestsNeverCallAWS(t *testing.T) {
 }
 
 func TestGuard(t *testing.T) {
-	e := setup(t, func(a *remediate.API) { a.Limiter = rate.NewLimiter(rate.Every(time.Hour), 3) })
+	e := setup(t, func(a *remediate.API) {
+		a.Limiter = rate.NewLimiter(rate.Every(time.Hour), 5)
+	})
 	body := e.request("legacy-billing", `,"dry_run":true`)
 	do := func(method, contentType, auth, body string) (int, http.Header, string) {
 		req, _ := http.NewRequest(method, e.api.URL+remediate.PathRemediate, strings.NewReader(body))
@@ -241,7 +243,7 @@ func TestGuard(t *testing.T) {
 	if code, h, _ := do(http.MethodPost, "application/json", "", body); code != 401 || h.Get("WWW-Authenticate") == "" {
 		t.Errorf("no token: %d", code)
 	}
-	for _, bad := range []string{"Bearer wrong", "Bearer " + token + "x", "Basic " + token, token} {
+	for _, bad := range []string{"Bearer wrong", "Bearer " + token + "x", "Basic " + token, token, "Bearer" + token, "Bearer"} {
 		if code, _, _ := do(http.MethodPost, "application/json", bad, body); code != 401 {
 			t.Errorf("%q: %d, want 401", bad, code)
 		}
@@ -256,15 +258,21 @@ func TestGuard(t *testing.T) {
 	if code, _, _ := do(http.MethodPost, "application/json", "Bearer "+token, big); code != 413 {
 		t.Errorf("large body: %d, want 413", code)
 	}
-	// The limiter allowed 3 requests (text/plain, large body and this one); the next is refused.
-	if code, _, b := do(http.MethodPost, "application/json; charset=utf-8", "Bearer "+token, body); code != 200 {
-		t.Errorf("valid dry run: %d %s", code, b)
+	// The scheme's name is case-insensitive (RFC 9110, 11.1).
+	for _, auth := range []string{"Bearer " + token, "bearer " + token, "BEARER  " + token} {
+		if code, _, b := do(http.MethodPost, "application/json; charset=utf-8", auth, body); code != 200 {
+			t.Errorf("%q: %d %s", strings.Replace(auth, token, "<token>", 1), code, b)
+		}
 	}
-	if code, h, _ := do(http.MethodPost, "application/json", "Bearer "+token, body); code != 429 || h.Get("Retry-After") == "" {
-		t.Errorf("beyond the rate limit: %d", code)
+	// The limiter allowed 5 requests (text/plain, large body and the three above); the next is refused.
+	if code, h, b := do(http.MethodPost, "application/json", "Bearer "+token, body); code != 429 || h.Get("Retry-After") == "" || !strings.Contains(b, "too many remediation requests") {
+		t.Errorf("beyond the rate limit: %d %s", code, b)
 	}
 	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
 		t.Errorf("EnableKeyRotation called %d times", n)
+	}
+	if got := e.counted(remediate.OutcomeUnauthorized); got != 7 {
+		t.Errorf(`kms_remediations_total{result="unauthorized"} = %v, want 7`, got)
 	}
 }
 
