@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -29,6 +30,12 @@ const (
 // MaxBodyBytes bounds a request body; Alertmanager groups stay far below it.
 const MaxBodyBytes = 256 << 10
 
+// The budget of failed authentication attempts when API.AuthFailures is nil.
+const (
+	DefaultAuthFailuresPerSecond = 1
+	DefaultAuthFailureBurst      = 5
+)
+
 // API serves the remediation endpoints.
 type API struct {
 	// Remediator is nil when remediation is not enabled: every route then
@@ -38,9 +45,29 @@ type API struct {
 	TokenHash [32]byte
 	// Limiter bounds accepted requests (429 beyond it).
 	Limiter *rate.Limiter
+	// AuthFailures bounds failed authentication attempts, apart from Limiter,
+	// so that wrong tokens never spend the budget of the right one: within it
+	// a failure is answered 401 and logged, beyond it 429, unlogged (the next
+	// line says how many were not logged). Every failure is counted. Nil:
+	// DefaultAuthFailuresPerSecond, burst DefaultAuthFailureBurst.
+	AuthFailures *rate.Limiter
 	// Timeout bounds the work of one request.
 	Timeout time.Duration
 	Logger  *slog.Logger
+
+	once         sync.Once
+	authFailures *rate.Limiter
+
+	mu sync.Mutex
+	// unlogged counts failed authentication attempts not logged since the last line.
+	unlogged int
+}
+
+func (a *API) init() {
+	a.authFailures = a.AuthFailures
+	if a.authFailures == nil {
+		a.authFailures = rate.NewLimiter(DefaultAuthFailuresPerSecond, DefaultAuthFailureBurst)
+	}
 }
 
 // ReadToken reads a bearer token file: its content without surrounding white
@@ -59,6 +86,7 @@ func ReadToken(path string) ([32]byte, error) {
 
 // Register adds the routes to mux.
 func (a *API) Register(mux *http.ServeMux) {
+	a.once.Do(a.init)
 	mux.Handle(PathRemediate, a.guard(a.single))
 	mux.Handle(PathBulk, a.guard(a.bulk))
 	mux.Handle(PathAlertmanager, a.guard(a.alertmanager))
@@ -80,7 +108,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type handler func(ctx context.Context, body []byte, who string) (int, any)
 
 // guard applies, in order: enabled (403), POST only (405), bearer token
-// (401), rate limit (429), JSON only (415), body size (413), timeout.
+// (401; 429 beyond the failures' budget), rate limit (429), JSON only (415),
+// body size (413), timeout.
 func (a *API) guard(h handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.Remediator == nil {
@@ -94,10 +123,11 @@ func (a *API) guard(h handler) http.Handler {
 		}
 		who := "remote " + r.RemoteAddr
 		if !a.authorized(r.Header.Get("Authorization")) {
-			a.Logger.Warn("remediation request refused: missing or wrong bearer token", "by", who, "path", r.URL.Path)
-			a.Remediator.count(OutcomeUnauthorized)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="kms_exporter remediation"`)
-			writeJSON(w, http.StatusUnauthorized, errorBody{"missing or wrong bearer token"})
+			status, v := a.unauthorized(w, who, r.URL.Path)
+			if status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "1")
+			}
+			writeJSON(w, status, v)
 			return
 		}
 		who += " with the remediation token"
@@ -126,6 +156,28 @@ func (a *API) guard(h handler) http.Handler {
 		status, v := h(ctx, body, who)
 		writeJSON(w, status, v)
 	})
+}
+
+// unauthorized answers a failed authentication attempt: counted always;
+// within the failures' budget 401 and logged, beyond it 429 and not logged.
+func (a *API) unauthorized(w http.ResponseWriter, who, path string) (int, any) {
+	a.Remediator.count(OutcomeUnauthorized)
+	a.mu.Lock()
+	allowed := a.authFailures.Allow()
+	unlogged := a.unlogged
+	if allowed {
+		a.unlogged = 0
+	} else {
+		a.unlogged++
+	}
+	a.mu.Unlock()
+	if !allowed {
+		return http.StatusTooManyRequests, errorBody{"too many failed authentication attempts (missing or wrong bearer token); retry later"}
+	}
+	a.Logger.Warn("remediation request refused: missing or wrong bearer token", "by", who, "path", path,
+		"failures_not_logged_before", unlogged)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="kms_exporter remediation"`)
+	return http.StatusUnauthorized, errorBody{"missing or wrong bearer token"}
 }
 
 // authorized compares the bearer token in constant time (hashes of equal

@@ -94,10 +94,13 @@ func setup(t *testing.T, configure func(*remediate.API)) *env {
 	return &env{t: t, srv: srv, proxy: proxy, ids: ids, refresher: refresher, collector: coll, remediator: rem, api: ts, logs: logs}
 }
 
-// post sends a JSON body with the token; it returns the status and the decoded body.
-func (e *env) post(path, body string, headers ...string) (int, map[string]any) {
-	e.t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, e.api.URL+path, strings.NewReader(body))
+// send posts a JSON body with the token (or the given headers); it returns
+// the status, the headers and the decoded answer. Safe in any goroutine.
+func (e *env) send(path, body string, headers ...string) (int, http.Header, map[string]any, error) {
+	req, err := http.NewRequest(http.MethodPost, e.api.URL+path, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, nil, err
+	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+token)
 	for i := 0; i+1 < len(headers); i += 2 {
@@ -105,15 +108,25 @@ func (e *env) post(path, body string, headers ...string) (int, map[string]any) {
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		e.t.Fatal(err)
+		return 0, nil, nil, err
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
 	var out map[string]any
-	if err := json.Unmarshal(raw, &out); err != nil {
-		e.t.Fatalf("%s: answer is not JSON: %q", path, raw)
+	if err := json.Unmarshal(raw, &out); err != nil || resp.Header.Get("Content-Type") != "application/json" {
+		return resp.StatusCode, resp.Header, nil, fmt.Errorf("%s: answer is not JSON: %q", path, raw)
 	}
-	return resp.StatusCode, out
+	return resp.StatusCode, resp.Header, out, nil
+}
+
+// post is send for the test's goroutine.
+func (e *env) post(path, body string, headers ...string) (int, map[string]any) {
+	e.t.Helper()
+	status, _, out, err := e.send(path, body, headers...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return status, out
 }
 
 func (e *env) request(name string, extra string) string {
@@ -216,6 +229,7 @@ func TestRefusedRequestsNeverCallAWS(t *testing.T) {
 func TestGuard(t *testing.T) {
 	e := setup(t, func(a *remediate.API) {
 		a.Limiter = rate.NewLimiter(rate.Every(time.Hour), 5)
+		a.AuthFailures = rate.NewLimiter(rate.Every(time.Hour), 10)
 	})
 	body := e.request("legacy-billing", `,"dry_run":true`)
 	do := func(method, contentType, auth, body string) (int, http.Header, string) {
@@ -273,6 +287,51 @@ func TestGuard(t *testing.T) {
 	}
 	if got := e.counted(remediate.OutcomeUnauthorized); got != 7 {
 		t.Errorf(`kms_remediations_total{result="unauthorized"} = %v, want 7`, got)
+	}
+}
+
+// TestFailedAuthenticationIsLimited: wrong tokens have their own budget:
+// beyond it they are answered 429 and not logged one by one, always counted,
+// and never spend the budget of the right token.
+func TestFailedAuthenticationIsLimited(t *testing.T) {
+	failures := rate.NewLimiter(rate.Every(time.Hour), 3)
+	e := setup(t, func(a *remediate.API) {
+		a.Limiter = rate.NewLimiter(rate.Every(time.Hour), 1)
+		a.AuthFailures = failures
+	})
+	const refused = "remediation request refused: missing or wrong bearer token"
+	for i := range 10 {
+		status, h, body, err := e.send(remediate.PathRemediate, e.request("legacy-billing", `,"dry_run":true`), "Authorization", fmt.Sprintf("Bearer guess-%d", i))
+		switch {
+		case err != nil:
+			t.Fatal(err)
+		case i < 3 && status != 401:
+			t.Errorf("failure %d: %d %v, want 401", i+1, status, body)
+		case i >= 3 && (status != 429 || h.Get("Retry-After") == "" || !strings.Contains(fmt.Sprint(body["error"]), "too many failed authentication attempts")):
+			t.Errorf("failure %d, beyond the failures' budget: %d %v", i+1, status, body)
+		}
+	}
+	if n := len(e.logs.Lines(refused)); n != 3 {
+		t.Errorf("%d log lines for 10 failures, want 3 (the failures' budget)", n)
+	}
+	if got := e.counted(remediate.OutcomeUnauthorized); got != 10 {
+		t.Errorf(`kms_remediations_total{result="unauthorized"} = %v, want 10`, got)
+	}
+	// The right token still has its whole budget.
+	if status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", `,"dry_run":true`)); status != 200 {
+		t.Errorf("the right token after 10 failures: %d %v", status, body)
+	}
+	if got := e.counted(remediate.OutcomeRateLimited); got != 0 {
+		t.Errorf(`kms_remediations_total{result="rate_limited"} = %v, want 0`, got)
+	}
+	// Once the budget allows, the next line says how many were not logged.
+	failures.SetLimit(rate.Inf)
+	if status, _ := e.post(remediate.PathRemediate, e.request("legacy-billing", ""), "Authorization", "Bearer guess"); status != 401 {
+		t.Errorf("failure within the budget again: %d", status)
+	}
+	lines := e.logs.Lines(refused)
+	if last := lines[len(lines)-1]; last["failures_not_logged_before"] != 7.0 {
+		t.Errorf("the next line: %v, want failures_not_logged_before 7", last)
 	}
 }
 
