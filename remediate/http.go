@@ -70,18 +70,40 @@ func (a *API) init() {
 	}
 }
 
-// ReadToken reads a bearer token file: its content without surrounding white
-// space, which must not be empty.
-func ReadToken(path string) ([32]byte, error) {
-	raw, err := os.ReadFile(path)
+// ReadToken reads a bearer token file: one line, without surrounding white
+// space (empty lines are ignored). It returns the token's SHA-256, and a
+// warning when group or others may read the file (a Kubernetes secret volume
+// is 0644 unless its defaultMode says otherwise: not refused).
+func ReadToken(path string) (hash [32]byte, warning string, err error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return [32]byte{}, err
+		return hash, "", err
 	}
-	token := strings.TrimSpace(string(raw))
-	if token == "" {
-		return [32]byte{}, fmt.Errorf("%s is empty", path)
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return hash, "", err
 	}
-	return sha256.Sum256([]byte(token)), nil
+	raw, err := io.ReadAll(f)
+	if err != nil {
+		return hash, "", err
+	}
+	var lines []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	switch {
+	case len(lines) == 0:
+		return hash, "", fmt.Errorf("%s is empty", path)
+	case len(lines) > 1:
+		return hash, "", fmt.Errorf("%s has %d non-empty lines: it must hold the token alone, on one line", path, len(lines))
+	}
+	if perm := info.Mode().Perm(); perm&0o044 != 0 {
+		warning = fmt.Sprintf("%s may be read by group or others (mode %04o): chmod 600 it, unless access to it is controlled otherwise", path, perm)
+	}
+	return sha256.Sum256([]byte(lines[0])), warning, nil
 }
 
 // Register adds the routes to mux.
