@@ -131,7 +131,7 @@ func FuzzParseRequest(f *testing.F) {
 		if back, err := ParseRequest(again); err != nil || !reflect.DeepEqual(back, req) {
 			t.Fatalf("round trip of %+v through %s: %+v, %v", req, again, back, err)
 		}
-		if err := normalise(&req); err == nil {
+		if _, err := normalise(&req); err == nil {
 			if !keyIDPattern.MatchString(req.KeyID) || (req.AccountID != "" && !accountRegexp.MatchString(req.AccountID)) {
 				t.Fatalf("normalised to an invalid request: %+v", req)
 			}

@@ -163,27 +163,29 @@ var (
 	accountRegexp = regexp.MustCompile(`^[0-9]{12}$`)
 )
 
-// normalise validates a request's names; a key ARN fills in account and region.
-func normalise(req *Request) error {
+// normalise validates a request's names; a key ARN fills in account and
+// region, and is returned, to be compared with the inventory's.
+func normalise(req *Request) (keyARN string, err error) {
 	if a, err := arn.Parse(req.KeyID); err == nil {
 		id, ok := strings.CutPrefix(a.Resource, "key/")
 		if a.Service != "kms" || !ok {
-			return fmt.Errorf("key_id %q is not a KMS key ARN", req.KeyID)
+			return "", fmt.Errorf("key_id %q is not a KMS key ARN", req.KeyID)
 		}
 		if (req.AccountID != "" && req.AccountID != a.AccountID) || (req.Region != "" && req.Region != a.Region) {
-			return fmt.Errorf("key_id ARN names account %s, region %s: it contradicts account_id or region", a.AccountID, a.Region)
+			return "", fmt.Errorf("key_id ARN names account %s, region %s: it contradicts account_id or region", a.AccountID, a.Region)
 		}
+		keyARN = req.KeyID
 		req.KeyID, req.AccountID, req.Region = id, a.AccountID, a.Region
 	}
 	switch {
 	case !keyIDPattern.MatchString(req.KeyID):
-		return fmt.Errorf("key_id %q is not a KMS key id (UUID or mrk-…) nor a key ARN", req.KeyID)
+		return "", fmt.Errorf("key_id %q is not a KMS key id (UUID or mrk-…) nor a key ARN", req.KeyID)
 	case !awsclient.ValidRegion(req.Region):
-		return fmt.Errorf("region %q is not an AWS region name", req.Region)
+		return "", fmt.Errorf("region %q is not an AWS region name", req.Region)
 	case req.AccountID != "" && !accountRegexp.MatchString(req.AccountID):
-		return fmt.Errorf("account_id %q is not a 12-digit AWS account id", req.AccountID)
+		return "", fmt.Errorf("account_id %q is not a 12-digit AWS account id", req.AccountID)
 	}
-	return nil
+	return keyARN, nil
 }
 
 // period returns the rotation period to set, or a refusal.
@@ -209,7 +211,8 @@ func (r *Remediator) Remediate(ctx context.Context, req Request, who string) Res
 }
 
 func (r *Remediator) remediate(ctx context.Context, req Request) Result {
-	if err := normalise(&req); err != nil {
+	keyARN, err := normalise(&req)
+	if err != nil {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeInvalid, Reason: err.Error(), Status: http.StatusBadRequest}
 	}
 	days, refusal := r.period(req.RotationPeriodDays)
@@ -232,6 +235,11 @@ func (r *Remediator) remediate(ctx context.Context, req Request) Result {
 	if key == nil {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
 			Reason: "no such key in the inventory (audited accounts and regions, as of the last refresh)", Status: http.StatusNotFound}
+	}
+	if keyARN != "" && keyARN != key.ARN {
+		// Same id, account and region, yet another key: another partition.
+		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
+			Reason: fmt.Sprintf("no key %s in the inventory: the inventory's key with this id is %s", keyARN, key.ARN), Status: http.StatusNotFound}
 	}
 	res, change := r.act(ctx, target, key, days, req.DryRun)
 	results := []Result{res}

@@ -186,6 +186,7 @@ func TestRefusedRequestsNeverCallAWS(t *testing.T) {
 		{"ARN of an alias", `{"key_id":"arn:aws:kms:eu-west-1:` + account + `:alias/legacy-billing"}`, 400, "invalid_request", "not a KMS key ARN"},
 		{"ARN contradicting region", `{"region":"us-west-2","key_id":"` + legacyARN + `"}`, 400, "invalid_request", "contradicts"},
 		{"ARN contradicting account", `{"account_id":"999999999999","key_id":"` + legacyARN + `"}`, 400, "invalid_request", "contradicts"},
+		{"ARN in another partition", `{"key_id":"arn:aws-cn:kms:eu-west-1:` + account + `:key/` + legacy + `"}`, 404, "not_found", legacyARN},
 		{"period below KMS minimum", e.request("legacy-billing", `,"rotation_period_days":30`), 400, "invalid_request", "outside KMS's 90..2560"},
 		{"period above KMS maximum", e.request("legacy-billing", `,"rotation_period_days":2561`), 400, "invalid_request", "outside KMS's 90..2560"},
 		{"period above policy", e.request("legacy-billing", `,"rotation_period_days":730`), 422, "ineligible", "exceeds the policy's 365"},
