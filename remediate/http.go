@@ -272,7 +272,7 @@ func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
 		return a.invalid(err)
 	}
 	results, err := a.Remediator.RemediateAll(ctx, sel, who)
-	if err != nil && results == nil {
+	if errors.Is(err, ErrInvalidSelector) {
 		return a.invalid(err)
 	}
 	resp := BulkResponse{Matched: len(results), Results: results}

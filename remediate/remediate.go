@@ -9,6 +9,7 @@ package remediate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -57,6 +58,26 @@ type Selector struct {
 	Tag                string `json:"tag"` // KEY or KEY=VALUE
 	DryRun             bool   `json:"dry_run"`
 	RotationPeriodDays *int   `json:"rotation_period_days,omitempty"`
+	// AllNoncompliant must be true for a selector without any filter: every
+	// noncompliant key is then selected (the command line's --all-noncompliant).
+	AllNoncompliant bool `json:"all_noncompliant"`
+}
+
+// ErrInvalidSelector is the error of a selector refused before any key is handled.
+var ErrInvalidSelector = errors.New("invalid selector")
+
+// validate refuses a selector with a malformed filter, or with none at all
+// unless every noncompliant key is asked for explicitly.
+func (s Selector) validate() error {
+	switch {
+	case s.Region != "" && !awsclient.ValidRegion(s.Region):
+		return fmt.Errorf("region %q is not an AWS region name", s.Region)
+	case s.AccountID != "" && !accountRegexp.MatchString(s.AccountID):
+		return fmt.Errorf("account_id %q is not a 12-digit AWS account id", s.AccountID)
+	case !s.AllNoncompliant && s.AccountID == "" && s.Region == "" && s.AliasPrefix == "" && s.Tag == "":
+		return errors.New(`the selector is empty: give account_id, region, alias_prefix or tag, or "all_noncompliant": true for every noncompliant key`)
+	}
+	return nil
 }
 
 // Outcomes of a request; they are the values of the result label of
@@ -270,17 +291,15 @@ func (r *Remediator) publish(results []Result, changes ...*inventory.RotationCha
 	}
 }
 
-// RemediateAll handles every noncompliant key the selector matches.
+// RemediateAll handles every noncompliant key the selector matches. An
+// invalid selector is an ErrInvalidSelector, before anything is done.
 func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string) ([]Result, error) {
-	if sel.Region != "" && !awsclient.ValidRegion(sel.Region) {
-		return nil, fmt.Errorf("region %q is not an AWS region name", sel.Region)
-	}
-	if sel.AccountID != "" && !accountRegexp.MatchString(sel.AccountID) {
-		return nil, fmt.Errorf("account_id %q is not a 12-digit AWS account id", sel.AccountID)
+	if err := sel.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidSelector, err)
 	}
 	days, refusal := r.period(sel.RotationPeriodDays)
 	if refusal != nil {
-		return nil, fmt.Errorf("%s", refusal.Reason)
+		return nil, fmt.Errorf("%w: %s", ErrInvalidSelector, refusal.Reason)
 	}
 	snap := r.Inventory.Snapshot()
 	var results []Result

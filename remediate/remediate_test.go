@@ -502,9 +502,34 @@ func TestAlertmanagerWebhook(t *testing.T) {
 
 func TestBulk(t *testing.T) {
 	e := setup(t, nil)
-	status, body := e.post(remediate.PathBulk, `{"alias_prefix":"alias/legacy","dry_run":true}`)
+	// Every noncompliant key only when asked for explicitly.
+	for _, body := range []string{`{}`, `null`, ` null `, `[]`, `"all"`, `{"dry_run":true}`, `{"rotation_period_days":180}`} {
+		status, answer := e.post(remediate.PathBulk, body)
+		if reason := fmt.Sprint(answer["error"]); status != 400 || !strings.Contains(reason, "all_noncompliant") && !strings.Contains(reason, "JSON object") {
+			t.Errorf("%s: %d %v, want 400", body, status, answer)
+		}
+	}
+	if got := e.counted(remediate.OutcomeInvalid); got != 7 {
+		t.Errorf(`kms_remediations_total{result="invalid_request"} = %v, want 7`, got)
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 0 {
+		t.Fatalf("EnableKeyRotation called %d times for refused selectors", n)
+	}
+	status, body := e.post(remediate.PathBulk, `{"all_noncompliant":true,"dry_run":true}`)
+	if status != 200 || body["matched"] != 3.0 || body["ok"] != 3.0 {
+		t.Errorf("all_noncompliant dry run: %d %v", status, body)
+	}
+	status, body = e.post(remediate.PathBulk, `{"alias_prefix":"alias/legacy","dry_run":true}`)
 	if status != 200 || body["matched"] != 1.0 || body["ok"] != 1.0 {
 		t.Fatalf("bulk dry run: %d %v", status, body)
+	}
+	status, body = e.post(remediate.PathBulk, `{"tag":"kms-rotation-exempt=migration window","dry_run":true}`)
+	if status != 200 || body["matched"] != 1.0 {
+		t.Errorf("bulk by tag: %d %v", status, body)
+	}
+	status, body = e.post(remediate.PathBulk, `{"account_id":"999999999999"}`)
+	if status != 200 || body["matched"] != 0.0 || body["results"] == nil {
+		t.Errorf("bulk in an account not audited: %d %v", status, body)
 	}
 	status, body = e.post(remediate.PathBulk, `{"region":"eu-west-1"}`)
 	// legacy-billing, old-exemption and the replica are noncompliant.
@@ -514,8 +539,10 @@ func TestBulk(t *testing.T) {
 	if c := e.refresher.Snapshot().Counts(); c[policy.Noncompliant] != 0 {
 		t.Errorf("%d keys still noncompliant", c[policy.Noncompliant])
 	}
-	if status, body := e.post(remediate.PathBulk, `{"region":"nowhere"}`); status != 400 {
-		t.Errorf("bad selector: %d %v", status, body)
+	for _, sel := range []string{`{"region":"nowhere"}`, `{"account_id":"1"}`, `{"all_noncompliant":true,"rotation_period_days":30}`} {
+		if status, body := e.post(remediate.PathBulk, sel); status != 400 {
+			t.Errorf("bad selector %s: %d %v", sel, status, body)
+		}
 	}
 }
 

@@ -226,7 +226,7 @@ func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 	var roles []awsclient.Role
 	r := newRemediator(inv, api)
 	r.Client = func(ro awsclient.Role, _ string) KMS { mu.Lock(); roles = append(roles, ro); mu.Unlock(); return api }
-	results, err := r.RemediateAll(context.Background(), Selector{}, "test")
+	results, err := r.RemediateAll(context.Background(), Selector{AllNoncompliant: true}, "test")
 	if err != nil || len(results) != 3 {
 		t.Fatalf("%d results, %v", len(results), err)
 	}
@@ -265,7 +265,7 @@ func TestEnableKeyRotationRateLimited(t *testing.T) {
 	r := newRemediator(inv, api)
 	r.EnablesPerSecond = 10
 	start := time.Now()
-	results, err := r.RemediateAll(context.Background(), Selector{}, "test")
+	results, err := r.RemediateAll(context.Background(), Selector{AllNoncompliant: true}, "test")
 	if err != nil || len(results) != 6 || len(api.enabled) != 6 {
 		t.Fatalf("%d results, %d enabled, %v", len(results), len(api.enabled), err)
 	}
