@@ -93,11 +93,14 @@ const (
 	OutcomeVerificationFailed = "verification_failed"
 	OutcomeUnauthorized       = "unauthorized"
 	OutcomeRateLimited        = "rate_limited"
+	// OutcomeInProgress refuses a request for a key another request is acting on.
+	OutcomeInProgress = "in_progress"
 )
 
 // Outcomes lists every outcome, for counters initialised at zero.
 var Outcomes = []string{OutcomeEnabled, OutcomeDryRun, OutcomeNotFound, OutcomeInvalid, OutcomeIneligible,
-	OutcomeNoAction, OutcomeFailed, OutcomeVerificationFailed, OutcomeUnauthorized, OutcomeRateLimited}
+	OutcomeNoAction, OutcomeFailed, OutcomeVerificationFailed, OutcomeUnauthorized, OutcomeRateLimited,
+	OutcomeInProgress}
 
 // Result is the answer for one key.
 type Result struct {
@@ -145,6 +148,30 @@ type Remediator struct {
 	results  *prometheus.CounterVec
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
+	// busy holds the keys being acted on (account/region/key id of the key
+	// EnableKeyRotation goes to).
+	busy map[string]bool
+}
+
+// claim marks a key as being acted on; false means another request is.
+func (r *Remediator) claim(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.busy[key] {
+		return false
+	}
+	if r.busy == nil {
+		r.busy = map[string]bool{}
+	}
+	r.busy[key] = true
+	return true
+}
+
+// release ends a claim.
+func (r *Remediator) release(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.busy, key)
 }
 
 // waitForEnable waits for the mutating-call budget of an account and region.
@@ -170,7 +197,7 @@ func (r *Remediator) Metrics() *prometheus.CounterVec {
 	r.once.Do(func() {
 		r.results = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kms_remediations_total",
-			Help: "Remediation decisions by result: enabled, dry_run, not_found, invalid_request, ineligible, no_action_needed, aws_error, verification_failed, unauthorized, rate_limited.",
+			Help: "Remediation decisions by result: " + strings.Join(Outcomes, ", ") + ".",
 		}, []string{"result"})
 		for _, o := range Outcomes {
 			r.results.WithLabelValues(o)
@@ -406,6 +433,14 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 		res.Outcome, res.Reason, res.Status = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days), http.StatusOK
 		return res, nil
 	}
+	// One action per key at a time: a replica and its primary are one key.
+	lock := k.AccountID + "/" + res.ActedOnRegion + "/" + res.ActedOnKeyID
+	if !r.claim(lock) {
+		res.Outcome, res.Status = OutcomeInProgress, http.StatusConflict
+		res.Reason = fmt.Sprintf("another request is remediating this key (%s in %s) right now; nothing was done", res.ActedOnKeyID, res.ActedOnRegion)
+		return res, nil
+	}
+	defer r.release(lock)
 	api := r.Client(t.Role, res.ActedOnRegion)
 	id := aws.String(res.ActedOnKeyID)
 	if err := r.waitForEnable(ctx, k.AccountID, res.ActedOnRegion); err != nil {

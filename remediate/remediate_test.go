@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,22 @@ const (
 	account = kmstest.DefaultAccount
 )
 
+// hookedKMS runs the env's hook before each call reaches KMS.
+type hookedKMS struct {
+	remediate.KMS
+	e *env
+}
+
+func (h hookedKMS) EnableKeyRotation(ctx context.Context, in *kms.EnableKeyRotationInput, opts ...func(*kms.Options)) (*kms.EnableKeyRotationOutput, error) {
+	h.e.runHook(ctx, "EnableKeyRotation")
+	return h.KMS.EnableKeyRotation(ctx, in, opts...)
+}
+
+func (h hookedKMS) GetKeyRotationStatus(ctx context.Context, in *kms.GetKeyRotationStatusInput, opts ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error) {
+	h.e.runHook(ctx, "GetKeyRotationStatus")
+	return h.KMS.GetKeyRotationStatus(ctx, in, opts...)
+}
+
 type env struct {
 	t          *testing.T
 	srv        *kmstest.Server
@@ -46,8 +63,27 @@ type env struct {
 	refresher  *inventory.Refresher
 	collector  *collector.Collector
 	remediator *remediate.Remediator
-	api        *httptest.Server
+	api        *remediate.API
+	server     *httptest.Server
 	logs       *remediate.LogBuffer
+
+	mu   sync.Mutex
+	hook func(ctx context.Context, op string)
+}
+
+func (e *env) setHook(h func(ctx context.Context, op string)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.hook = h
+}
+
+func (e *env) runHook(ctx context.Context, op string) {
+	e.mu.Lock()
+	h := e.hook
+	e.mu.Unlock()
+	if h != nil {
+		h(ctx, op)
+	}
 }
 
 // setup runs local-kms with the mixed inventory behind the AWS-faithful
@@ -78,26 +114,27 @@ func setup(t *testing.T, configure func(*remediate.API)) *env {
 		inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}},
 		&inventory.Auditor{Policy: pol, Workers: 4, Now: time.Now}, logger, coll.Update)
 	refresher.Refresh(context.Background())
-	rem := &remediate.Remediator{
+	e := &env{t: t, srv: srv, proxy: proxy, ids: ids, refresher: refresher, collector: coll, logs: logs}
+	e.remediator = &remediate.Remediator{
 		Inventory: refresher,
-		Client:    func(role awsclient.Role, r string) remediate.KMS { return factory.KMS(role, r) },
+		Client:    func(role awsclient.Role, r string) remediate.KMS { return hookedKMS{factory.KMS(role, r), e} },
 		Policy:    pol, Logger: logger, Now: time.Now,
 	}
-	api := &remediate.API{Remediator: rem, TokenHash: sha256.Sum256([]byte(token)), Timeout: 30 * time.Second, Logger: logger}
+	e.api = &remediate.API{Remediator: e.remediator, TokenHash: sha256.Sum256([]byte(token)), Timeout: 30 * time.Second, Logger: logger}
 	if configure != nil {
-		configure(api)
+		configure(e.api)
 	}
 	mux := http.NewServeMux()
-	api.Register(mux)
-	ts := httptest.NewServer(mux)
-	t.Cleanup(ts.Close)
-	return &env{t: t, srv: srv, proxy: proxy, ids: ids, refresher: refresher, collector: coll, remediator: rem, api: ts, logs: logs}
+	e.api.Register(mux)
+	e.server = httptest.NewServer(mux)
+	t.Cleanup(e.server.Close)
+	return e
 }
 
 // send posts a JSON body with the token (or the given headers); it returns
 // the status, the headers and the decoded answer. Safe in any goroutine.
 func (e *env) send(path, body string, headers ...string) (int, http.Header, map[string]any, error) {
-	req, err := http.NewRequest(http.MethodPost, e.api.URL+path, strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, e.server.URL+path, strings.NewReader(body))
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -234,7 +271,7 @@ func TestGuard(t *testing.T) {
 	})
 	body := e.request("legacy-billing", `,"dry_run":true`)
 	do := func(method, contentType, auth, body string) (int, http.Header, string) {
-		req, _ := http.NewRequest(method, e.api.URL+remediate.PathRemediate, strings.NewReader(body))
+		req, _ := http.NewRequest(method, e.server.URL+remediate.PathRemediate, strings.NewReader(body))
 		if contentType != "" {
 			req.Header.Set("Content-Type", contentType)
 		}
@@ -461,6 +498,75 @@ func TestReplicaRemediatedThroughPrimary(t *testing.T) {
 	}
 	if e.verdict(replica) != policy.Compliant {
 		t.Error("the replica is not shown compliant")
+	}
+}
+
+// TestOneActionPerKey: five requests at once for one key, with different
+// periods: one acts, the four others are refused with 409 while it does,
+// without any AWS call.
+func TestOneActionPerKey(t *testing.T) {
+	e := setup(t, nil)
+	id := e.ids["legacy-billing"]
+	entered, release := make(chan struct{}, 5), make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(open)
+	e.setHook(func(ctx context.Context, op string) {
+		if op == "EnableKeyRotation" {
+			entered <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+	})
+	type answer struct {
+		status int
+		body   map[string]any
+		err    error
+		period int
+	}
+	answers := make(chan answer, 5)
+	for _, period := range []int{365, 300, 200, 180, 90} {
+		go func() {
+			status, _, body, err := e.send(remediate.PathRemediate, e.request("legacy-billing", fmt.Sprintf(`,"rotation_period_days":%d`, period)))
+			answers <- answer{status, body, err, period}
+		}()
+	}
+	// While the first holds the key, the four others are answered.
+	deadline := time.After(60 * time.Second)
+	for range 4 {
+		select {
+		case a := <-answers:
+			reason, _ := a.body["reason"].(string)
+			if a.err != nil || a.status != 409 || a.body["outcome"] != "in_progress" || !strings.Contains(reason, "another request is remediating this key") {
+				t.Errorf("period %d: %d %v %v, want 409 in_progress", a.period, a.status, a.body, a.err)
+			}
+		case <-deadline:
+			t.Fatalf("4 requests were not refused while another acted on the key (%d reached EnableKeyRotation)", len(entered))
+		}
+	}
+	select {
+	case <-entered:
+	case <-deadline:
+		t.Fatal("no request reached EnableKeyRotation")
+	}
+	open()
+	first := <-answers
+	if n := len(entered); n != 0 {
+		t.Errorf("%d more requests reached EnableKeyRotation, want none", n)
+	}
+	if first.err != nil || first.status != 200 || first.body["outcome"] != "enabled" {
+		t.Fatalf("the request that acted: %d %v %v", first.status, first.body, first.err)
+	}
+	if on, days := e.rotation(id); !on || int(days) != first.period {
+		t.Errorf("KMS says rotation %v every %d days, want the acting request's %d", on, days, first.period)
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 1 {
+		t.Errorf("EnableKeyRotation reached KMS %d times, want 1", n)
+	}
+	if got := e.counted(remediate.OutcomeInProgress); got != 4 {
+		t.Errorf(`kms_remediations_total{result="in_progress"} = %v, want 4`, got)
 	}
 }
 

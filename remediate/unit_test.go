@@ -310,3 +310,71 @@ func TestVerificationFailures(t *testing.T) {
 		})
 	}
 }
+
+// TestReplicaAndPrimaryAreOneKey: while the primary of a multi-Region key is
+// being remediated, a request for its replica (or the primary again) is
+// refused with 409, without any AWS call.
+func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
+	const mrk = "mrk-0123456789abcdef0123456789abcdef"
+	primary, replica := noncompliant(mrk), noncompliant(mrk)
+	primary.Region, primary.MultiRegionType = "us-east-1", "PRIMARY"
+	primary.ARN = "arn:aws:kms:us-east-1:" + unitAccount + ":key/" + mrk
+	replica.MultiRegionType, replica.PrimaryRegion = "REPLICA", "us-east-1"
+	inv := &fakeInventory{snap: &inventory.Snapshot{Targets: []*inventory.TargetState{
+		{AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: []inventory.Key{replica}},
+		{AccountID: unitAccount, Region: "us-east-1", Success: true, Keys: []inventory.Key{primary}},
+	}}}
+	api := newFakeKMS()
+	entered, release := make(chan struct{}, 3), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	api.hook = func(ctx context.Context, op string) {
+		if op == "EnableKeyRotation" {
+			entered <- struct{}{}
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+	}
+	u := startAPI(t, newRemediator(inv, api))
+	first := make(chan map[string]any, 1)
+	go func() {
+		status, body, err := u.send(PathRemediate, `{"region":"us-east-1","key_id":"`+mrk+`"}`)
+		if err != nil || status != 200 {
+			body = map[string]any{"status": status, "err": fmt.Sprint(err), "body": body}
+		}
+		first <- body
+	}()
+	select {
+	case <-entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first request never reached EnableKeyRotation")
+	}
+	gets := api.Calls("GetKeyRotationStatus")
+	for _, body := range []string{`{"region":"eu-west-1","key_id":"` + mrk + `"}`, `{"region":"us-east-1","key_id":"` + mrk + `","rotation_period_days":180}`} {
+		status, answer := u.post(PathRemediate, body)
+		reason, _ := answer["reason"].(string)
+		if status != 409 || answer["outcome"] != OutcomeInProgress || !strings.Contains(reason, "another request is remediating this key") ||
+			answer["acted_on_region"] != "us-east-1" {
+			t.Errorf("%s while the primary is being remediated: %d %v", body, status, answer)
+		}
+	}
+	if n := api.Calls("GetKeyRotationStatus"); n != gets {
+		t.Errorf("refused requests called GetKeyRotationStatus %d times", n-gets)
+	}
+	once.Do(func() { close(release) })
+	if body := <-first; body["outcome"] != OutcomeEnabled {
+		t.Errorf("the first request: %v", body)
+	}
+	if n := api.Calls("EnableKeyRotation"); n != 1 {
+		t.Errorf("EnableKeyRotation called %d times, want 1", n)
+	}
+	if got := u.counted(OutcomeInProgress); got != 2 {
+		t.Errorf(`kms_remediations_total{result="in_progress"} = %v, want 2`, got)
+	}
+	// Done: the key can be acted on again (here: it is compliant now).
+	if status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+mrk+`"}`); status != 409 || body["outcome"] != OutcomeNoAction {
+		t.Errorf("after the first request: %d %v", status, body)
+	}
+}
