@@ -291,13 +291,14 @@ func (r *Remediator) remediate(ctx context.Context, req Request) Result {
 	}
 	res, change := r.act(ctx, target, key, days, req.DryRun)
 	results := []Result{res}
-	r.publish(results, change)
+	r.publish(results, []*inventory.RotationChange{change})
 	return results[0]
 }
 
-// publish makes the verified changes visible at once, in one new snapshot,
-// and sets each result's verdict from it.
-func (r *Remediator) publish(results []Result, changes ...*inventory.RotationChange) {
+// publish makes the changes read from AWS visible at once, in one new
+// snapshot, and sets each changed key's result's verdict from it; changes[i]
+// (nil when nothing was read) goes with results[i].
+func (r *Remediator) publish(results []Result, changes []*inventory.RotationChange) {
 	var apply []inventory.RotationChange
 	for _, c := range changes {
 		if c != nil {
@@ -308,11 +309,11 @@ func (r *Remediator) publish(results []Result, changes ...*inventory.RotationCha
 		return
 	}
 	snap := r.Inventory.ApplyRotationChanges(apply...)
-	for i, res := range results {
-		if res.Outcome != OutcomeEnabled {
+	for i, c := range changes {
+		if c == nil {
 			continue
 		}
-		if _, k := snap.Locate(res.AccountID, res.Region, res.KeyID); k != nil {
+		if _, k := snap.Locate(results[i].AccountID, results[i].Region, results[i].KeyID); k != nil {
 			results[i].Verdict = string(k.Verdict.Status)
 		}
 	}
@@ -333,7 +334,7 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 	var changes []*inventory.RotationChange
 	// However the loop ends, what was changed is published and logged.
 	defer func() {
-		r.publish(results, changes...)
+		r.publish(results, changes)
 		for _, res := range results {
 			r.record(res, who)
 		}
@@ -415,8 +416,9 @@ func (r *Remediator) eligibility(k *inventory.Key) *Result {
 	return nil
 }
 
-// act checks a located key and, unless refused or a dry run, enables
-// rotation and re-reads the status; it returns the verified change to publish.
+// act checks a located key and, unless refused or a dry run, re-reads its
+// rotation status, enables rotation unless it became compliant meanwhile,
+// and re-reads the status; it returns what AWS said, to publish.
 func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inventory.Key, days int, dryRun bool) (Result, *inventory.RotationChange) {
 	res := Result{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, Aliases: strings.Join(k.Aliases, ","), DryRun: dryRun,
 		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Status)}
@@ -443,6 +445,20 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	defer r.release(lock)
 	api := r.Client(t.Role, res.ActedOnRegion)
 	id := aws.String(res.ActedOnKeyID)
+	// The owner may have enabled rotation since the last refresh: enabling it
+	// again with this period could lengthen theirs.
+	before, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
+	if err != nil {
+		res.Outcome, res.Status = OutcomeFailed, http.StatusBadGateway
+		res.Reason = "GetKeyRotationStatus before enabling: " + awsclient.ErrorCode(err) + ": nothing was changed"
+		return res, nil
+	}
+	rot := res.setRotation(before)
+	if policy.Decide(policy.Input{Meta: k.Meta, Rotation: &rot, Tags: k.Tags}, r.Policy, r.Now()).Status == policy.Compliant {
+		res.Outcome, res.Status = OutcomeNoAction, http.StatusConflict
+		res.Reason = fmt.Sprintf("already compliant: rotation was enabled (period %d days) since the last refresh; EnableKeyRotation was not called", rot.PeriodDays)
+		return res, r.change(k, rot)
+	}
 	if err := r.waitForEnable(ctx, k.AccountID, res.ActedOnRegion); err != nil {
 		res.Outcome, res.Reason, res.Status = OutcomeFailed, "timed out waiting for the EnableKeyRotation rate limit", http.StatusServiceUnavailable
 		return res, nil
@@ -453,14 +469,11 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	}
 	st, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
 	if err != nil {
-		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "GetKeyRotationStatus: "+awsclient.ErrorCode(err), http.StatusBadGateway
+		res.Outcome, res.Status = OutcomeVerificationFailed, http.StatusBadGateway
+		res.Reason = "EnableKeyRotation succeeded; GetKeyRotationStatus: " + awsclient.ErrorCode(err)
 		return res, nil
 	}
-	rot := policy.Rotation{Enabled: st.KeyRotationEnabled, PeriodDays: aws.ToInt32(st.RotationPeriodInDays), NextRotation: aws.ToTime(st.NextRotationDate)}
-	res.RotationEnabled, res.RotationPeriodDays = &rot.Enabled, rot.PeriodDays
-	if !rot.NextRotation.IsZero() {
-		res.NextRotation = &rot.NextRotation
-	}
+	rot = res.setRotation(st)
 	switch {
 	case !rot.Enabled:
 		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "rotation still disabled after EnableKeyRotation", http.StatusBadGateway
@@ -470,7 +483,22 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 		res.Outcome, res.Status = OutcomeEnabled, http.StatusOK
 	}
 	// Whatever AWS now says is the truth the inventory shows, success or not.
-	return res, &inventory.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
+	return res, r.change(k, rot)
+}
+
+// setRotation shows a status read from AWS in the result and returns it.
+func (res *Result) setRotation(st *kms.GetKeyRotationStatusOutput) policy.Rotation {
+	rot := policy.Rotation{Enabled: st.KeyRotationEnabled, PeriodDays: aws.ToInt32(st.RotationPeriodInDays), NextRotation: aws.ToTime(st.NextRotationDate)}
+	res.RotationEnabled, res.RotationPeriodDays, res.NextRotation = &rot.Enabled, rot.PeriodDays, nil
+	if !rot.NextRotation.IsZero() {
+		res.NextRotation = &rot.NextRotation
+	}
+	return rot
+}
+
+// change is the inventory change for a rotation status read from AWS.
+func (r *Remediator) change(k *inventory.Key, rot policy.Rotation) *inventory.RotationChange {
+	return &inventory.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
 }
 
 // count counts one decision.

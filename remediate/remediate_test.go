@@ -570,6 +570,47 @@ func TestOneActionPerKey(t *testing.T) {
 	}
 }
 
+// TestOwnerEnabledRotationMeanwhile: a key whose owner enabled rotation with
+// a compliant period since the last refresh is left alone (its period is
+// not lengthened) and shown compliant; one enabled with a period above the
+// policy is remediated.
+func TestOwnerEnabledRotationMeanwhile(t *testing.T) {
+	e := setup(t, nil)
+	c := kmstest.Client(e.proxy.URL, region)
+	id := e.ids["legacy-billing"]
+	if _, err := c.EnableKeyRotation(context.Background(), &kms.EnableKeyRotationInput{KeyId: aws.String(id), RotationPeriodInDays: aws.Int32(180)}); err != nil {
+		t.Fatal(err)
+	}
+	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
+	if status != 409 || body["outcome"] != "no_action_needed" || body["rotation_period_days"] != 180.0 || body["verdict"] != "compliant" ||
+		!strings.Contains(fmt.Sprint(body["reason"]), "EnableKeyRotation was not called") {
+		t.Errorf("rotation enabled meanwhile, every 180 days: %d %v", status, body)
+	}
+	if on, days := e.rotation(id); !on || days != 180 {
+		t.Errorf("KMS says rotation %v every %d days, want 180 as the owner set", on, days)
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 1 {
+		t.Errorf("EnableKeyRotation called %d times, want 1 (the owner's)", n)
+	}
+	if v := e.verdict(id); v != policy.Compliant {
+		t.Errorf("inventory verdict %s, want compliant from the status just read", v)
+	}
+	if got := e.counted(remediate.OutcomeNoAction); got != 1 {
+		t.Errorf(`kms_remediations_total{result="no_action_needed"} = %v, want 1`, got)
+	}
+
+	old := e.ids["old-exemption"]
+	if _, err := c.EnableKeyRotation(context.Background(), &kms.EnableKeyRotationInput{KeyId: aws.String(old), RotationPeriodInDays: aws.Int32(730)}); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := e.post(remediate.PathRemediate, e.request("old-exemption", "")); status != 200 || body["rotation_period_days"] != 365.0 {
+		t.Errorf("rotation enabled meanwhile, every 730 days: %d %v", status, body)
+	}
+	if _, days := e.rotation(old); days != 365 {
+		t.Errorf("KMS says every %d days, want the policy's 365", days)
+	}
+}
+
 func TestAlertmanagerWebhook(t *testing.T) {
 	e := setup(t, nil)
 	alert := func(status, name string, labels string) string {
@@ -668,26 +709,45 @@ func TestAllowList(t *testing.T) {
 
 func TestAWSFailuresAnswer502(t *testing.T) {
 	e := setup(t, nil)
-	e.proxy.AddFault(&kmstest.Fault{Op: "EnableKeyRotation", KeyID: e.ids["legacy-billing"], Code: "AccessDeniedException"})
+	legacy, old := e.ids["legacy-billing"], e.ids["old-exemption"]
+	e.proxy.AddFault(&kmstest.Fault{Op: "EnableKeyRotation", KeyID: legacy, Code: "AccessDeniedException"})
 	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
 	if status != 502 || body["outcome"] != "aws_error" || body["reason"] != "EnableKeyRotation: AccessDeniedException" {
 		t.Errorf("denied: %d %v", status, body)
 	}
-	if e.verdict(e.ids["legacy-billing"]) != policy.Noncompliant {
+	if e.verdict(legacy) != policy.Noncompliant {
 		t.Error("a failed remediation changed the inventory")
 	}
 	// The change is made but cannot be read back: not reported as success.
-	e.proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: e.ids["old-exemption"], Code: "ThrottlingException"})
+	e.setHook(func(_ context.Context, op string) {
+		if op == "EnableKeyRotation" {
+			e.proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: old, Code: "ThrottlingException"})
+		}
+	})
 	status, body = e.post(remediate.PathRemediate, e.request("old-exemption", ""))
-	if status != 502 || body["outcome"] != "verification_failed" {
+	if status != 502 || body["outcome"] != "verification_failed" || body["reason"] != "EnableKeyRotation succeeded; GetKeyRotationStatus: ThrottlingException" {
 		t.Errorf("unverifiable: %d %v", status, body)
 	}
+	// The status cannot be read before enabling: nothing is changed.
+	e.setHook(nil)
+	e.proxy.ClearFaults()
+	calls := e.proxy.Calls("EnableKeyRotation")
+	e.proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: legacy, Code: "AccessDeniedException"})
+	status, body = e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
+	if status != 502 || body["outcome"] != "aws_error" || body["reason"] != "GetKeyRotationStatus before enabling: AccessDeniedException: nothing was changed" {
+		t.Errorf("status unreadable before enabling: %d %v", status, body)
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != calls {
+		t.Errorf("EnableKeyRotation called although the status could not be read first")
+	}
 	// Alertmanager is asked to retry when AWS failed.
-	payload := `{"version":"4","alerts":[{"status":"firing","labels":{"region":"eu-west-1","key_id":"` + e.ids["legacy-billing"] + `"}}]}`
-	if status, body := e.post(remediate.PathAlertmanager, payload); status != 502 {
+	e.proxy.ClearFaults()
+	e.proxy.AddFault(&kmstest.Fault{Op: "EnableKeyRotation", KeyID: legacy, Code: "AccessDeniedException"})
+	payload := `{"version":"4","alerts":[{"status":"firing","labels":{"alertname":"KMSKeyRotationNoncompliant","region":"eu-west-1","key_id":"` + legacy + `"}}]}`
+	if status, body := e.post(remediate.PathAlertmanager, payload); status != 502 || body["alerts"].([]any)[0].(map[string]any)["action"] != "failed" {
 		t.Errorf("webhook with an AWS failure: %d %v", status, body)
 	}
-	if got := testutil.ToFloat64(e.remediator.Metrics().WithLabelValues(remediate.OutcomeFailed)); got != 2 {
-		t.Errorf(`kms_remediations_total{result="aws_error"} = %v, want 2`, got)
+	if got := e.counted(remediate.OutcomeFailed); got != 3 {
+		t.Errorf(`kms_remediations_total{result="aws_error"} = %v, want 3`, got)
 	}
 }
