@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,10 @@ const (
 // MaxBodyBytes bounds a request body; Alertmanager groups stay far below it.
 const MaxBodyBytes = 256 << 10
 
+// DefaultAlertNames are the alerts the webhook acts on when API.AlertNames is
+// empty: those of the shipped rules that name a noncompliant key.
+var DefaultAlertNames = []string{"KMSKeyRotationNoncompliant", "KMSKeyRotationPeriodAbovePolicy"}
+
 // The budget of failed authentication attempts when API.AuthFailures is nil.
 const (
 	DefaultAuthFailuresPerSecond = 1
@@ -43,7 +48,9 @@ type API struct {
 	Remediator *Remediator
 	// TokenHash is the SHA-256 of the bearer token.
 	TokenHash [32]byte
-	// Limiter bounds accepted requests (429 beyond it).
+	// Limiter bounds accepted requests (beyond it: 429, or 503 for the
+	// Alertmanager webhook, which Alertmanager retries). A webhook call's
+	// first alert acted on is paid by the call, each further one takes its own.
 	Limiter *rate.Limiter
 	// AuthFailures bounds failed authentication attempts, apart from Limiter,
 	// so that wrong tokens never spend the budget of the right one: within it
@@ -51,6 +58,9 @@ type API struct {
 	// line says how many were not logged). Every failure is counted. Nil:
 	// DefaultAuthFailuresPerSecond, burst DefaultAuthFailureBurst.
 	AuthFailures *rate.Limiter
+	// AlertNames are the alert names the webhook acts on; other alerts are
+	// ignored. Empty: DefaultAlertNames.
+	AlertNames []string
 	// Timeout bounds the work of one request.
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -109,9 +119,10 @@ func ReadToken(path string) (hash [32]byte, warning string, err error) {
 // Register adds the routes to mux.
 func (a *API) Register(mux *http.ServeMux) {
 	a.once.Do(a.init)
-	mux.Handle(PathRemediate, a.guard(a.single))
-	mux.Handle(PathBulk, a.guard(a.bulk))
-	mux.Handle(PathAlertmanager, a.guard(a.alertmanager))
+	mux.Handle(PathRemediate, a.guard(a.single, http.StatusTooManyRequests))
+	mux.Handle(PathBulk, a.guard(a.bulk, http.StatusTooManyRequests))
+	// Alertmanager (0.25) retries 5xx answers only, and drops a 429.
+	mux.Handle(PathAlertmanager, a.guard(a.alertmanager, http.StatusServiceUnavailable))
 }
 
 type errorBody struct {
@@ -130,9 +141,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 type handler func(ctx context.Context, body []byte, who string) (int, any)
 
 // guard applies, in order: enabled (403), POST only (405), bearer token
-// (401; 429 beyond the failures' budget), rate limit (429), JSON only (415),
-// body size (413), timeout.
-func (a *API) guard(h handler) http.Handler {
+// (401; 429 beyond the failures' budget), rate limit (limited), JSON only
+// (415), body size (413), timeout. 429 and 503 carry Retry-After.
+func (a *API) guard(h handler, limited int) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if a.Remediator == nil {
 			writeJSON(w, http.StatusForbidden, errorBody{"remediation is not enabled (start the exporter with --remediation.enabled)"})
@@ -156,7 +167,7 @@ func (a *API) guard(h handler) http.Handler {
 		if a.Limiter != nil && !a.Limiter.Allow() {
 			a.Remediator.count(OutcomeRateLimited)
 			w.Header().Set("Retry-After", "1")
-			writeJSON(w, http.StatusTooManyRequests, errorBody{"too many remediation requests; retry later"})
+			writeJSON(w, limited, errorBody{"too many remediation requests; retry later"})
 			return
 		}
 		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
@@ -176,6 +187,9 @@ func (a *API) guard(h handler) http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), a.Timeout)
 		defer cancel()
 		status, v := h(ctx, body, who)
+		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
 		writeJSON(w, status, v)
 	})
 }
@@ -327,31 +341,56 @@ func (a *API) alertmanager(ctx context.Context, body []byte, who string) (int, a
 	if err != nil {
 		return a.invalid(err)
 	}
+	names := a.AlertNames
+	if len(names) == 0 {
+		names = DefaultAlertNames
+	}
+	// The call paid for one action in the guard; each further one takes a
+	// token of its own. Alerts refused before any AWS call cost nothing, so
+	// that a retried group gets further each time.
+	paid := true
+	admit := func() bool {
+		if paid {
+			paid = false
+			return true
+		}
+		return a.Limiter == nil || a.Limiter.Allow()
+	}
 	out := struct {
 		Alerts []AlertResult `json:"alerts"`
 	}{Alerts: []AlertResult{}}
-	status := http.StatusOK
+	status, limited := http.StatusOK, 0
 	for _, al := range p.Alerts {
 		ar := AlertResult{Fingerprint: al.Fingerprint, Alertname: al.Labels["alertname"], Action: "ignored"}
 		account, region, key := al.Labels["account_id"], al.Labels["region"], al.Labels["key_id"]
 		switch {
 		case al.Status != "firing":
 			ar.Reason = "alert is " + al.Status
+		case !slices.Contains(names, ar.Alertname):
+			ar.Reason = fmt.Sprintf("alertname %q is not acted on (only %s)", ar.Alertname, strings.Join(names, ", "))
 		case region == "" || key == "":
 			ar.Reason = "alert has no region and key_id labels"
 		default:
-			res := a.Remediator.Remediate(ctx, Request{AccountID: account, Region: region, KeyID: key}, who+" via alertmanager")
+			res := a.Remediator.remediateOne(ctx, Request{AccountID: account, Region: region, KeyID: key}, who+" via alertmanager", admit)
 			ar.Action, ar.Result = "remediated", &res
-			if !res.OK() {
+			switch {
+			case res.OK():
+			case res.Outcome == OutcomeRateLimited:
+				// Ask Alertmanager to retry later: the budget is spent, not the request wrong.
 				ar.Action, ar.Reason = "refused", res.Reason
-				if res.Status >= 500 {
-					ar.Action = "failed"
-					// Ask Alertmanager to retry: AWS failed, not the request.
-					status = http.StatusBadGateway
-				}
+				status, limited = http.StatusServiceUnavailable, limited+1
+			case res.Status >= 500:
+				// Ask Alertmanager to retry: AWS failed (or the request was cut), not the request.
+				ar.Action, ar.Reason = "failed", res.Reason
+				status = max(status, res.Status)
+			default:
+				ar.Action, ar.Reason = "refused", res.Reason
 			}
 		}
 		out.Alerts = append(out.Alerts, ar)
+	}
+	if limited > 0 {
+		a.Logger.Warn("remediation of alerts deferred: over the rate limit (--remediation.requests-per-second)", "by", who+" via alertmanager", "alerts", limited)
 	}
 	return status, out
 }

@@ -253,12 +253,18 @@ func (r *Remediator) period(requested *int) (int, *Result) {
 
 // Remediate handles one key; who names the requester in the log.
 func (r *Remediator) Remediate(ctx context.Context, req Request, who string) Result {
-	res := r.remediate(ctx, req)
+	return r.remediateOne(ctx, req, who, nil)
+}
+
+// remediateOne handles one key; admit, when set, is asked just before the
+// first AWS call whether the caller's budget allows it.
+func (r *Remediator) remediateOne(ctx context.Context, req Request, who string, admit func() bool) Result {
+	res := r.remediate(ctx, req, admit)
 	r.record(res, who)
 	return res
 }
 
-func (r *Remediator) remediate(ctx context.Context, req Request) Result {
+func (r *Remediator) remediate(ctx context.Context, req Request, admit func() bool) Result {
 	keyARN, err := normalise(&req)
 	if err != nil {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeInvalid, Reason: err.Error(), Status: http.StatusBadRequest}
@@ -289,7 +295,7 @@ func (r *Remediator) remediate(ctx context.Context, req Request) Result {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
 			Reason: fmt.Sprintf("no key %s in the inventory: the inventory's key with this id is %s", keyARN, key.ARN), Status: http.StatusNotFound}
 	}
-	res, change := r.act(ctx, target, key, days, req.DryRun)
+	res, change := r.act(ctx, target, key, days, req.DryRun, admit)
 	results := []Result{res}
 	r.publish(results, []*inventory.RotationChange{change})
 	return results[0]
@@ -351,7 +357,7 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 			if err := ctx.Err(); err != nil {
 				return results, err
 			}
-			res, change := r.act(ctx, t, k, days, sel.DryRun)
+			res, change := r.act(ctx, t, k, days, sel.DryRun, nil)
 			results = append(results, res)
 			changes = append(changes, change)
 		}
@@ -419,7 +425,7 @@ func (r *Remediator) eligibility(k *inventory.Key) *Result {
 // act checks a located key and, unless refused or a dry run, re-reads its
 // rotation status, enables rotation unless it became compliant meanwhile,
 // and re-reads the status; it returns what AWS said, to publish.
-func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inventory.Key, days int, dryRun bool) (Result, *inventory.RotationChange) {
+func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inventory.Key, days int, dryRun bool, admit func() bool) (Result, *inventory.RotationChange) {
 	res := Result{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, Aliases: strings.Join(k.Aliases, ","), DryRun: dryRun,
 		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Status)}
 	if refusal := r.eligibility(k); refusal != nil {
@@ -433,6 +439,10 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	}
 	if dryRun {
 		res.Outcome, res.Reason, res.Status = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days), http.StatusOK
+		return res, nil
+	}
+	if admit != nil && !admit() {
+		res.Outcome, res.Reason, res.Status = OutcomeRateLimited, "over the remediation rate limit (--remediation.requests-per-second): retry later", http.StatusTooManyRequests
 		return res, nil
 	}
 	// One action per key at a time: a replica and its primary are one key.
@@ -511,7 +521,11 @@ func (r *Remediator) count(outcome string) {
 func (r *Remediator) record(res Result, who string) {
 	r.count(res.Outcome)
 	level := slog.LevelInfo
-	if !res.OK() && res.Outcome != OutcomeNoAction {
+	switch {
+	case res.Outcome == OutcomeRateLimited:
+		// Counted one by one; whoever refuses a batch logs one line for it.
+		level = slog.LevelDebug
+	case !res.OK() && res.Outcome != OutcomeNoAction:
 		level = slog.LevelWarn
 	}
 	r.Logger.Log(context.Background(), level, "remediation", "by", who, "account_id", res.AccountID, "region", res.Region,

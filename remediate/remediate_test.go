@@ -613,37 +613,126 @@ func TestOwnerEnabledRotationMeanwhile(t *testing.T) {
 
 func TestAlertmanagerWebhook(t *testing.T) {
 	e := setup(t, nil)
-	alert := func(status, name string, labels string) string {
-		return `{"status":"` + status + `","labels":{"alertname":"KMSKeyRotationNoncompliant"` + labels + `},"annotations":{},"startsAt":"2026-11-27T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"http://prometheus","fingerprint":"` + name + `"}`
+	alert := func(status, name, fingerprint, labels string) string {
+		return `{"status":"` + status + `","labels":{"alertname":"` + name + `"` + labels + `},"annotations":{},"startsAt":"2026-11-27T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"http://prometheus","fingerprint":"` + fingerprint + `"}`
 	}
 	key := func(name string) string {
 		return `,"account_id":"` + account + `","region":"eu-west-1","key_id":"` + e.ids[name] + `"`
 	}
-	payload := `{"version":"4","groupKey":"{}:{alertname=\"KMSKeyRotationNoncompliant\"}","truncatedAlerts":0,"status":"firing","receiver":"kms-remediation",
-"groupLabels":{},"commonLabels":{},"commonAnnotations":{},"externalURL":"http://alertmanager","alerts":[` +
-		alert("firing", "a1", key("legacy-billing")) + `,` +
-		alert("firing", "a2", key("signing-rsa")) + `,` +
-		alert("resolved", "a3", key("old-exemption")) + `,` +
-		alert("firing", "a4", "") + `]}`
-	status, body := e.post(remediate.PathAlertmanager, payload)
+	payload := func(alerts ...string) string {
+		return `{"version":"4","groupKey":"{}:{alertname=\"KMSKeyRotationNoncompliant\"}","truncatedAlerts":0,"status":"firing","receiver":"kms-remediation",
+"groupLabels":{},"commonLabels":{},"commonAnnotations":{},"externalURL":"http://alertmanager","alerts":[` + strings.Join(alerts, ",") + `]}`
+	}
+	const noncompliant = "KMSKeyRotationNoncompliant"
+	status, body := e.post(remediate.PathAlertmanager, payload(
+		alert("firing", noncompliant, "a1", key("legacy-billing")),
+		alert("firing", noncompliant, "a2", key("signing-rsa")),
+		alert("resolved", noncompliant, "a3", key("old-exemption")),
+		alert("firing", noncompliant, "a4", ""),
+		alert("firing", "KMSExporterDown", "a5", key("old-exemption"))))
 	if status != 200 {
 		t.Fatalf("webhook: %d %v", status, body)
 	}
 	alerts := body["alerts"].([]any)
-	want := []string{"remediated", "refused", "ignored", "ignored"}
+	want := []string{"remediated", "refused", "ignored", "ignored", "ignored"}
 	if len(alerts) != len(want) {
-		t.Fatalf("%d answers for 4 alerts: %v", len(alerts), body)
+		t.Fatalf("%d answers for %d alerts: %v", len(alerts), len(want), body)
 	}
 	for i, a := range alerts {
 		if got := a.(map[string]any)["action"]; got != want[i] {
 			t.Errorf("alert %d: %v, want %s (%v)", i, got, want[i], a)
 		}
 	}
+	if reason := alerts[4].(map[string]any)["reason"]; !strings.Contains(fmt.Sprint(reason), `"KMSExporterDown" is not acted on`) {
+		t.Errorf("KMSExporterDown: %v", reason)
+	}
 	if !e.enabled(e.ids["legacy-billing"]) || e.enabled(e.ids["old-exemption"]) {
 		t.Error("only the firing, eligible alert's key may change")
 	}
+	// The names acted on are configurable.
+	e.api.AlertNames = []string{"CustomRotationAlert"}
+	status, body = e.post(remediate.PathAlertmanager, payload(
+		alert("firing", noncompliant, "b1", key("old-exemption")),
+		alert("firing", "CustomRotationAlert", "b2", key("old-exemption"))))
+	if alerts := body["alerts"].([]any); status != 200 || len(alerts) != 2 || alerts[0].(map[string]any)["action"] != "ignored" ||
+		alerts[1].(map[string]any)["action"] != "remediated" {
+		t.Errorf("with AlertNames [CustomRotationAlert]: %d %v", status, body)
+	}
+	if !e.enabled(e.ids["old-exemption"]) {
+		t.Error("the custom alert's key was not remediated")
+	}
 	if status, _ := e.post(remediate.PathAlertmanager, `{"version":"3","alerts":[]}`); status != 400 {
 		t.Errorf("payload version 3: %d, want 400", status)
+	}
+}
+
+// TestAlertmanagerRateLimitPerAlert: each alert acted on spends the rate
+// limit; those beyond it are refused one by one, and the webhook answers 503
+// so that Alertmanager (which retries 5xx only) retries. The retry gets
+// further: alerts already handled cost nothing.
+func TestAlertmanagerRateLimitPerAlert(t *testing.T) {
+	limiter := rate.NewLimiter(rate.Every(time.Hour), 3)
+	e := setup(t, func(a *remediate.API) { a.Limiter = limiter })
+	c := kmstest.Client(e.proxy.URL, region)
+	keys := []string{e.ids["legacy-billing"], e.ids["old-exemption"], replica}
+	for range 6 {
+		out, err := c.CreateKey(context.Background(), &kms.CreateKeyInput{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, aws.ToString(out.KeyMetadata.KeyId))
+	}
+	e.refresher.Refresh(context.Background())
+	var alerts []string
+	for _, k := range keys {
+		alerts = append(alerts, `{"status":"firing","labels":{"alertname":"KMSKeyRotationNoncompliant","region":"eu-west-1","key_id":"`+k+`"}}`)
+	}
+	for len(alerts) < 2500 {
+		alerts = append(alerts, `{"status":"firing","labels":{"alertname":"KMSExporterDown"}}`)
+	}
+	payload := `{"version":"4","alerts":[` + strings.Join(alerts, ",") + `]}`
+	actions := func(body map[string]any) string {
+		n := map[string]int{}
+		for _, a := range body["alerts"].([]any) {
+			a := a.(map[string]any)
+			result, _ := a["result"].(map[string]any)
+			n[fmt.Sprint(a["action"], "/", result["outcome"])]++
+		}
+		return fmt.Sprint(n)
+	}
+
+	status, h, body, err := e.send(remediate.PathAlertmanager, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The call pays for the first action; two tokens are left for two more.
+	want := "map[ignored/<nil>:2491 refused/rate_limited:6 remediated/enabled:3]"
+	if status != 503 || h.Get("Retry-After") == "" || actions(body) != want {
+		t.Errorf("2,500 alerts, 9 to act on, budget 3: %d %s, want 503 %s", status, actions(body), want)
+	}
+	if n := e.proxy.Calls("EnableKeyRotation"); n != 3 {
+		t.Errorf("EnableKeyRotation called %d times, want 3", n)
+	}
+	if got := e.counted(remediate.OutcomeRateLimited); got != 6 {
+		t.Errorf(`kms_remediations_total{result="rate_limited"} = %v, want 6`, got)
+	}
+	if lines := e.logs.Lines("remediation of alerts deferred: over the rate limit (--remediation.requests-per-second)"); len(lines) != 1 || lines[0]["alerts"] != 6.0 {
+		t.Errorf("log lines for the deferred alerts: %v, want one, with alerts=6", lines)
+	}
+	// Over the limit, a whole call is answered 503 too, not 429 (which Alertmanager drops).
+	if status, _, body, _ := e.send(remediate.PathAlertmanager, payload); status != 503 || !strings.Contains(fmt.Sprint(body["error"]), "too many remediation requests") {
+		t.Errorf("a call over the limit: %d %v", status, body)
+	}
+	limiter.SetLimit(rate.Inf)
+	status, body = e.post(remediate.PathAlertmanager, payload)
+	want = "map[ignored/<nil>:2491 refused/no_action_needed:3 remediated/enabled:6]"
+	if status != 200 || actions(body) != want {
+		t.Errorf("the retry: %d %s, want 200 %s", status, actions(body), want)
+	}
+	for _, k := range keys[:2] {
+		if !e.enabled(k) {
+			t.Errorf("key %s not rotating after the retry", k)
+		}
 	}
 }
 

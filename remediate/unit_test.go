@@ -1,6 +1,7 @@
 package remediate
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -376,5 +377,23 @@ func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 	// Done: the key can be acted on again (here: it is compliant now).
 	if status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+mrk+`"}`); status != 409 || body["outcome"] != OutcomeNoAction {
 		t.Errorf("after the first request: %d %v", status, body)
+	}
+}
+
+func TestLogLevels(t *testing.T) {
+	var buf bytes.Buffer
+	r := &Remediator{Logger: slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	for _, o := range []string{OutcomeEnabled, OutcomeDryRun, OutcomeNoAction, OutcomeIneligible, OutcomeRateLimited} {
+		r.record(Result{Outcome: o}, "test")
+	}
+	var levels []string
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var l struct{ Level, Result string }
+		_ = json.Unmarshal([]byte(line), &l)
+		levels = append(levels, l.Result+":"+l.Level)
+	}
+	want := "enabled:INFO dry_run:INFO no_action_needed:INFO ineligible:WARN rate_limited:DEBUG"
+	if got := strings.Join(levels, " "); got != want {
+		t.Errorf("log levels %s, want %s", got, want)
 	}
 }
