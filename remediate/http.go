@@ -41,6 +41,11 @@ const (
 	DefaultAuthFailureBurst      = 5
 )
 
+var (
+	errShuttingDown = errors.New("the exporter is shutting down")
+	errTimedOut     = errors.New("the request's time (--remediation.timeout) ran out")
+)
+
 // API serves the remediation endpoints.
 type API struct {
 	// Remediator is nil when remediation is not enabled: every route then
@@ -67,8 +72,13 @@ type API struct {
 
 	once         sync.Once
 	authFailures *rate.Limiter
+	// stop ends the contexts of in-flight requests when Drain runs out of time.
+	stop    context.Context
+	stopAll context.CancelCauseFunc
 
-	mu sync.Mutex
+	mu       sync.Mutex
+	draining bool
+	inflight sync.WaitGroup
 	// unlogged counts failed authentication attempts not logged since the last line.
 	unlogged int
 }
@@ -78,6 +88,7 @@ func (a *API) init() {
 	if a.authFailures == nil {
 		a.authFailures = rate.NewLimiter(DefaultAuthFailuresPerSecond, DefaultAuthFailureBurst)
 	}
+	a.stop, a.stopAll = context.WithCancelCause(context.Background())
 }
 
 // ReadToken reads a bearer token file: one line, without surrounding white
@@ -125,6 +136,44 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle(PathAlertmanager, a.guard(a.alertmanager, http.StatusServiceUnavailable))
 }
 
+// Drain prepares the API for shutdown. New requests are answered 503 from
+// now on; requests in flight go on until ctx is done, then their contexts
+// are cancelled. It returns when every request in flight has finished its
+// work, logged and counted its outcome (its answer is then being written:
+// http.Server.Shutdown waits for that); the error says that requests had to
+// be cancelled.
+func (a *API) Drain(ctx context.Context) error {
+	a.once.Do(a.init)
+	a.mu.Lock()
+	a.draining = true
+	a.mu.Unlock()
+	finished := make(chan struct{})
+	go func() {
+		a.inflight.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		a.stopAll(errShuttingDown)
+		return nil
+	case <-ctx.Done():
+	}
+	a.stopAll(errShuttingDown)
+	<-finished
+	return fmt.Errorf("remediation requests in flight were cancelled: %w", context.Cause(ctx))
+}
+
+// enter counts a request in flight, unless the API is draining.
+func (a *API) enter() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining {
+		return false
+	}
+	a.inflight.Add(1)
+	return true
+}
+
 type errorBody struct {
 	Error string `json:"error"`
 }
@@ -140,58 +189,66 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // body is the request's body, who names the requester.
 type handler func(ctx context.Context, body []byte, who string) (int, any)
 
-// guard applies, in order: enabled (403), POST only (405), bearer token
-// (401; 429 beyond the failures' budget), rate limit (limited), JSON only
-// (415), body size (413), timeout. 429 and 503 carry Retry-After.
+// guard applies, in order: enabled (403), not shutting down (503), POST only
+// (405), bearer token (401; 429 beyond the failures' budget), rate limit
+// (limited), JSON only (415), body size (413), timeout. Every answer is JSON;
+// 429 and 503 carry Retry-After.
 func (a *API) guard(h handler, limited int) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.Remediator == nil {
-			writeJSON(w, http.StatusForbidden, errorBody{"remediation is not enabled (start the exporter with --remediation.enabled)"})
-			return
+		var status int
+		var v any
+		switch {
+		case a.Remediator == nil:
+			status, v = http.StatusForbidden, errorBody{"remediation is not enabled (start the exporter with --remediation.enabled)"}
+		case !a.enter():
+			status, v = http.StatusServiceUnavailable, errorBody{"the exporter is shutting down: retry later"}
+		default:
+			func() {
+				defer a.inflight.Done()
+				status, v = a.handle(w, r, h, limited)
+			}()
 		}
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", http.MethodPost)
-			writeJSON(w, http.StatusMethodNotAllowed, errorBody{"only POST is allowed"})
-			return
-		}
-		who := "remote " + r.RemoteAddr
-		if !a.authorized(r.Header.Get("Authorization")) {
-			status, v := a.unauthorized(w, who, r.URL.Path)
-			if status == http.StatusTooManyRequests {
-				w.Header().Set("Retry-After", "1")
-			}
-			writeJSON(w, status, v)
-			return
-		}
-		who += " with the remediation token"
-		if a.Limiter != nil && !a.Limiter.Allow() {
-			a.Remediator.count(OutcomeRateLimited)
-			w.Header().Set("Retry-After", "1")
-			writeJSON(w, limited, errorBody{"too many remediation requests; retry later"})
-			return
-		}
-		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-			writeJSON(w, http.StatusUnsupportedMediaType, errorBody{"Content-Type must be application/json"})
-			return
-		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)})
-				return
-			}
-			writeJSON(w, http.StatusBadRequest, errorBody{"reading the body failed"})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), a.Timeout)
-		defer cancel()
-		status, v := h(ctx, body, who)
 		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "1")
 		}
 		writeJSON(w, status, v)
 	})
+}
+
+// handle runs the checks after the first two, and the handler.
+func (a *API) handle(w http.ResponseWriter, r *http.Request, h handler, limited int) (int, any) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return http.StatusMethodNotAllowed, errorBody{"only POST is allowed"}
+	}
+	who := "remote " + r.RemoteAddr
+	if !a.authorized(r.Header.Get("Authorization")) {
+		return a.unauthorized(w, who, r.URL.Path)
+	}
+	who += " with the remediation token"
+	if a.Limiter != nil && !a.Limiter.Allow() {
+		a.Remediator.count(OutcomeRateLimited)
+		return limited, errorBody{"too many remediation requests; retry later"}
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return http.StatusUnsupportedMediaType, errorBody{"Content-Type must be application/json"}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return http.StatusRequestEntityTooLarge, errorBody{fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)}
+		}
+		return http.StatusBadRequest, errorBody{"reading the body failed"}
+	}
+	// The request's work ends at its timeout, when its client goes, or when
+	// Drain runs out of time.
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	defer context.AfterFunc(a.stop, func() { cancel(context.Cause(a.stop)) })()
+	ctx, cancelTimeout := context.WithTimeoutCause(ctx, a.Timeout, errTimedOut)
+	defer cancelTimeout()
+	return h(ctx, body, who)
 }
 
 // unauthorized answers a failed authentication attempt: counted always;
@@ -278,6 +335,8 @@ type BulkResponse struct {
 	Matched int      `json:"matched"`
 	OK      int      `json:"ok"`
 	Results []Result `json:"results"`
+	// Error says why the request stopped before every key was handled.
+	Error string `json:"error,omitempty"`
 }
 
 func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
@@ -297,6 +356,10 @@ func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
 		} else if r.Status >= 500 {
 			status = http.StatusBadGateway
 		}
+	}
+	if err != nil {
+		// Stopped between keys (timeout, shutdown): what was done is listed.
+		resp.Error, status = err.Error(), http.StatusServiceUnavailable
 	}
 	if resp.Results == nil {
 		resp.Results = []Result{}

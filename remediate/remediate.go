@@ -95,12 +95,15 @@ const (
 	OutcomeRateLimited        = "rate_limited"
 	// OutcomeInProgress refuses a request for a key another request is acting on.
 	OutcomeInProgress = "in_progress"
+	// OutcomeCancelled: the request ended (timeout, client gone, shutdown)
+	// before EnableKeyRotation was sent; nothing was changed.
+	OutcomeCancelled = "cancelled"
 )
 
 // Outcomes lists every outcome, for counters initialised at zero.
 var Outcomes = []string{OutcomeEnabled, OutcomeDryRun, OutcomeNotFound, OutcomeInvalid, OutcomeIneligible,
 	OutcomeNoAction, OutcomeFailed, OutcomeVerificationFailed, OutcomeUnauthorized, OutcomeRateLimited,
-	OutcomeInProgress}
+	OutcomeInProgress, OutcomeCancelled}
 
 // Result is the answer for one key.
 type Result struct {
@@ -174,10 +177,11 @@ func (r *Remediator) release(key string) {
 	delete(r.busy, key)
 }
 
-// waitForEnable waits for the mutating-call budget of an account and region.
+// waitForEnable waits for the mutating-call budget of an account and region;
+// it fails when ctx ends first, or would before the budget allows the call.
 func (r *Remediator) waitForEnable(ctx context.Context, account, region string) error {
 	if r.EnablesPerSecond <= 0 {
-		return nil
+		return ctx.Err()
 	}
 	r.mu.Lock()
 	if r.limiters == nil {
@@ -189,7 +193,10 @@ func (r *Remediator) waitForEnable(ctx context.Context, account, region string) 
 		r.limiters[account+"/"+region] = l
 	}
 	r.mu.Unlock()
-	return l.Wait(ctx)
+	if err := l.Wait(ctx); err != nil {
+		return fmt.Errorf("waiting for the EnableKeyRotation rate limit (--remediation.aws-requests-per-second): %w", err)
+	}
+	return nil
 }
 
 // Metrics returns the collector of kms_remediations_total, its outcomes at zero.
@@ -326,7 +333,8 @@ func (r *Remediator) publish(results []Result, changes []*inventory.RotationChan
 }
 
 // RemediateAll handles every noncompliant key the selector matches. An
-// invalid selector is an ErrInvalidSelector, before anything is done.
+// invalid selector is an ErrInvalidSelector, before anything is done; a
+// context that ends stops it between keys, with the results so far.
 func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string) ([]Result, error) {
 	if err := sel.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidSelector, err)
@@ -338,11 +346,15 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 	snap := r.Inventory.Snapshot()
 	var results []Result
 	var changes []*inventory.RotationChange
+	var stopped error
 	// However the loop ends, what was changed is published and logged.
 	defer func() {
 		r.publish(results, changes)
 		for _, res := range results {
 			r.record(res, who)
+		}
+		if stopped != nil {
+			r.Logger.Warn("remediation stopped before every selected key was handled", "by", who, "handled", len(results), "err", stopped)
 		}
 	}()
 	for _, t := range snap.Targets {
@@ -354,8 +366,9 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 			if k.Verdict.Status != policy.Noncompliant || !matches(k, sel.AliasPrefix, sel.Tag) {
 				continue
 			}
-			if err := ctx.Err(); err != nil {
-				return results, err
+			if ctx.Err() != nil {
+				stopped = fmt.Errorf("stopped after %d keys, the others were not touched: %w", len(results), context.Cause(ctx))
+				return results, stopped
 			}
 			res, change := r.act(ctx, t, k, days, sel.DryRun, nil)
 			results = append(results, res)
@@ -455,10 +468,21 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	defer r.release(lock)
 	api := r.Client(t.Role, res.ActedOnRegion)
 	id := aws.String(res.ActedOnKeyID)
+	cancelled := func(when string, err error) (Result, *inventory.RotationChange) {
+		if ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
+		res.Outcome, res.Status = OutcomeCancelled, http.StatusServiceUnavailable
+		res.Reason = fmt.Sprintf("stopped %s (%v): nothing was changed", when, err)
+		return res, nil
+	}
 	// The owner may have enabled rotation since the last refresh: enabling it
 	// again with this period could lengthen theirs.
 	before, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
 	if err != nil {
+		if ctx.Err() != nil {
+			return cancelled("while reading the rotation status, before EnableKeyRotation", err)
+		}
 		res.Outcome, res.Status = OutcomeFailed, http.StatusBadGateway
 		res.Reason = "GetKeyRotationStatus before enabling: " + awsclient.ErrorCode(err) + ": nothing was changed"
 		return res, nil
@@ -470,10 +494,14 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 		return res, r.change(k, rot)
 	}
 	if err := r.waitForEnable(ctx, k.AccountID, res.ActedOnRegion); err != nil {
-		res.Outcome, res.Reason, res.Status = OutcomeFailed, "timed out waiting for the EnableKeyRotation rate limit", http.StatusServiceUnavailable
-		return res, nil
+		return cancelled("before EnableKeyRotation", err)
 	}
 	if _, err := api.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: id, RotationPeriodInDays: aws.Int32(int32(days))}); err != nil {
+		if ctx.Err() != nil {
+			res.Outcome, res.Status = OutcomeVerificationFailed, http.StatusServiceUnavailable
+			res.Reason = fmt.Sprintf("EnableKeyRotation was sent but its answer was cut short (%v): rotation may be enabled; not verified", context.Cause(ctx))
+			return res, nil
+		}
 		res.Outcome, res.Reason, res.Status = OutcomeFailed, "EnableKeyRotation: "+awsclient.ErrorCode(err), http.StatusBadGateway
 		return res, nil
 	}
@@ -481,6 +509,10 @@ func (r *Remediator) act(ctx context.Context, t *inventory.TargetState, k *inven
 	if err != nil {
 		res.Outcome, res.Status = OutcomeVerificationFailed, http.StatusBadGateway
 		res.Reason = "EnableKeyRotation succeeded; GetKeyRotationStatus: " + awsclient.ErrorCode(err)
+		if ctx.Err() != nil {
+			res.Status = http.StatusServiceUnavailable
+			res.Reason = fmt.Sprintf("EnableKeyRotation succeeded; re-reading the status was cut short (%v): rotation is probably enabled; not verified", context.Cause(ctx))
+		}
 		return res, nil
 	}
 	rot = res.setRotation(st)

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -794,6 +795,11 @@ func TestAllowList(t *testing.T) {
 	if status, body := e.post(remediate.PathRemediate, e.request("old-exemption", "")); status != 200 {
 		t.Errorf("allowed by tag: %d %v", status, body)
 	}
+	// legacy-billing is allowed by its alias's prefix.
+	e.remediator.AllowAliasPrefixes = []string{"alias/legacy-"}
+	if status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", "")); status != 200 {
+		t.Errorf("allowed by alias prefix: %d %v", status, body)
+	}
 }
 
 func TestAWSFailuresAnswer502(t *testing.T) {
@@ -838,5 +844,100 @@ func TestAWSFailuresAnswer502(t *testing.T) {
 	}
 	if got := e.counted(remediate.OutcomeFailed); got != 3 {
 		t.Errorf(`kms_remediations_total{result="aws_error"} = %v, want 3`, got)
+	}
+}
+
+// drainAfter starts a remediation of key, waits for ready (the request is
+// at the point the test wants), then drains with a short deadline. It
+// returns Drain's error and a channel with the client's answer.
+func (e *env) drainAfter(key string, ready func()) (error, <-chan string) {
+	e.t.Helper()
+	answer := make(chan string, 1)
+	go func() {
+		status, _, body, err := e.send(remediate.PathRemediate, `{"region":"eu-west-1","key_id":"`+key+`"}`)
+		answer <- fmt.Sprint(status, " ", body["outcome"], " ", body["reason"], " ", err)
+	}()
+	ready()
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	return e.api.Drain(ctx), answer
+}
+
+// TestDrainCutsVerification: SIGTERM while a remediation verifies. Drain
+// cancels the request when its time is up, and returns once the request
+// logged and counted that EnableKeyRotation succeeded but was not verified;
+// the client is told the same; the change is in KMS.
+func TestDrainCutsVerification(t *testing.T) {
+	e := setup(t, nil)
+	id := e.ids["legacy-billing"]
+	entered := make(chan struct{}, 1)
+	var enabled atomic.Bool
+	e.setHook(func(ctx context.Context, op string) {
+		switch {
+		case op == "EnableKeyRotation":
+			enabled.Store(true)
+		case op == "GetKeyRotationStatus" && enabled.Load():
+			entered <- struct{}{}
+			<-ctx.Done() // a verification that does not answer in time
+		}
+	})
+	err, answer := e.drainAfter(id, func() {
+		select {
+		case <-entered:
+		case <-time.After(60 * time.Second):
+			e.t.Fatal("the request never reached its verification")
+		}
+	})
+	if err == nil {
+		t.Error("Drain: nil, want an error saying requests were cancelled")
+	}
+	const reason = "EnableKeyRotation succeeded; re-reading the status was cut short (the exporter is shutting down): rotation is probably enabled; not verified"
+	// Logged and counted by the time Drain returned.
+	lines := e.logs.Lines("remediation")
+	if len(lines) != 1 || lines[0]["result"] != "verification_failed" || lines[0]["reason"] != reason || lines[0]["key_id"] != id {
+		t.Errorf("log when Drain returned: %v, want one line: verification_failed, %q", lines, reason)
+	}
+	if got := e.counted(remediate.OutcomeVerificationFailed); got != 1 {
+		t.Errorf(`kms_remediations_total{result="verification_failed"} = %v, want 1`, got)
+	}
+	if got, want := <-answer, "503 verification_failed "+reason+" <nil>"; got != want {
+		t.Errorf("the client's answer: %s, want %s", got, want)
+	}
+	if !e.enabled(id) {
+		t.Error("KMS does not say rotation is enabled: the answer said it probably was")
+	}
+	status, body := e.post(remediate.PathRemediate, e.request("old-exemption", ""))
+	if status != 503 || !strings.Contains(fmt.Sprint(body["error"]), "shutting down") {
+		t.Errorf("a request after Drain: %d %v", status, body)
+	}
+}
+
+// TestDrainCutsEnableKeyRotation: SIGTERM while EnableKeyRotation is slow
+// to answer (the proxy holds it): the outcome says it was sent, and may
+// have been applied.
+func TestDrainCutsEnableKeyRotation(t *testing.T) {
+	e := setup(t, nil)
+	id := e.ids["legacy-billing"]
+	e.proxy.AddFault(&kmstest.Fault{Op: "EnableKeyRotation", KeyID: id, Delay: 10 * time.Minute})
+	err, answer := e.drainAfter(id, func() {
+		harness.Poll(e.t, 60*time.Second, func() string {
+			if e.proxy.Calls("EnableKeyRotation") == 0 {
+				return "EnableKeyRotation not sent yet"
+			}
+			return ""
+		})
+	})
+	if err == nil {
+		t.Error("Drain: nil, want an error saying requests were cancelled")
+	}
+	const reason = "EnableKeyRotation was sent but its answer was cut short (the exporter is shutting down): rotation may be enabled; not verified"
+	if lines := e.logs.Lines("remediation"); len(lines) != 1 || lines[0]["result"] != "verification_failed" || lines[0]["reason"] != reason {
+		t.Errorf("log when Drain returned: %v, want verification_failed, %q", lines, reason)
+	}
+	if got := e.counted(remediate.OutcomeVerificationFailed); got != 1 {
+		t.Errorf(`kms_remediations_total{result="verification_failed"} = %v, want 1`, got)
+	}
+	if got, want := <-answer, "503 verification_failed "+reason+" <nil>"; got != want {
+		t.Errorf("the client's answer: %s, want %s", got, want)
 	}
 }

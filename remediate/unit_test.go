@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
@@ -377,6 +378,143 @@ func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 	// Done: the key can be acted on again (here: it is compliant now).
 	if status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+mrk+`"}`); status != 409 || body["outcome"] != OutcomeNoAction {
 		t.Errorf("after the first request: %d %v", status, body)
+	}
+}
+
+// TestDrainFinishesInFlight: Drain lets a request in flight finish within
+// its time, answers new ones 503, and returns after the request's outcome
+// was counted.
+func TestDrainFinishesInFlight(t *testing.T) {
+	id := "11111111-1111-4111-8111-111111111111"
+	inv := unitKeys(id)
+	api := newFakeKMS()
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	api.hook = func(ctx context.Context, op string) {
+		if op == "EnableKeyRotation" {
+			entered <- struct{}{}
+			<-release // whatever the context says: the drain must wait
+		}
+	}
+	u := startAPI(t, newRemediator(inv, api))
+	answer := make(chan string, 1)
+	go func() {
+		status, body, err := u.send(PathRemediate, `{"region":"eu-west-1","key_id":"`+id+`"}`)
+		answer <- fmt.Sprint(status, " ", body["outcome"], " ", err)
+	}()
+	<-entered
+	drained := make(chan error, 1)
+	go func() { drained <- u.api.Drain(context.Background()) }()
+	// New requests are refused as soon as Drain has begun.
+	harness.Poll(t, 30*time.Second, func() string {
+		status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+id+`","dry_run":true}`)
+		if status != 503 || !strings.Contains(fmt.Sprint(body["error"]), "shutting down") {
+			return fmt.Sprintf("a new request while draining: %d %v", status, body)
+		}
+		return ""
+	})
+	select {
+	case err := <-drained:
+		t.Fatalf("Drain returned (%v) while a request was in flight", err)
+	default:
+	}
+	once.Do(func() { close(release) })
+	if err := <-drained; err != nil {
+		t.Errorf("Drain: %v, want nil (nothing had to be cancelled)", err)
+	}
+	if got := u.counted(OutcomeEnabled); got != 1 {
+		t.Errorf(`when Drain returned, kms_remediations_total{result="enabled"} = %v, want 1`, got)
+	}
+	if got := <-answer; got != "200 enabled <nil>" {
+		t.Errorf("the request in flight: %s", got)
+	}
+}
+
+// TestDrainStopsBulk: a bulk request cut by Drain answers 503 with what it
+// did, and leaves the other keys alone.
+func TestDrainStopsBulk(t *testing.T) {
+	inv := unitKeys("11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222", "33333333-3333-4333-8333-333333333333")
+	api := newFakeKMS()
+	entered := make(chan struct{}, 1)
+	api.hook = func(ctx context.Context, op string) {
+		if op == "EnableKeyRotation" {
+			entered <- struct{}{}
+			<-ctx.Done()
+		}
+	}
+	logs := &LogBuffer{}
+	rem := newRemediator(inv, api)
+	rem.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+	u := startAPI(t, rem)
+	answer := make(chan map[string]any, 1)
+	go func() {
+		status, body, err := u.send(PathBulk, `{"all_noncompliant":true}`)
+		answer <- map[string]any{"status": status, "body": body, "err": err}
+	}()
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := u.api.Drain(ctx); err == nil || !strings.Contains(err.Error(), "cancelled") {
+		t.Errorf("Drain: %v", err)
+	}
+	if lines := logs.Lines("remediation stopped before every selected key was handled"); len(lines) != 1 || lines[0]["handled"] != 1.0 {
+		t.Errorf("log when Drain returned: %v", lines)
+	}
+	a := <-answer
+	body, _ := a["body"].(map[string]any)
+	results, _ := body["results"].([]any)
+	if a["status"] != 503 || len(results) != 1 || body["error"] != "stopped after 1 keys, the others were not touched: the exporter is shutting down" {
+		t.Errorf("bulk cut by Drain: %v", a)
+	}
+	if n := api.Calls("EnableKeyRotation"); n != 1 {
+		t.Errorf("EnableKeyRotation called %d times, want 1", n)
+	}
+}
+
+// TestRequestCutBeforeEnable: a request whose time runs out before
+// EnableKeyRotation is sent says so, and that nothing changed.
+func TestRequestCutBeforeEnable(t *testing.T) {
+	tests := []struct {
+		name string
+		// prepare makes the second key's request run out of time.
+		prepare func(*Remediator, *fakeKMS)
+		reason  string
+	}{
+		{"waiting for the rate limit", func(r *Remediator, _ *fakeKMS) {
+			// One enable per hour: the second waits longer than the request may.
+			r.EnablesPerSecond = 1.0 / 3600
+		}, "stopped before EnableKeyRotation (waiting for the EnableKeyRotation rate limit (--remediation.aws-requests-per-second): rate: Wait(n=1) would exceed context deadline): nothing was changed"},
+		{"reading the status first", func(_ *Remediator, api *fakeKMS) {
+			api.hook = func(ctx context.Context, op string) {
+				if op == "GetKeyRotationStatus" && api.Calls(op) == 3 {
+					<-ctx.Done()
+				}
+			}
+		}, "stopped while reading the rotation status, before EnableKeyRotation (the request's time (--remediation.timeout) ran out): nothing was changed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id := "11111111-1111-4111-8111-111111111111"
+			api := newFakeKMS()
+			rem := newRemediator(unitKeys(id, "22222222-2222-4222-8222-222222222222"), api)
+			tt.prepare(rem, api)
+			u := startAPI(t, rem)
+			u.api.Timeout = time.Second
+			if status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+id+`"}`); status != 200 {
+				t.Fatalf("first: %d %v", status, body)
+			}
+			status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"22222222-2222-4222-8222-222222222222"}`)
+			if status != 503 || body["outcome"] != OutcomeCancelled || body["reason"] != tt.reason {
+				t.Errorf("second: %d %v, want 503 cancelled %q", status, body, tt.reason)
+			}
+			if n := api.Calls("EnableKeyRotation"); n != 1 {
+				t.Errorf("EnableKeyRotation called %d times, want 1", n)
+			}
+			if got := u.counted(OutcomeCancelled); got != 1 {
+				t.Errorf(`kms_remediations_total{result="cancelled"} = %v, want 1`, got)
+			}
+		})
 	}
 }
 
