@@ -228,6 +228,7 @@ func TestRefusedRequestsNeverCallAWS(t *testing.T) {
 		{"period below KMS minimum", e.request("legacy-billing", `,"rotation_period_days":30`), 400, "invalid_request", "outside KMS's 90..2560"},
 		{"period above KMS maximum", e.request("legacy-billing", `,"rotation_period_days":2561`), 400, "invalid_request", "outside KMS's 90..2560"},
 		{"period above policy", e.request("legacy-billing", `,"rotation_period_days":730`), 422, "ineligible", "exceeds the policy's 365"},
+		{"period KMS's maximum, above policy", e.request("legacy-billing", `,"rotation_period_days":2560`), 422, "ineligible", "exceeds the policy's 365"},
 		{"unknown key", `{"region":"eu-west-1","key_id":"00000000-0000-4000-8000-000000000000"}`, 404, "not_found", "no such key"},
 		{"key in another region", `{"region":"us-west-2","key_id":"` + legacy + `"}`, 404, "not_found", "no such key"},
 		{"asymmetric", e.request("signing-rsa", ""), 422, "ineligible", "not applicable: asymmetric"},
@@ -394,6 +395,10 @@ func TestDryRunChangesNothing(t *testing.T) {
 	if status != 200 || body["outcome"] != "dry_run" || body["dry_run"] != true || body["reason"] != "would enable rotation every 365 days" {
 		t.Fatalf("dry run: %d %v", status, body)
 	}
+	// KMS's shortest period.
+	if status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", `,"rotation_period_days":90,"dry_run":true`)); status != 200 || body["reason"] != "would enable rotation every 90 days" {
+		t.Errorf("dry run, 90 days: %d %v", status, body)
+	}
 	// By ARN, with the account and region it names.
 	byARN := `{"account_id":"` + account + `","region":"eu-west-1","key_id":"arn:aws:kms:eu-west-1:` + account + `:key/` + id + `","dry_run":true}`
 	if status, body := e.post(remediate.PathRemediate, byARN); status != 200 || body["outcome"] != "dry_run" || body["key_id"] != id {
@@ -547,13 +552,9 @@ func TestOneActionPerKey(t *testing.T) {
 			t.Fatalf("4 requests were not refused while another acted on the key (%d reached EnableKeyRotation)", len(entered))
 		}
 	}
-	select {
-	case <-entered:
-	case <-deadline:
-		t.Fatal("no request reached EnableKeyRotation")
-	}
+	remediate.Await(t, entered, "a request reaching EnableKeyRotation")
 	open()
-	first := <-answers
+	first := remediate.Await(t, answers, "the acting request's answer")
 	if n := len(entered); n != 0 {
 		t.Errorf("%d more requests reached EnableKeyRotation, want none", n)
 	}
@@ -661,6 +662,9 @@ func TestAlertmanagerWebhook(t *testing.T) {
 	}
 	if !e.enabled(e.ids["old-exemption"]) {
 		t.Error("the custom alert's key was not remediated")
+	}
+	if lines := e.logs.Lines("remediation of alerts deferred: over the rate limit (--remediation.requests-per-second)"); len(lines) != 0 {
+		t.Errorf("nothing was deferred, yet: %v", lines)
 	}
 	if status, _ := e.post(remediate.PathAlertmanager, `{"version":"3","alerts":[]}`); status != 400 {
 		t.Errorf("payload version 3: %d, want 400", status)
@@ -787,7 +791,12 @@ func TestAllowList(t *testing.T) {
 	e := setup(t, nil)
 	e.remediator.AllowAliasPrefixes = []string{"alias/team-a/"}
 	e.remediator.AllowTags = []string{"kms-rotation-exempt"}
-	status, body := e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
+	// Refusals in a bulk answer are per key: the request itself succeeded.
+	status, body := e.post(remediate.PathBulk, `{"all_noncompliant":true,"dry_run":true}`)
+	if status != 200 || body["matched"] != 3.0 || body["ok"] != 1.0 {
+		t.Errorf("bulk dry run with an allow-list: %d %v, want 200, 3 matched, 1 ok", status, body)
+	}
+	status, body = e.post(remediate.PathRemediate, e.request("legacy-billing", ""))
 	if status != 422 || !strings.Contains(body["reason"].(string), "allow-list") {
 		t.Errorf("outside the allow-list: %d %v", status, body)
 	}
@@ -842,8 +851,12 @@ func TestAWSFailuresAnswer502(t *testing.T) {
 	if status, body := e.post(remediate.PathAlertmanager, payload); status != 502 || body["alerts"].([]any)[0].(map[string]any)["action"] != "failed" {
 		t.Errorf("webhook with an AWS failure: %d %v", status, body)
 	}
-	if got := e.counted(remediate.OutcomeFailed); got != 3 {
-		t.Errorf(`kms_remediations_total{result="aws_error"} = %v, want 3`, got)
+	status, body = e.post(remediate.PathBulk, `{"alias_prefix":"alias/legacy"}`)
+	if results, _ := body["results"].([]any); status != 502 || len(results) != 1 || results[0].(map[string]any)["outcome"] != "aws_error" {
+		t.Errorf("bulk with an AWS failure: %d %v, want 502", status, body)
+	}
+	if got := e.counted(remediate.OutcomeFailed); got != 4 {
+		t.Errorf(`kms_remediations_total{result="aws_error"} = %v, want 4`, got)
 	}
 }
 
@@ -881,13 +894,7 @@ func TestDrainCutsVerification(t *testing.T) {
 			<-ctx.Done() // a verification that does not answer in time
 		}
 	})
-	err, answer := e.drainAfter(id, func() {
-		select {
-		case <-entered:
-		case <-time.After(60 * time.Second):
-			e.t.Fatal("the request never reached its verification")
-		}
-	})
+	err, answer := e.drainAfter(id, func() { remediate.Await(t, entered, "the request reaching its verification") })
 	if err == nil {
 		t.Error("Drain: nil, want an error saying requests were cancelled")
 	}
@@ -900,7 +907,7 @@ func TestDrainCutsVerification(t *testing.T) {
 	if got := e.counted(remediate.OutcomeVerificationFailed); got != 1 {
 		t.Errorf(`kms_remediations_total{result="verification_failed"} = %v, want 1`, got)
 	}
-	if got, want := <-answer, "503 verification_failed "+reason+" <nil>"; got != want {
+	if got, want := remediate.Await(t, answer, "the client's answer"), "503 verification_failed "+reason+" <nil>"; got != want {
 		t.Errorf("the client's answer: %s, want %s", got, want)
 	}
 	if !e.enabled(id) {
@@ -937,7 +944,7 @@ func TestDrainCutsEnableKeyRotation(t *testing.T) {
 	if got := e.counted(remediate.OutcomeVerificationFailed); got != 1 {
 		t.Errorf(`kms_remediations_total{result="verification_failed"} = %v, want 1`, got)
 	}
-	if got, want := <-answer, "503 verification_failed "+reason+" <nil>"; got != want {
+	if got, want := remediate.Await(t, answer, "the client's answer"), "503 verification_failed "+reason+" <nil>"; got != want {
 		t.Errorf("the client's answer: %s, want %s", got, want)
 	}
 }

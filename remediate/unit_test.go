@@ -348,11 +348,7 @@ func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 		}
 		first <- body
 	}()
-	select {
-	case <-entered:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the first request never reached EnableKeyRotation")
-	}
+	Await(t, entered, "the first request reaching EnableKeyRotation")
 	gets := api.Calls("GetKeyRotationStatus")
 	for _, body := range []string{`{"region":"eu-west-1","key_id":"` + mrk + `"}`, `{"region":"us-east-1","key_id":"` + mrk + `","rotation_period_days":180}`} {
 		status, answer := u.post(PathRemediate, body)
@@ -366,7 +362,7 @@ func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 		t.Errorf("refused requests called GetKeyRotationStatus %d times", n-gets)
 	}
 	once.Do(func() { close(release) })
-	if body := <-first; body["outcome"] != OutcomeEnabled {
+	if body := Await(t, first, "the first request's answer"); body["outcome"] != OutcomeEnabled {
 		t.Errorf("the first request: %v", body)
 	}
 	if n := api.Calls("EnableKeyRotation"); n != 1 {
@@ -378,6 +374,25 @@ func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 	// Done: the key can be acted on again (here: it is compliant now).
 	if status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+mrk+`"}`); status != 409 || body["outcome"] != OutcomeNoAction {
 		t.Errorf("after the first request: %d %v", status, body)
+	}
+}
+
+// TestSeveralAccountsNeedAccountID: with several accounts audited, a key id
+// alone could name keys of two accounts: account_id is required.
+func TestSeveralAccountsNeedAccountID(t *testing.T) {
+	id := "11111111-1111-4111-8111-111111111111"
+	other := noncompliant(id)
+	other.AccountID = "777788889999"
+	inv := unitKeys(id)
+	inv.snap.Targets = append(inv.snap.Targets, &inventory.TargetState{AccountID: other.AccountID, Region: "eu-west-1", Success: true, Keys: []inventory.Key{other}})
+	u := startAPI(t, newRemediator(inv, newFakeKMS()))
+	status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+id+`","dry_run":true}`)
+	if status != 400 || body["reason"] != "account_id is required: several accounts are audited" {
+		t.Errorf("without account_id: %d %v", status, body)
+	}
+	status, body = u.post(PathRemediate, `{"account_id":"777788889999","region":"eu-west-1","key_id":"`+id+`","dry_run":true}`)
+	if status != 200 || body["account_id"] != "777788889999" {
+		t.Errorf("with account_id: %d %v", status, body)
 	}
 }
 
@@ -403,7 +418,7 @@ func TestDrainFinishesInFlight(t *testing.T) {
 		status, body, err := u.send(PathRemediate, `{"region":"eu-west-1","key_id":"`+id+`"}`)
 		answer <- fmt.Sprint(status, " ", body["outcome"], " ", err)
 	}()
-	<-entered
+	Await(t, entered, "the request reaching EnableKeyRotation")
 	drained := make(chan error, 1)
 	go func() { drained <- u.api.Drain(context.Background()) }()
 	// New requests are refused as soon as Drain has begun.
@@ -420,13 +435,13 @@ func TestDrainFinishesInFlight(t *testing.T) {
 	default:
 	}
 	once.Do(func() { close(release) })
-	if err := <-drained; err != nil {
+	if err := Await(t, drained, "Drain returning"); err != nil {
 		t.Errorf("Drain: %v, want nil (nothing had to be cancelled)", err)
 	}
 	if got := u.counted(OutcomeEnabled); got != 1 {
 		t.Errorf(`when Drain returned, kms_remediations_total{result="enabled"} = %v, want 1`, got)
 	}
-	if got := <-answer; got != "200 enabled <nil>" {
+	if got := Await(t, answer, "the answer"); got != "200 enabled <nil>" {
 		t.Errorf("the request in flight: %s", got)
 	}
 }
@@ -452,7 +467,7 @@ func TestDrainStopsBulk(t *testing.T) {
 		status, body, err := u.send(PathBulk, `{"all_noncompliant":true}`)
 		answer <- map[string]any{"status": status, "body": body, "err": err}
 	}()
-	<-entered
+	Await(t, entered, "the bulk request reaching EnableKeyRotation")
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if err := u.api.Drain(ctx); err == nil || !strings.Contains(err.Error(), "cancelled") {
@@ -461,7 +476,7 @@ func TestDrainStopsBulk(t *testing.T) {
 	if lines := logs.Lines("remediation stopped before every selected key was handled"); len(lines) != 1 || lines[0]["handled"] != 1.0 {
 		t.Errorf("log when Drain returned: %v", lines)
 	}
-	a := <-answer
+	a := Await(t, answer, "the bulk answer")
 	body, _ := a["body"].(map[string]any)
 	results, _ := body["results"].([]any)
 	if a["status"] != 503 || len(results) != 1 || body["error"] != "stopped after 1 keys, the others were not touched: the exporter is shutting down" {

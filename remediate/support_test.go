@@ -5,7 +5,22 @@ import (
 	"encoding/json"
 	"strings"
 	"sync"
+	"testing"
+	"time"
 )
+
+// Await returns the next value of ch, or fails the test when the code under
+// test never sends it (a broken lock or drain must fail, not hang).
+func Await[T any](t testing.TB, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(60 * time.Second):
+		t.Fatalf("after 60s: %s", what)
+		panic("unreachable")
+	}
+}
 
 // LogBuffer collects JSON log lines written from the server's goroutines;
 // the tests of both packages read it.
