@@ -92,6 +92,7 @@ remediation:
   enabled: true
   allowTags: [remediate=yes]
   allowAliasPrefixes: [alias/team-a/]
+  alertNames: [KMSKeyRotationNoncompliant]
   requestsPerSecond: 0.5
   timeout: 90s
   awsRequestsPerSecond: 2

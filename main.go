@@ -101,6 +101,9 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 
 	logger.Info("starting kms_exporter", "version", version.Info(), "build_context", version.BuildContext(),
 		"remediation", cfg.Remediation.Enabled)
+	if w := cfg.Remediation.TokenWarning; w != "" {
+		logger.Warn("--remediation.token-file: "+w, "file", cfg.Remediation.TokenFile)
+	}
 	registry := prometheus.NewRegistry()
 	// The snapshot's metrics are not in the registry: kmsCollector.Handler
 	// serves them, encoded once per refresh, after the registry's.
@@ -117,7 +120,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	mux.HandleFunc(config.PathHealthy, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
 	mux.Handle(config.PathReady, refresher.ReadyHandler())
 	api := &remediate.API{TokenHash: cfg.Remediation.TokenHash, Limiter: rate.NewLimiter(rate.Limit(cfg.Remediation.RequestsPerSecond), 5),
-		Timeout: cfg.Remediation.Timeout, Logger: logger}
+		AlertNames: cfg.Remediation.AlertNames, Timeout: cfg.Remediation.Timeout, Logger: logger}
 	if cfg.Remediation.Enabled {
 		api.Remediator = remediator
 	}
@@ -151,7 +154,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 		stop() // a second signal ends the process at once
 	}
 	logger.Info("stopping: waiting for the requests in flight", "timeout", cfg.Web.ShutdownTimeout)
-	if err := shutdown(server, cfg.Web.ShutdownTimeout); err != nil {
+	if err := shutdown(server, api, cfg.Web.ShutdownTimeout); err != nil {
 		return 0, err
 	}
 	logger.Info("stopped")
@@ -159,11 +162,22 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 }
 
 // shutdown stops accepting requests and waits, within timeout, for those in
-// flight to finish.
-func shutdown(server *http.Server, timeout time.Duration) error {
+// flight to finish: remediations are then cancelled, and each logs and
+// counts what it did before its answer is written.
+func shutdown(server *http.Server, api *remediate.API, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if err := server.Shutdown(ctx); err != nil {
+	drained := make(chan error, 1)
+	go func() { drained <- api.Drain(ctx) }()
+	err := server.Shutdown(ctx)
+	if derr := <-drained; derr != nil {
+		// The answers of the cancelled remediations are being written: a
+		// moment more for them.
+		tail, cancelTail := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancelTail()
+		err = errors.Join(derr, server.Shutdown(tail))
+	}
+	if err != nil {
 		return fmt.Errorf("requests still in flight after --web.shutdown-timeout=%s: %w", timeout, err)
 	}
 	return nil
@@ -191,9 +205,14 @@ func remediateCommand(ctx context.Context, cfg *config.Config, refresher *invent
 		return report.WriteRemediations(os.Stdout, []remediate.Result{result}), nil
 	}
 	results, err := remediator.RemediateAll(ctx, remediate.Selector{AccountID: opts.AccountID, Region: opts.Region,
-		DryRun: opts.DryRun, RotationPeriodDays: period}, "command line")
+		DryRun: opts.DryRun, RotationPeriodDays: period, AllNoncompliant: true}, "command line")
+	if errors.Is(err, remediate.ErrInvalidSelector) {
+		return 0, err
+	}
+	// Cut short (SIGTERM): what was done is printed all the same.
+	code := report.WriteRemediations(os.Stdout, results)
 	if err != nil {
 		return 0, fmt.Errorf("remediation: %w", err)
 	}
-	return report.WriteRemediations(os.Stdout, results), nil
+	return code, nil
 }

@@ -103,8 +103,11 @@ type Remediation struct {
 	Enabled   bool   // --remediation.enabled
 	TokenFile string // --remediation.token-file
 	// TokenHash is the hash of the token in TokenFile, read by Validate when
-	// the serve command runs with remediation enabled.
+	// the serve command runs with remediation enabled; TokenWarning says
+	// what the exporter should warn of (a file others may read), or "".
 	TokenHash            [32]byte
+	TokenWarning         string
+	AlertNames           []string      // --remediation.alert-name
 	AllowTags            []string      // --remediation.allow-tag
 	AllowAliasPrefixes   []string      // --remediation.allow-alias-prefix
 	RequestsPerSecond    float64       // --remediation.requests-per-second
@@ -172,6 +175,8 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("remediation.allow-alias-prefix", "Only remediate keys with an alias starting with this prefix (e.g. alias/team-a/); repeatable.").StringsVar(&c.Remediation.AllowAliasPrefixes)
 	app.Flag("remediation.requests-per-second", "Remediation API requests accepted per second (burst 5); beyond it: 429.").Default("1").Float64Var(&c.Remediation.RequestsPerSecond)
 	app.Flag("remediation.timeout", "Time one remediation request may take.").Default("60s").DurationVar(&c.Remediation.Timeout)
+	app.Flag("remediation.alert-name", "Alert the Alertmanager webhook acts on (its labels name the key); repeatable; other alerts are ignored.").
+		Default(remediate.DefaultAlertNames...).StringsVar(&c.Remediation.AlertNames)
 	app.Flag("remediation.aws-requests-per-second", "EnableKeyRotation calls per second per account and region, below its KMS quota (15/s; 5/s in older documentation); 0 = no limit.").Default("5").Float64Var(&c.Remediation.AWSRequestsPerSecond)
 
 	app.Flag("shard", "This replica's shard: a number from 0, or a name ending in -N such as a StatefulSet pod's name.").Envar("KMS_EXPORTER_SHARD").Default("0").StringVar(&c.shardValue)
@@ -262,6 +267,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.RefreshInterval < time.Second:
 		return flagError("refresh.interval", "%s is shorter than 1s", c.RefreshInterval)
+	case slices.Contains(c.Remediation.AlertNames, ""):
+		return flagError("remediation.alert-name", "an alert name must not be empty")
 	case c.MaxStaleAge < 0:
 		return flagError("refresh.max-stale-age", "must not be negative")
 	case !policy.ValidRotationPeriod(maxPeriod):
@@ -321,7 +328,7 @@ func (c *Config) validateServe() error {
 		return flagError("remediation.token-file", "required with --remediation.enabled")
 	}
 	var err error
-	if c.Remediation.TokenHash, err = remediate.ReadToken(c.Remediation.TokenFile); err != nil {
+	if c.Remediation.TokenHash, c.Remediation.TokenWarning, err = remediate.ReadToken(c.Remediation.TokenFile); err != nil {
 		return &Error{Name: "--remediation.token-file", Err: err}
 	}
 	return nil

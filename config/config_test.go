@@ -58,7 +58,8 @@ func TestDefaults(t *testing.T) {
 		{"--refresh.max-stale-age", c.MaxStaleAge, 15 * time.Minute},
 		{"--compliance.*", c.Policy, policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}},
 		{"--metrics.tag-label", c.TagLabels, []string(nil)},
-		{"--remediation.*", c.Remediation, Remediation{RequestsPerSecond: 1, Timeout: time.Minute, AWSRequestsPerSecond: 5}},
+		{"--remediation.*", c.Remediation, Remediation{RequestsPerSecond: 1, Timeout: time.Minute, AWSRequestsPerSecond: 5,
+			AlertNames: []string{"KMSKeyRotationNoncompliant", "KMSKeyRotationPeriodAbovePolicy"}}},
 		{"--shard", c.Shard, 0},
 		{"--total-shards", c.TotalShards, 1},
 		{"--log.level", c.Log.Level.String(), "info"},
@@ -101,6 +102,7 @@ func TestParsedValues(t *testing.T) {
 
 func TestErrorsNameTheFlag(t *testing.T) {
 	empty := writeFile(t, "\n")
+	twoTokens := writeFile(t, "first\nsecond\n")
 	badYAML := writeFile(t, "tls_server_config: [\n")
 	missingCert := writeFile(t, "tls_server_config:\n  key_file: key.pem\n")
 	for _, tt := range []struct {
@@ -128,6 +130,8 @@ func TestErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--remediation.aws-requests-per-second=-1"}, "--remediation.aws-requests-per-second"},
 		{[]string{"--remediation.enabled"}, "--remediation.token-file"},
 		{[]string{"--remediation.enabled", "--remediation.token-file=" + empty}, "--remediation.token-file"},
+		{[]string{"--remediation.enabled", "--remediation.token-file=" + twoTokens}, "--remediation.token-file"},
+		{[]string{"--remediation.alert-name="}, "--remediation.alert-name"},
 		{[]string{"--remediation.enabled", "--remediation.token-file=/nonexistent"}, "--remediation.token-file"},
 		{[]string{"--shard=first"}, "--shard"},
 		{[]string{"--shard=2"}, "--total-shards"},

@@ -13,7 +13,9 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -29,6 +31,21 @@ const (
 // MaxBodyBytes bounds a request body; Alertmanager groups stay far below it.
 const MaxBodyBytes = 256 << 10
 
+// DefaultAlertNames are the alerts the webhook acts on when API.AlertNames is
+// empty: those of the shipped rules that name a noncompliant key.
+var DefaultAlertNames = []string{"KMSKeyRotationNoncompliant", "KMSKeyRotationPeriodAbovePolicy"}
+
+// The budget of failed authentication attempts when API.AuthFailures is nil.
+const (
+	DefaultAuthFailuresPerSecond = 1
+	DefaultAuthFailureBurst      = 5
+)
+
+var (
+	errShuttingDown = errors.New("the exporter is shutting down")
+	errTimedOut     = errors.New("the request's time (--remediation.timeout) ran out")
+)
+
 // API serves the remediation endpoints.
 type API struct {
 	// Remediator is nil when remediation is not enabled: every route then
@@ -36,32 +53,125 @@ type API struct {
 	Remediator *Remediator
 	// TokenHash is the SHA-256 of the bearer token.
 	TokenHash [32]byte
-	// Limiter bounds accepted requests (429 beyond it).
+	// Limiter bounds accepted requests (beyond it: 429, or 503 for the
+	// Alertmanager webhook, which Alertmanager retries). A webhook call's
+	// first alert acted on is paid by the call, each further one takes its own.
 	Limiter *rate.Limiter
+	// AuthFailures bounds failed authentication attempts, apart from Limiter,
+	// so that wrong tokens never spend the budget of the right one: within it
+	// a failure is answered 401 and logged, beyond it 429, unlogged (the next
+	// line says how many were not logged). Every failure is counted. Nil:
+	// DefaultAuthFailuresPerSecond, burst DefaultAuthFailureBurst.
+	AuthFailures *rate.Limiter
+	// AlertNames are the alert names the webhook acts on; other alerts are
+	// ignored. Empty: DefaultAlertNames.
+	AlertNames []string
 	// Timeout bounds the work of one request.
 	Timeout time.Duration
 	Logger  *slog.Logger
+
+	once         sync.Once
+	authFailures *rate.Limiter
+	// stop ends the contexts of in-flight requests when Drain runs out of time.
+	stop    context.Context
+	stopAll context.CancelCauseFunc
+
+	mu       sync.Mutex
+	draining bool
+	inflight sync.WaitGroup
+	// unlogged counts failed authentication attempts not logged since the last line.
+	unlogged int
 }
 
-// ReadToken reads a bearer token file: its content without surrounding white
-// space, which must not be empty.
-func ReadToken(path string) ([32]byte, error) {
-	raw, err := os.ReadFile(path)
+func (a *API) init() {
+	a.authFailures = a.AuthFailures
+	if a.authFailures == nil {
+		a.authFailures = rate.NewLimiter(DefaultAuthFailuresPerSecond, DefaultAuthFailureBurst)
+	}
+	a.stop, a.stopAll = context.WithCancelCause(context.Background())
+}
+
+// ReadToken reads a bearer token file: one line, without surrounding white
+// space (empty lines are ignored). It returns the token's SHA-256, and a
+// warning when group or others may read the file (a Kubernetes secret volume
+// is 0644 unless its defaultMode says otherwise: not refused).
+func ReadToken(path string) (hash [32]byte, warning string, err error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return [32]byte{}, err
+		return hash, "", err
 	}
-	token := strings.TrimSpace(string(raw))
-	if token == "" {
-		return [32]byte{}, fmt.Errorf("%s is empty", path)
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil {
+		return hash, "", err
 	}
-	return sha256.Sum256([]byte(token)), nil
+	raw, err := io.ReadAll(f)
+	if err != nil {
+		return hash, "", err
+	}
+	var lines []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	switch {
+	case len(lines) == 0:
+		return hash, "", fmt.Errorf("%s is empty", path)
+	case len(lines) > 1:
+		return hash, "", fmt.Errorf("%s has %d non-empty lines: it must hold the token alone, on one line", path, len(lines))
+	}
+	if perm := info.Mode().Perm(); perm&0o044 != 0 {
+		warning = fmt.Sprintf("%s may be read by group or others (mode %04o): chmod 600 it, unless access to it is controlled otherwise", path, perm)
+	}
+	return sha256.Sum256([]byte(lines[0])), warning, nil
 }
 
 // Register adds the routes to mux.
 func (a *API) Register(mux *http.ServeMux) {
-	mux.Handle(PathRemediate, a.guard(a.single))
-	mux.Handle(PathBulk, a.guard(a.bulk))
-	mux.Handle(PathAlertmanager, a.guard(a.alertmanager))
+	a.once.Do(a.init)
+	mux.Handle(PathRemediate, a.guard(a.single, http.StatusTooManyRequests))
+	mux.Handle(PathBulk, a.guard(a.bulk, http.StatusTooManyRequests))
+	// Alertmanager (0.25) retries 5xx answers only, and drops a 429.
+	mux.Handle(PathAlertmanager, a.guard(a.alertmanager, http.StatusServiceUnavailable))
+}
+
+// Drain prepares the API for shutdown. New requests are answered 503 from
+// now on; requests in flight go on until ctx is done, then their contexts
+// are cancelled. It returns when every request in flight has finished its
+// work, logged and counted its outcome (its answer is then being written:
+// http.Server.Shutdown waits for that); the error says that requests had to
+// be cancelled.
+func (a *API) Drain(ctx context.Context) error {
+	a.once.Do(a.init)
+	a.mu.Lock()
+	a.draining = true
+	a.mu.Unlock()
+	finished := make(chan struct{})
+	go func() {
+		a.inflight.Wait()
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		a.stopAll(errShuttingDown)
+		return nil
+	case <-ctx.Done():
+	}
+	a.stopAll(errShuttingDown)
+	<-finished
+	return fmt.Errorf("remediation requests in flight were cancelled: %w", context.Cause(ctx))
+}
+
+// enter counts a request in flight, unless the API is draining.
+func (a *API) enter() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.draining {
+		return false
+	}
+	a.inflight.Add(1)
+	return true
 }
 
 type errorBody struct {
@@ -79,59 +189,95 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // body is the request's body, who names the requester.
 type handler func(ctx context.Context, body []byte, who string) (int, any)
 
-// guard applies, in order: enabled (403), POST only (405), bearer token
-// (401), rate limit (429), JSON only (415), body size (413), timeout.
-func (a *API) guard(h handler) http.Handler {
+// guard applies, in order: enabled (403), not shutting down (503), POST only
+// (405), bearer token (401; 429 beyond the failures' budget), rate limit
+// (limited), JSON only (415), body size (413), timeout. Every answer is JSON;
+// 429 and 503 carry Retry-After.
+func (a *API) guard(h handler, limited int) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.Remediator == nil {
-			writeJSON(w, http.StatusForbidden, errorBody{"remediation is not enabled (start the exporter with --remediation.enabled)"})
-			return
+		var status int
+		var v any
+		switch {
+		case a.Remediator == nil:
+			status, v = http.StatusForbidden, errorBody{"remediation is not enabled (start the exporter with --remediation.enabled)"}
+		case !a.enter():
+			status, v = http.StatusServiceUnavailable, errorBody{"the exporter is shutting down: retry later"}
+		default:
+			func() {
+				defer a.inflight.Done()
+				status, v = a.handle(w, r, h, limited)
+			}()
 		}
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", http.MethodPost)
-			writeJSON(w, http.StatusMethodNotAllowed, errorBody{"only POST is allowed"})
-			return
-		}
-		who := "remote " + r.RemoteAddr
-		if !a.authorized(r.Header.Get("Authorization")) {
-			a.Logger.Warn("remediation request refused: missing or wrong bearer token", "by", who, "path", r.URL.Path)
-			a.Remediator.count(OutcomeUnauthorized)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="kms_exporter remediation"`)
-			writeJSON(w, http.StatusUnauthorized, errorBody{"missing or wrong bearer token"})
-			return
-		}
-		who += " with the remediation token"
-		if a.Limiter != nil && !a.Limiter.Allow() {
-			a.Remediator.count(OutcomeRateLimited)
+		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "1")
-			writeJSON(w, http.StatusTooManyRequests, errorBody{"too many remediation requests; retry later"})
-			return
 		}
-		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-			writeJSON(w, http.StatusUnsupportedMediaType, errorBody{"Content-Type must be application/json"})
-			return
-		}
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
-		if err != nil {
-			var tooBig *http.MaxBytesError
-			if errors.As(err, &tooBig) {
-				writeJSON(w, http.StatusRequestEntityTooLarge, errorBody{fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)})
-				return
-			}
-			writeJSON(w, http.StatusBadRequest, errorBody{"reading the body failed"})
-			return
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), a.Timeout)
-		defer cancel()
-		status, v := h(ctx, body, who)
 		writeJSON(w, status, v)
 	})
 }
 
-// authorized compares the bearer token in constant time (hashes of equal length).
+// handle runs the checks after the first two, and the handler.
+func (a *API) handle(w http.ResponseWriter, r *http.Request, h handler, limited int) (int, any) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return http.StatusMethodNotAllowed, errorBody{"only POST is allowed"}
+	}
+	who := "remote " + r.RemoteAddr
+	if !a.authorized(r.Header.Get("Authorization")) {
+		return a.unauthorized(w, who, r.URL.Path)
+	}
+	who += " with the remediation token"
+	if a.Limiter != nil && !a.Limiter.Allow() {
+		a.Remediator.count(OutcomeRateLimited)
+		return limited, errorBody{"too many remediation requests; retry later"}
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return http.StatusUnsupportedMediaType, errorBody{"Content-Type must be application/json"}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return http.StatusRequestEntityTooLarge, errorBody{fmt.Sprintf("body larger than %d bytes", MaxBodyBytes)}
+		}
+		return http.StatusBadRequest, errorBody{"reading the body failed"}
+	}
+	// The request's work ends at its timeout, when its client goes, or when
+	// Drain runs out of time.
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	defer context.AfterFunc(a.stop, func() { cancel(context.Cause(a.stop)) })()
+	ctx, cancelTimeout := context.WithTimeoutCause(ctx, a.Timeout, errTimedOut)
+	defer cancelTimeout()
+	return h(ctx, body, who)
+}
+
+// unauthorized answers a failed authentication attempt: counted always;
+// within the failures' budget 401 and logged, beyond it 429 and not logged.
+func (a *API) unauthorized(w http.ResponseWriter, who, path string) (int, any) {
+	a.Remediator.count(OutcomeUnauthorized)
+	a.mu.Lock()
+	allowed := a.authFailures.Allow()
+	unlogged := a.unlogged
+	if allowed {
+		a.unlogged = 0
+	} else {
+		a.unlogged++
+	}
+	a.mu.Unlock()
+	if !allowed {
+		return http.StatusTooManyRequests, errorBody{"too many failed authentication attempts (missing or wrong bearer token); retry later"}
+	}
+	a.Logger.Warn("remediation request refused: missing or wrong bearer token", "by", who, "path", path,
+		"failures_not_logged_before", unlogged)
+	w.Header().Set("WWW-Authenticate", `Bearer realm="kms_exporter remediation"`)
+	return http.StatusUnauthorized, errorBody{"missing or wrong bearer token"}
+}
+
+// authorized compares the bearer token in constant time (hashes of equal
+// length); the scheme's name is case-insensitive (RFC 9110, 11.1).
 func (a *API) authorized(header string) bool {
-	token, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok {
+	scheme, token, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
@@ -140,12 +286,15 @@ func (a *API) authorized(header string) bool {
 
 // decode reads exactly one JSON object into v, refusing unknown fields.
 func decode(body []byte, v any) error {
+	if b := bytes.TrimLeft(body, " \t\r\n"); len(b) == 0 || b[0] != '{' {
+		return errors.New("the body must be a JSON object")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("invalid JSON: %v", err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("invalid JSON: more than one value")
 	}
 	return nil
@@ -186,6 +335,8 @@ type BulkResponse struct {
 	Matched int      `json:"matched"`
 	OK      int      `json:"ok"`
 	Results []Result `json:"results"`
+	// Error says why the request stopped before every key was handled.
+	Error string `json:"error,omitempty"`
 }
 
 func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
@@ -194,7 +345,7 @@ func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
 		return a.invalid(err)
 	}
 	results, err := a.Remediator.RemediateAll(ctx, sel, who)
-	if err != nil && results == nil {
+	if errors.Is(err, ErrInvalidSelector) {
 		return a.invalid(err)
 	}
 	resp := BulkResponse{Matched: len(results), Results: results}
@@ -205,6 +356,10 @@ func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
 		} else if r.Status >= 500 {
 			status = http.StatusBadGateway
 		}
+	}
+	if err != nil {
+		// Stopped between keys (timeout, shutdown): what was done is listed.
+		resp.Error, status = err.Error(), http.StatusServiceUnavailable
 	}
 	if resp.Results == nil {
 		resp.Results = []Result{}
@@ -249,31 +404,56 @@ func (a *API) alertmanager(ctx context.Context, body []byte, who string) (int, a
 	if err != nil {
 		return a.invalid(err)
 	}
+	names := a.AlertNames
+	if len(names) == 0 {
+		names = DefaultAlertNames
+	}
+	// The call paid for one action in the guard; each further one takes a
+	// token of its own. Alerts refused before any AWS call cost nothing, so
+	// that a retried group gets further each time.
+	paid := true
+	admit := func() bool {
+		if paid {
+			paid = false
+			return true
+		}
+		return a.Limiter == nil || a.Limiter.Allow()
+	}
 	out := struct {
 		Alerts []AlertResult `json:"alerts"`
 	}{Alerts: []AlertResult{}}
-	status := http.StatusOK
+	status, limited := http.StatusOK, 0
 	for _, al := range p.Alerts {
 		ar := AlertResult{Fingerprint: al.Fingerprint, Alertname: al.Labels["alertname"], Action: "ignored"}
 		account, region, key := al.Labels["account_id"], al.Labels["region"], al.Labels["key_id"]
 		switch {
 		case al.Status != "firing":
 			ar.Reason = "alert is " + al.Status
+		case !slices.Contains(names, ar.Alertname):
+			ar.Reason = fmt.Sprintf("alertname %q is not acted on (only %s)", ar.Alertname, strings.Join(names, ", "))
 		case region == "" || key == "":
 			ar.Reason = "alert has no region and key_id labels"
 		default:
-			res := a.Remediator.Remediate(ctx, Request{AccountID: account, Region: region, KeyID: key}, who+" via alertmanager")
+			res := a.Remediator.remediateOne(ctx, Request{AccountID: account, Region: region, KeyID: key}, who+" via alertmanager", admit)
 			ar.Action, ar.Result = "remediated", &res
-			if !res.OK() {
+			switch {
+			case res.OK():
+			case res.Outcome == OutcomeRateLimited:
+				// Ask Alertmanager to retry later: the budget is spent, not the request wrong.
 				ar.Action, ar.Reason = "refused", res.Reason
-				if res.Status >= 500 {
-					ar.Action = "failed"
-					// Ask Alertmanager to retry: AWS failed, not the request.
-					status = http.StatusBadGateway
-				}
+				status, limited = http.StatusServiceUnavailable, limited+1
+			case res.Status >= 500:
+				// Ask Alertmanager to retry: AWS failed (or the request was cut), not the request.
+				ar.Action, ar.Reason = "failed", res.Reason
+				status = max(status, res.Status)
+			default:
+				ar.Action, ar.Reason = "refused", res.Reason
 			}
 		}
 		out.Alerts = append(out.Alerts, ar)
+	}
+	if limited > 0 {
+		a.Logger.Warn("remediation of alerts deferred: over the rate limit (--remediation.requests-per-second)", "by", who+" via alertmanager", "alerts", limited)
 	}
 	return status, out
 }

@@ -9,6 +9,7 @@ package remediate
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -57,6 +58,26 @@ type Selector struct {
 	Tag                string `json:"tag"` // KEY or KEY=VALUE
 	DryRun             bool   `json:"dry_run"`
 	RotationPeriodDays *int   `json:"rotation_period_days,omitempty"`
+	// AllNoncompliant must be true for a selector without any filter: every
+	// noncompliant key is then selected (the command line's --all-noncompliant).
+	AllNoncompliant bool `json:"all_noncompliant"`
+}
+
+// ErrInvalidSelector is the error of a selector refused before any key is handled.
+var ErrInvalidSelector = errors.New("invalid selector")
+
+// validate refuses a selector with a malformed filter, or with none at all
+// unless every noncompliant key is asked for explicitly.
+func (s Selector) validate() error {
+	switch {
+	case s.Region != "" && !awsclient.ValidRegion(s.Region):
+		return fmt.Errorf("region %q is not an AWS region name", s.Region)
+	case s.AccountID != "" && !accountRegexp.MatchString(s.AccountID):
+		return fmt.Errorf("account_id %q is not a 12-digit AWS account id", s.AccountID)
+	case !s.AllNoncompliant && s.AccountID == "" && s.Region == "" && s.AliasPrefix == "" && s.Tag == "":
+		return errors.New(`the selector is empty: give account_id, region, alias_prefix or tag, or "all_noncompliant": true for every noncompliant key`)
+	}
+	return nil
 }
 
 // Outcomes of a request; they are the values of the result label of
@@ -72,11 +93,17 @@ const (
 	OutcomeVerificationFailed = "verification_failed"
 	OutcomeUnauthorized       = "unauthorized"
 	OutcomeRateLimited        = "rate_limited"
+	// OutcomeInProgress refuses a request for a key another request is acting on.
+	OutcomeInProgress = "in_progress"
+	// OutcomeCancelled: the request ended (timeout, client gone, shutdown)
+	// before EnableKeyRotation was sent; nothing was changed.
+	OutcomeCancelled = "cancelled"
 )
 
 // Outcomes lists every outcome, for counters initialised at zero.
 var Outcomes = []string{OutcomeEnabled, OutcomeDryRun, OutcomeNotFound, OutcomeInvalid, OutcomeIneligible,
-	OutcomeNoAction, OutcomeFailed, OutcomeVerificationFailed, OutcomeUnauthorized, OutcomeRateLimited}
+	OutcomeNoAction, OutcomeFailed, OutcomeVerificationFailed, OutcomeUnauthorized, OutcomeRateLimited,
+	OutcomeInProgress, OutcomeCancelled}
 
 // Result is the answer for one key.
 type Result struct {
@@ -107,8 +134,7 @@ func (r Result) OK() bool { return r.Outcome == OutcomeEnabled || r.Outcome == O
 // Remediator decides and acts.
 type Remediator struct {
 	Inventory Inventory
-	// Client returns the KMS client of an account (by the role reaching it, "" for
-	// the own credentials) in a region.
+	// Client returns the KMS client of an account (by role) in a region.
 	Client func(roleARN, region string) KMS
 	Policy policy.Policy
 	// AllowTags (KEY or KEY=VALUE) and AllowAliasPrefixes, when any is set,
@@ -125,12 +151,37 @@ type Remediator struct {
 	results  *prometheus.CounterVec
 	mu       sync.Mutex
 	limiters map[string]*rate.Limiter
+	// busy holds the keys being acted on (account/region/key id of the key
+	// EnableKeyRotation goes to).
+	busy map[string]bool
 }
 
-// waitForEnable waits for the mutating-call budget of an account and region.
+// claim marks a key as being acted on; false means another request is.
+func (r *Remediator) claim(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.busy[key] {
+		return false
+	}
+	if r.busy == nil {
+		r.busy = map[string]bool{}
+	}
+	r.busy[key] = true
+	return true
+}
+
+// release ends a claim.
+func (r *Remediator) release(key string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.busy, key)
+}
+
+// waitForEnable waits for the mutating-call budget of an account and region;
+// it fails when ctx ends first, or would before the budget allows the call.
 func (r *Remediator) waitForEnable(ctx context.Context, account, region string) error {
 	if r.EnablesPerSecond <= 0 {
-		return nil
+		return ctx.Err()
 	}
 	r.mu.Lock()
 	if r.limiters == nil {
@@ -142,7 +193,10 @@ func (r *Remediator) waitForEnable(ctx context.Context, account, region string) 
 		r.limiters[account+"/"+region] = l
 	}
 	r.mu.Unlock()
-	return l.Wait(ctx)
+	if err := l.Wait(ctx); err != nil {
+		return fmt.Errorf("waiting for the EnableKeyRotation rate limit (--remediation.aws-requests-per-second): %w", err)
+	}
+	return nil
 }
 
 // Metrics returns the collector of kms_remediations_total, its outcomes at zero.
@@ -150,7 +204,7 @@ func (r *Remediator) Metrics() *prometheus.CounterVec {
 	r.once.Do(func() {
 		r.results = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kms_remediations_total",
-			Help: "Remediation decisions by result: enabled, dry_run, not_found, invalid_request, ineligible, no_action_needed, aws_error, verification_failed, unauthorized, rate_limited.",
+			Help: "Remediation decisions by result: " + strings.Join(Outcomes, ", ") + ".",
 		}, []string{"result"})
 		for _, o := range Outcomes {
 			r.results.WithLabelValues(o)
@@ -164,27 +218,29 @@ var (
 	accountRegexp = regexp.MustCompile(`^[0-9]{12}$`)
 )
 
-// normalise validates a request's names; a key ARN fills in account and region.
-func normalise(req *Request) error {
+// normalise validates a request's names; a key ARN fills in account and
+// region, and is returned, to be compared with the inventory's.
+func normalise(req *Request) (keyARN string, err error) {
 	if a, err := arn.Parse(req.KeyID); err == nil {
 		id, ok := strings.CutPrefix(a.Resource, "key/")
 		if a.Service != "kms" || !ok {
-			return fmt.Errorf("key_id %q is not a KMS key ARN", req.KeyID)
+			return "", fmt.Errorf("key_id %q is not a KMS key ARN", req.KeyID)
 		}
 		if (req.AccountID != "" && req.AccountID != a.AccountID) || (req.Region != "" && req.Region != a.Region) {
-			return fmt.Errorf("key_id ARN names account %s, region %s: it contradicts account_id or region", a.AccountID, a.Region)
+			return "", fmt.Errorf("key_id ARN names account %s, region %s: it contradicts account_id or region", a.AccountID, a.Region)
 		}
+		keyARN = req.KeyID
 		req.KeyID, req.AccountID, req.Region = id, a.AccountID, a.Region
 	}
 	switch {
 	case !keyIDPattern.MatchString(req.KeyID):
-		return fmt.Errorf("key_id %q is not a KMS key id (UUID or mrk-…) nor a key ARN", req.KeyID)
+		return "", fmt.Errorf("key_id %q is not a KMS key id (UUID or mrk-…) nor a key ARN", req.KeyID)
 	case !awsclient.ValidRegion(req.Region):
-		return fmt.Errorf("region %q is not an AWS region name", req.Region)
+		return "", fmt.Errorf("region %q is not an AWS region name", req.Region)
 	case req.AccountID != "" && !accountRegexp.MatchString(req.AccountID):
-		return fmt.Errorf("account_id %q is not a 12-digit AWS account id", req.AccountID)
+		return "", fmt.Errorf("account_id %q is not a 12-digit AWS account id", req.AccountID)
 	}
-	return nil
+	return keyARN, nil
 }
 
 // period returns the rotation period to set, or a refusal.
@@ -204,13 +260,20 @@ func (r *Remediator) period(requested *int) (int, *Result) {
 
 // Remediate handles one key; who names the requester in the log.
 func (r *Remediator) Remediate(ctx context.Context, req Request, who string) Result {
-	res := r.remediate(ctx, req)
+	return r.remediateOne(ctx, req, who, nil)
+}
+
+// remediateOne handles one key; admit, when set, is asked just before the
+// first AWS call whether the caller's budget allows it.
+func (r *Remediator) remediateOne(ctx context.Context, req Request, who string, admit func() bool) Result {
+	res := r.remediate(ctx, req, admit)
 	r.record(res, who)
 	return res
 }
 
-func (r *Remediator) remediate(ctx context.Context, req Request) Result {
-	if err := normalise(&req); err != nil {
+func (r *Remediator) remediate(ctx context.Context, req Request, admit func() bool) Result {
+	keyARN, err := normalise(&req)
+	if err != nil {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeInvalid, Reason: err.Error(), Status: http.StatusBadRequest}
 	}
 	days, refusal := r.period(req.RotationPeriodDays)
@@ -234,15 +297,21 @@ func (r *Remediator) remediate(ctx context.Context, req Request) Result {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
 			Reason: "no such key in the inventory (audited accounts and regions, as of the last refresh)", Status: http.StatusNotFound}
 	}
-	res, change := r.act(ctx, target, key, days, req.DryRun)
+	if keyARN != "" && keyARN != key.ARN {
+		// Same id, account and region, yet another key: another partition.
+		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
+			Reason: fmt.Sprintf("no key %s in the inventory: the inventory's key with this id is %s", keyARN, key.ARN), Status: http.StatusNotFound}
+	}
+	res, change := r.act(ctx, target, key, days, req.DryRun, admit)
 	results := []Result{res}
-	r.publish(results, change)
+	r.publish(results, []*model.RotationChange{change})
 	return results[0]
 }
 
-// publish makes the verified changes visible at once, in one new snapshot,
-// and sets each result's verdict from it.
-func (r *Remediator) publish(results []Result, changes ...*model.RotationChange) {
+// publish makes the changes read from AWS visible at once, in one new
+// snapshot, and sets each changed key's result's verdict from it; changes[i]
+// (nil when nothing was read) goes with results[i].
+func (r *Remediator) publish(results []Result, changes []*model.RotationChange) {
 	var apply []model.RotationChange
 	for _, c := range changes {
 		if c != nil {
@@ -253,36 +322,39 @@ func (r *Remediator) publish(results []Result, changes ...*model.RotationChange)
 		return
 	}
 	snap := r.Inventory.ApplyRotationChanges(apply...)
-	for i, res := range results {
-		if res.Outcome != OutcomeEnabled {
+	for i, c := range changes {
+		if c == nil {
 			continue
 		}
-		if _, k := snap.Locate(res.AccountID, res.Region, res.KeyID); k != nil {
+		if _, k := snap.Locate(results[i].AccountID, results[i].Region, results[i].KeyID); k != nil {
 			results[i].Verdict = string(k.Verdict.Status)
 		}
 	}
 }
 
-// RemediateAll handles every noncompliant key the selector matches.
+// RemediateAll handles every noncompliant key the selector matches. An
+// invalid selector is an ErrInvalidSelector, before anything is done; a
+// context that ends stops it between keys, with the results so far.
 func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string) ([]Result, error) {
-	if sel.Region != "" && !awsclient.ValidRegion(sel.Region) {
-		return nil, fmt.Errorf("region %q is not an AWS region name", sel.Region)
-	}
-	if sel.AccountID != "" && !accountRegexp.MatchString(sel.AccountID) {
-		return nil, fmt.Errorf("account_id %q is not a 12-digit AWS account id", sel.AccountID)
+	if err := sel.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidSelector, err)
 	}
 	days, refusal := r.period(sel.RotationPeriodDays)
 	if refusal != nil {
-		return nil, fmt.Errorf("%s", refusal.Reason)
+		return nil, fmt.Errorf("%w: %s", ErrInvalidSelector, refusal.Reason)
 	}
 	snap := r.Inventory.Snapshot()
 	var results []Result
 	var changes []*model.RotationChange
+	var stopped error
 	// However the loop ends, what was changed is published and logged.
 	defer func() {
-		r.publish(results, changes...)
+		r.publish(results, changes)
 		for _, res := range results {
 			r.record(res, who)
+		}
+		if stopped != nil {
+			r.Logger.Warn("remediation stopped before every selected key was handled", "by", who, "handled", len(results), "err", stopped)
 		}
 	}()
 	for _, t := range snap.Targets {
@@ -294,10 +366,11 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 			if k.Verdict.Status != policy.Noncompliant || !matches(k, sel.AliasPrefix, sel.Tag) {
 				continue
 			}
-			if err := ctx.Err(); err != nil {
-				return results, err
+			if ctx.Err() != nil {
+				stopped = fmt.Errorf("stopped after %d keys, the others were not touched: %w", len(results), context.Cause(ctx))
+				return results, stopped
 			}
-			res, change := r.act(ctx, t, k, days, sel.DryRun)
+			res, change := r.act(ctx, t, k, days, sel.DryRun, nil)
 			results = append(results, res)
 			changes = append(changes, change)
 		}
@@ -362,9 +435,10 @@ func (r *Remediator) eligibility(k *model.Key) *Result {
 	return nil
 }
 
-// act checks a located key and, unless refused or a dry run, enables
-// rotation and re-reads the status; it returns the verified change to publish.
-func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key, days int, dryRun bool) (Result, *model.RotationChange) {
+// act checks a located key and, unless refused or a dry run, re-reads its
+// rotation status, enables rotation unless it became compliant meanwhile,
+// and re-reads the status; it returns what AWS said, to publish.
+func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key, days int, dryRun bool, admit func() bool) (Result, *model.RotationChange) {
 	res := Result{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, Aliases: strings.Join(k.Aliases, ","), DryRun: dryRun,
 		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Status)}
 	if refusal := r.eligibility(k); refusal != nil {
@@ -380,26 +454,68 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 		res.Outcome, res.Reason, res.Status = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days), http.StatusOK
 		return res, nil
 	}
-	api := r.Client(t.RoleARN, res.ActedOnRegion)
-	id := aws.String(res.ActedOnKeyID)
-	if err := r.waitForEnable(ctx, k.AccountID, res.ActedOnRegion); err != nil {
-		res.Outcome, res.Reason, res.Status = OutcomeFailed, "timed out waiting for the EnableKeyRotation rate limit", http.StatusServiceUnavailable
+	if admit != nil && !admit() {
+		res.Outcome, res.Reason, res.Status = OutcomeRateLimited, "over the remediation rate limit (--remediation.requests-per-second): retry later", http.StatusTooManyRequests
 		return res, nil
 	}
+	// One action per key at a time: a replica and its primary are one key.
+	lock := k.AccountID + "/" + res.ActedOnRegion + "/" + res.ActedOnKeyID
+	if !r.claim(lock) {
+		res.Outcome, res.Status = OutcomeInProgress, http.StatusConflict
+		res.Reason = fmt.Sprintf("another request is remediating this key (%s in %s) right now; nothing was done", res.ActedOnKeyID, res.ActedOnRegion)
+		return res, nil
+	}
+	defer r.release(lock)
+	api := r.Client(t.RoleARN, res.ActedOnRegion)
+	id := aws.String(res.ActedOnKeyID)
+	cancelled := func(when string, err error) (Result, *model.RotationChange) {
+		if ctx.Err() != nil {
+			err = context.Cause(ctx)
+		}
+		res.Outcome, res.Status = OutcomeCancelled, http.StatusServiceUnavailable
+		res.Reason = fmt.Sprintf("stopped %s (%v): nothing was changed", when, err)
+		return res, nil
+	}
+	// The owner may have enabled rotation since the last refresh: enabling it
+	// again with this period could lengthen theirs.
+	before, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
+	if err != nil {
+		if ctx.Err() != nil {
+			return cancelled("while reading the rotation status, before EnableKeyRotation", err)
+		}
+		res.Outcome, res.Status = OutcomeFailed, http.StatusBadGateway
+		res.Reason = "GetKeyRotationStatus before enabling: " + awsclient.ErrorCode(err) + ": nothing was changed"
+		return res, nil
+	}
+	rot := res.setRotation(before)
+	if policy.Decide(policy.Input{Meta: k.Meta, Rotation: &rot, Tags: k.Tags}, r.Policy, r.Now()).Status == policy.Compliant {
+		res.Outcome, res.Status = OutcomeNoAction, http.StatusConflict
+		res.Reason = fmt.Sprintf("already compliant: rotation was enabled (period %d days) since the last refresh; EnableKeyRotation was not called", rot.PeriodDays)
+		return res, r.change(k, rot)
+	}
+	if err := r.waitForEnable(ctx, k.AccountID, res.ActedOnRegion); err != nil {
+		return cancelled("before EnableKeyRotation", err)
+	}
 	if _, err := api.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: id, RotationPeriodInDays: aws.Int32(int32(days))}); err != nil {
+		if ctx.Err() != nil {
+			res.Outcome, res.Status = OutcomeVerificationFailed, http.StatusServiceUnavailable
+			res.Reason = fmt.Sprintf("EnableKeyRotation was sent but its answer was cut short (%v): rotation may be enabled; not verified", context.Cause(ctx))
+			return res, nil
+		}
 		res.Outcome, res.Reason, res.Status = OutcomeFailed, "EnableKeyRotation: "+awsclient.ErrorCode(err), http.StatusBadGateway
 		return res, nil
 	}
 	st, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
 	if err != nil {
-		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "GetKeyRotationStatus: "+awsclient.ErrorCode(err), http.StatusBadGateway
+		res.Outcome, res.Status = OutcomeVerificationFailed, http.StatusBadGateway
+		res.Reason = "EnableKeyRotation succeeded; GetKeyRotationStatus: " + awsclient.ErrorCode(err)
+		if ctx.Err() != nil {
+			res.Status = http.StatusServiceUnavailable
+			res.Reason = fmt.Sprintf("EnableKeyRotation succeeded; re-reading the status was cut short (%v): rotation is probably enabled; not verified", context.Cause(ctx))
+		}
 		return res, nil
 	}
-	rot := policy.Rotation{Enabled: st.KeyRotationEnabled, PeriodDays: aws.ToInt32(st.RotationPeriodInDays), NextRotation: aws.ToTime(st.NextRotationDate)}
-	res.RotationEnabled, res.RotationPeriodDays = &rot.Enabled, rot.PeriodDays
-	if !rot.NextRotation.IsZero() {
-		res.NextRotation = &rot.NextRotation
-	}
+	rot = res.setRotation(st)
 	switch {
 	case !rot.Enabled:
 		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "rotation still disabled after EnableKeyRotation", http.StatusBadGateway
@@ -409,7 +525,22 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 		res.Outcome, res.Status = OutcomeEnabled, http.StatusOK
 	}
 	// Whatever AWS now says is the truth the inventory shows, success or not.
-	return res, &model.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
+	return res, r.change(k, rot)
+}
+
+// setRotation shows a status read from AWS in the result and returns it.
+func (res *Result) setRotation(st *kms.GetKeyRotationStatusOutput) policy.Rotation {
+	rot := policy.Rotation{Enabled: st.KeyRotationEnabled, PeriodDays: aws.ToInt32(st.RotationPeriodInDays), NextRotation: aws.ToTime(st.NextRotationDate)}
+	res.RotationEnabled, res.RotationPeriodDays, res.NextRotation = &rot.Enabled, rot.PeriodDays, nil
+	if !rot.NextRotation.IsZero() {
+		res.NextRotation = &rot.NextRotation
+	}
+	return rot
+}
+
+// change is the inventory change for a rotation status read from AWS.
+func (r *Remediator) change(k *model.Key, rot policy.Rotation) *model.RotationChange {
+	return &model.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
 }
 
 // count counts one decision.
@@ -422,7 +553,11 @@ func (r *Remediator) count(outcome string) {
 func (r *Remediator) record(res Result, who string) {
 	r.count(res.Outcome)
 	level := slog.LevelInfo
-	if !res.OK() && res.Outcome != OutcomeNoAction {
+	switch {
+	case res.Outcome == OutcomeRateLimited:
+		// Counted one by one; whoever refuses a batch logs one line for it.
+		level = slog.LevelDebug
+	case !res.OK() && res.Outcome != OutcomeNoAction:
 		level = slog.LevelWarn
 	}
 	r.Logger.Log(context.Background(), level, "remediation", "by", who, "account_id", res.AccountID, "region", res.Region,

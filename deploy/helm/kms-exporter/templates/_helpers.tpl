@@ -113,6 +113,9 @@ printed as integers (1e+06 would be refused by an integer flag). */}}
 {{- range $v.remediation.allowAliasPrefixes }}
 {{- $flags = append $flags (list "remediation.allow-alias-prefix" .) }}
 {{- end }}
+{{- range $v.remediation.alertNames }}
+{{- $flags = append $flags (list "remediation.alert-name" .) }}
+{{- end }}
 {{- $flags = append $flags (list "remediation.requests-per-second" $v.remediation.requestsPerSecond) }}
 {{- $flags = append $flags (list "remediation.timeout" $v.remediation.timeout) }}
 {{- $flags = append $flags (list "remediation.aws-requests-per-second" $v.remediation.awsRequestsPerSecond) }}
