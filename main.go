@@ -96,7 +96,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	case config.CommandAudit:
 		return report.Audit(ctx, refresher.Refresh, os.Stdout, cfg.Audit.Output)
 	case config.CommandRemediate:
-		return remediateCommand(ctx, cfg, refresher, remediator)
+		return remediator.Command(ctx, refresher.Refresh, cfg.Remediate, os.Stdout, os.Stderr)
 	}
 
 	logger.Info("starting kms_exporter", "version", version.Info(), "build_context", version.BuildContext(),
@@ -181,38 +181,4 @@ func shutdown(server *http.Server, api *remediate.API, timeout time.Duration) er
 		return fmt.Errorf("requests still in flight after --web.shutdown-timeout=%s: %w", timeout, err)
 	}
 	return nil
-}
-
-// remediateCommand refreshes once, then remediates the keys the command line
-// names, printing a summary per key.
-func remediateCommand(ctx context.Context, cfg *config.Config, refresher *inventory.Refresher, remediator *remediate.Remediator) (int, error) {
-	s := refresher.Refresh(ctx)
-	if report.AuditExitCode(s) == report.ExitError {
-		_ = report.WriteAudit(os.Stderr, s, "table")
-		return 0, errors.New("the audit before remediation failed; nothing was changed")
-	}
-	opts := cfg.Remediate
-	var period *int
-	if opts.RotationPeriodDays != 0 {
-		period = &opts.RotationPeriodDays
-	}
-	if opts.Region == "" && len(cfg.AWS.Regions) == 1 {
-		opts.Region = cfg.AWS.Regions[0]
-	}
-	if !opts.AllNoncompliant {
-		result := remediator.Remediate(ctx, remediate.Request{AccountID: opts.AccountID, Region: opts.Region,
-			KeyID: opts.KeyID, DryRun: opts.DryRun, RotationPeriodDays: period}, "command line")
-		return report.WriteRemediations(os.Stdout, []remediate.Result{result}), nil
-	}
-	results, err := remediator.RemediateAll(ctx, remediate.Selector{AccountID: opts.AccountID, Region: opts.Region,
-		DryRun: opts.DryRun, RotationPeriodDays: period, AllNoncompliant: true}, "command line")
-	if errors.Is(err, remediate.ErrInvalidSelector) {
-		return 0, err
-	}
-	// Cut short (SIGTERM): what was done is printed all the same.
-	code := report.WriteRemediations(os.Stdout, results)
-	if err != nil {
-		return 0, fmt.Errorf("remediation: %w", err)
-	}
-	return code, nil
 }

@@ -67,7 +67,7 @@ type Config struct {
 	Shard       int // --shard, as a number
 	TotalShards int // --total-shards
 	Audit       Audit
-	Remediate   Remediate
+	Remediate   remediate.CommandOptions
 
 	app *kingpin.Application
 	// The raw values Validate parses into the fields above.
@@ -118,16 +118,6 @@ type Remediation struct {
 // Audit holds the audit command's flags.
 type Audit struct {
 	Output string // --output: table or json
-}
-
-// Remediate holds the remediate command's flags.
-type Remediate struct {
-	KeyID              string // --key-id
-	Region             string // --region
-	AccountID          string // --account-id
-	AllNoncompliant    bool   // --all-noncompliant
-	DryRun             bool   // --dry-run
-	RotationPeriodDays int    // --rotation-period-days; 0 = the policy maximum
 }
 
 // Error is a configuration error: Name is the flag (--aws.region) or the

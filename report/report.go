@@ -12,7 +12,6 @@ import (
 
 	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
-	"github.com/kms-exporter/kms_exporter/remediate"
 )
 
 // Exit codes of the audit and remediate commands.
@@ -136,40 +135,45 @@ func record(k *model.Key) KeyRecord {
 	return r
 }
 
+// RemediationLine is one key of the remediate command's output.
+type RemediationLine struct {
+	AccountID, Region, KeyID, Aliases string
+	// Result is the outcome, Detail what it means for this key.
+	Result, Detail string
+	// OK: remediated, or would be in a dry run.
+	OK, DryRun bool
+}
+
 // WriteRemediations prints one line per key and a summary; it returns
 // ExitOK when every key was remediated (or would be, in a dry run).
-func WriteRemediations(w io.Writer, results []remediate.Result) int {
+func WriteRemediations(w io.Writer, lines []RemediationLine) int {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ACCOUNT\tREGION\tKEY ID\tALIASES\tRESULT\tDETAIL")
 	code, ok := ExitOK, 0
-	for _, r := range results {
-		detail := r.Reason
-		if r.Outcome == remediate.OutcomeEnabled {
-			detail = fmt.Sprintf("verified: rotation enabled, period %s, now %s", days(r.RotationPeriodDays), r.Verdict)
-		}
-		if r.OK() {
+	for _, l := range lines {
+		if l.OK {
 			ok++
 		} else {
 			code = ExitFinding
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(r.AccountID), r.Region, r.KeyID, orDash(r.Aliases), r.Outcome, detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", orDash(l.AccountID), l.Region, l.KeyID, orDash(l.Aliases), l.Result, l.Detail)
 	}
 	_ = tw.Flush()
-	if len(results) > 0 && results[0].DryRun {
-		fmt.Fprintf(w, "\n%d of %d keys would be remediated (dry run: nothing was changed)\n", ok, len(results))
+	if len(lines) > 0 && lines[0].DryRun {
+		fmt.Fprintf(w, "\n%d of %d keys would be remediated (dry run: nothing was changed)\n", ok, len(lines))
 	} else {
-		fmt.Fprintf(w, "\n%d of %d keys remediated\n", ok, len(results))
+		fmt.Fprintf(w, "\n%d of %d keys remediated\n", ok, len(lines))
 	}
 	return code
 }
 
-func days(d int32) string {
+// Days says a rotation period for people.
+func Days(d int32) string {
 	if d == 0 {
 		return "not reported"
 	}
 	return fmt.Sprintf("%d days", d)
 }
-
 func orDash(s string) string {
 	if s == "" {
 		return "-"
