@@ -327,7 +327,36 @@ func (a *API) single(ctx context.Context, body []byte, who string) (int, any) {
 		return a.invalid(err)
 	}
 	res := a.Remediator.Remediate(ctx, req, who)
-	return res.Status, res
+	return statusOf(res), res
+}
+
+// statusOf is the HTTP status of a result: the one place an outcome becomes
+// a status code.
+func statusOf(res Result) int {
+	switch res.Outcome {
+	case OutcomeEnabled, OutcomeDryRun:
+		return http.StatusOK
+	case OutcomeInvalid:
+		return http.StatusBadRequest
+	case OutcomeNotFound:
+		return http.StatusNotFound
+	case OutcomeNoAction, OutcomeInProgress:
+		return http.StatusConflict
+	case OutcomeIneligible:
+		if res.stateConflict {
+			return http.StatusConflict
+		}
+		return http.StatusUnprocessableEntity
+	case OutcomeRateLimited:
+		return http.StatusTooManyRequests
+	case OutcomeCancelled:
+		return http.StatusServiceUnavailable
+	}
+	// aws_error, verification_failed: AWS failed, or the work was cut short.
+	if res.Interrupted {
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadGateway
 }
 
 // BulkResponse answers a bulk request.
@@ -353,7 +382,7 @@ func (a *API) bulk(ctx context.Context, body []byte, who string) (int, any) {
 	for _, r := range results {
 		if r.OK() {
 			resp.OK++
-		} else if r.Status >= 500 {
+		} else if statusOf(r) >= 500 {
 			status = http.StatusBadGateway
 		}
 	}
@@ -442,10 +471,10 @@ func (a *API) alertmanager(ctx context.Context, body []byte, who string) (int, a
 				// Ask Alertmanager to retry later: the budget is spent, not the request wrong.
 				ar.Action, ar.Reason = "refused", res.Reason
 				status, limited = http.StatusServiceUnavailable, limited+1
-			case res.Status >= 500:
+			case statusOf(res) >= 500:
 				// Ask Alertmanager to retry: AWS failed (or the request was cut), not the request.
 				ar.Action, ar.Reason = "failed", res.Reason
-				status = max(status, res.Status)
+				status = max(status, statusOf(res))
 			default:
 				ar.Action, ar.Reason = "refused", res.Reason
 			}

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"regexp"
 	"strings"
 	"sync"
@@ -124,8 +123,12 @@ type Result struct {
 	RotationPeriodDays int32      `json:"rotation_period_days,omitempty"`
 	NextRotation       *time.Time `json:"next_rotation,omitempty"`
 	Verdict            string     `json:"verdict,omitempty"`
-	// Status is the HTTP status that goes with the outcome.
-	Status int `json:"-"`
+	// Interrupted: the work was cut short (shutdown, --remediation.timeout)
+	// and may be retried.
+	Interrupted bool `json:"interrupted,omitempty"`
+	// stateConflict: an ineligible key could become eligible (its verdict
+	// or state may change); otherwise a rule refuses it.
+	stateConflict bool
 }
 
 // OK tells whether the key is (or, for a dry run, would be) remediated.
@@ -249,11 +252,11 @@ func (r *Remediator) period(requested *int) (int, *Result) {
 		return r.Policy.MaxRotationPeriodDays, nil
 	}
 	p := *requested
-	if p < 90 || p > 2560 {
-		return 0, &Result{Outcome: OutcomeInvalid, Reason: fmt.Sprintf("rotation_period_days %d is outside KMS's 90..2560", p), Status: http.StatusBadRequest}
+	if !policy.ValidRotationPeriod(p) {
+		return 0, &Result{Outcome: OutcomeInvalid, Reason: fmt.Sprintf("rotation_period_days %d is outside KMS's %d..%d", p, policy.MinRotationPeriodDays, policy.MaxRotationPeriodDays)}
 	}
 	if p > r.Policy.MaxRotationPeriodDays {
-		return 0, &Result{Outcome: OutcomeIneligible, Reason: fmt.Sprintf("rotation_period_days %d exceeds the policy's %d", p, r.Policy.MaxRotationPeriodDays), Status: http.StatusUnprocessableEntity}
+		return 0, &Result{Outcome: OutcomeIneligible, Reason: fmt.Sprintf("rotation_period_days %d exceeds the policy's %d", p, r.Policy.MaxRotationPeriodDays)}
 	}
 	return p, nil
 }
@@ -274,7 +277,7 @@ func (r *Remediator) remediateOne(ctx context.Context, req Request, who string, 
 func (r *Remediator) remediate(ctx context.Context, req Request, admit func() bool) Result {
 	keyARN, err := normalise(&req)
 	if err != nil {
-		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeInvalid, Reason: err.Error(), Status: http.StatusBadRequest}
+		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeInvalid, Reason: err.Error()}
 	}
 	days, refusal := r.period(req.RotationPeriodDays)
 	if refusal != nil {
@@ -289,18 +292,18 @@ func (r *Remediator) remediate(ctx context.Context, req Request, admit func() bo
 		}
 		if len(accounts) > 1 {
 			return Result{KeyID: req.KeyID, Region: req.Region, Outcome: OutcomeInvalid,
-				Reason: "account_id is required: several accounts are audited", Status: http.StatusBadRequest}
+				Reason: "account_id is required: several accounts are audited"}
 		}
 	}
 	target, key := snap.Locate(req.AccountID, req.Region, req.KeyID)
 	if key == nil {
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
-			Reason: "no such key in the inventory (audited accounts and regions, as of the last refresh)", Status: http.StatusNotFound}
+			Reason: "no such key in the inventory (audited accounts and regions, as of the last refresh)"}
 	}
 	if keyARN != "" && keyARN != key.ARN {
 		// Same id, account and region, yet another key: another partition.
 		return Result{KeyID: req.KeyID, Region: req.Region, AccountID: req.AccountID, Outcome: OutcomeNotFound,
-			Reason: fmt.Sprintf("no key %s in the inventory: the inventory's key with this id is %s", keyARN, key.ARN), Status: http.StatusNotFound}
+			Reason: fmt.Sprintf("no key %s in the inventory: the inventory's key with this id is %s", keyARN, key.ARN)}
 	}
 	res, change := r.act(ctx, target, key, days, req.DryRun, admit)
 	results := []Result{res}
@@ -409,28 +412,28 @@ func hasTag(k *model.Key, tags []string) bool {
 
 // eligibility refuses a key that must not be remediated; nil means go ahead.
 func (r *Remediator) eligibility(k *model.Key) *Result {
-	refuse := func(outcome, reason string, status int) *Result {
-		return &Result{Outcome: outcome, Reason: reason, Status: status}
+	refuse := func(outcome, reason string, stateConflict bool) *Result {
+		return &Result{Outcome: outcome, Reason: reason, stateConflict: stateConflict}
 	}
 	if reason := policy.Scope(k.Meta); reason != "" && k.Verdict.Status != policy.Unknown {
-		return refuse(OutcomeIneligible, "not applicable: "+reason, http.StatusUnprocessableEntity)
+		return refuse(OutcomeIneligible, "not applicable: "+reason, false)
 	}
 	switch k.Verdict.Status {
 	case policy.Compliant:
-		return refuse(OutcomeNoAction, "already compliant", http.StatusConflict)
+		return refuse(OutcomeNoAction, "already compliant", true)
 	case policy.Exempt:
-		return refuse(OutcomeIneligible, "exempt: "+k.Verdict.ExemptionReason, http.StatusConflict)
+		return refuse(OutcomeIneligible, "exempt: "+k.Verdict.ExemptionReason, true)
 	case policy.Unknown:
-		return refuse(OutcomeIneligible, "verdict unknown ("+k.Verdict.Reason+"): refresh first", http.StatusConflict)
+		return refuse(OutcomeIneligible, "verdict unknown ("+k.Verdict.Reason+"): refresh first", true)
 	case policy.Noncompliant:
 	default:
-		return refuse(OutcomeIneligible, "verdict "+string(k.Verdict.Status), http.StatusConflict)
+		return refuse(OutcomeIneligible, "verdict "+string(k.Verdict.Status), true)
 	}
 	if len(r.AllowTags)+len(r.AllowAliasPrefixes) > 0 && !hasTag(k, r.AllowTags) && !hasAliasPrefix(k, r.AllowAliasPrefixes) {
-		return refuse(OutcomeIneligible, "not in the remediation allow-list (--remediation.allow-tag, --remediation.allow-alias-prefix)", http.StatusUnprocessableEntity)
+		return refuse(OutcomeIneligible, "not in the remediation allow-list (--remediation.allow-tag, --remediation.allow-alias-prefix)", false)
 	}
 	if k.MultiRegionType == policy.MultiRegionReplica && k.PrimaryRegion == "" {
-		return refuse(OutcomeIneligible, "multi-Region replica whose primary is unknown", http.StatusConflict)
+		return refuse(OutcomeIneligible, "multi-Region replica whose primary is unknown", true)
 	}
 	return nil
 }
@@ -451,17 +454,17 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 		res.ActedOnRegion = k.PrimaryRegion
 	}
 	if dryRun {
-		res.Outcome, res.Reason, res.Status = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days), http.StatusOK
+		res.Outcome, res.Reason = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days)
 		return res, nil
 	}
 	if admit != nil && !admit() {
-		res.Outcome, res.Reason, res.Status = OutcomeRateLimited, "over the remediation rate limit (--remediation.requests-per-second): retry later", http.StatusTooManyRequests
+		res.Outcome, res.Reason = OutcomeRateLimited, "over the remediation rate limit (--remediation.requests-per-second): retry later"
 		return res, nil
 	}
 	// One action per key at a time: a replica and its primary are one key.
 	lock := k.AccountID + "/" + res.ActedOnRegion + "/" + res.ActedOnKeyID
 	if !r.claim(lock) {
-		res.Outcome, res.Status = OutcomeInProgress, http.StatusConflict
+		res.Outcome = OutcomeInProgress
 		res.Reason = fmt.Sprintf("another request is remediating this key (%s in %s) right now; nothing was done", res.ActedOnKeyID, res.ActedOnRegion)
 		return res, nil
 	}
@@ -472,7 +475,7 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 		if ctx.Err() != nil {
 			err = context.Cause(ctx)
 		}
-		res.Outcome, res.Status = OutcomeCancelled, http.StatusServiceUnavailable
+		res.Outcome, res.Interrupted = OutcomeCancelled, true
 		res.Reason = fmt.Sprintf("stopped %s (%v): nothing was changed", when, err)
 		return res, nil
 	}
@@ -483,13 +486,13 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 		if ctx.Err() != nil {
 			return cancelled("while reading the rotation status, before EnableKeyRotation", err)
 		}
-		res.Outcome, res.Status = OutcomeFailed, http.StatusBadGateway
+		res.Outcome = OutcomeFailed
 		res.Reason = "GetKeyRotationStatus before enabling: " + awsclient.ErrorCode(err) + ": nothing was changed"
 		return res, nil
 	}
 	rot := res.setRotation(before)
 	if policy.Decide(policy.Input{Meta: k.Meta, Rotation: &rot, Tags: k.Tags}, r.Policy, r.Now()).Status == policy.Compliant {
-		res.Outcome, res.Status = OutcomeNoAction, http.StatusConflict
+		res.Outcome = OutcomeNoAction
 		res.Reason = fmt.Sprintf("already compliant: rotation was enabled (period %d days) since the last refresh; EnableKeyRotation was not called", rot.PeriodDays)
 		return res, r.change(k, rot)
 	}
@@ -498,19 +501,19 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 	}
 	if _, err := api.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: id, RotationPeriodInDays: aws.Int32(int32(days))}); err != nil {
 		if ctx.Err() != nil {
-			res.Outcome, res.Status = OutcomeVerificationFailed, http.StatusServiceUnavailable
+			res.Outcome, res.Interrupted = OutcomeVerificationFailed, true
 			res.Reason = fmt.Sprintf("EnableKeyRotation was sent but its answer was cut short (%v): rotation may be enabled; not verified", context.Cause(ctx))
 			return res, nil
 		}
-		res.Outcome, res.Reason, res.Status = OutcomeFailed, "EnableKeyRotation: "+awsclient.ErrorCode(err), http.StatusBadGateway
+		res.Outcome, res.Reason = OutcomeFailed, "EnableKeyRotation: "+awsclient.ErrorCode(err)
 		return res, nil
 	}
 	st, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: id})
 	if err != nil {
-		res.Outcome, res.Status = OutcomeVerificationFailed, http.StatusBadGateway
+		res.Outcome = OutcomeVerificationFailed
 		res.Reason = "EnableKeyRotation succeeded; GetKeyRotationStatus: " + awsclient.ErrorCode(err)
 		if ctx.Err() != nil {
-			res.Status = http.StatusServiceUnavailable
+			res.Interrupted = true
 			res.Reason = fmt.Sprintf("EnableKeyRotation succeeded; re-reading the status was cut short (%v): rotation is probably enabled; not verified", context.Cause(ctx))
 		}
 		return res, nil
@@ -518,11 +521,11 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 	rot = res.setRotation(st)
 	switch {
 	case !rot.Enabled:
-		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, "rotation still disabled after EnableKeyRotation", http.StatusBadGateway
+		res.Outcome, res.Reason = OutcomeVerificationFailed, "rotation still disabled after EnableKeyRotation"
 	case rot.PeriodDays != 0 && int(rot.PeriodDays) != days:
-		res.Outcome, res.Reason, res.Status = OutcomeVerificationFailed, fmt.Sprintf("rotation period is %d days, %d was set", rot.PeriodDays, days), http.StatusBadGateway
+		res.Outcome, res.Reason = OutcomeVerificationFailed, fmt.Sprintf("rotation period is %d days, %d was set", rot.PeriodDays, days)
 	default:
-		res.Outcome, res.Status = OutcomeEnabled, http.StatusOK
+		res.Outcome = OutcomeEnabled
 	}
 	// Whatever AWS now says is the truth the inventory shows, success or not.
 	return res, r.change(k, rot)
