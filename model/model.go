@@ -127,3 +127,23 @@ func (l *Latest) Snapshot() *Snapshot { return l.current.Load() }
 
 // Publish makes s the current snapshot.
 func (l *Latest) Publish(s *Snapshot) { l.current.Store(s) }
+
+// RotationView is a rotation status as the remediation API's and the audit
+// command's JSON show it: absent fields were not read or not reported.
+type RotationView struct {
+	RotationEnabled    *bool      `json:"rotation_enabled,omitempty"`
+	RotationPeriodDays int32      `json:"rotation_period_days,omitempty"`
+	NextRotation       *time.Time `json:"next_rotation,omitempty"`
+}
+
+// ViewRotation returns the view of a rotation status; nil: not read.
+func ViewRotation(r *policy.Rotation) RotationView {
+	if r == nil {
+		return RotationView{}
+	}
+	v := RotationView{RotationEnabled: &r.Enabled, RotationPeriodDays: r.PeriodDays}
+	if !r.NextRotation.IsZero() {
+		v.NextRotation = &r.NextRotation
+	}
+	return v
+}

@@ -119,10 +119,8 @@ type Result struct {
 	ActedOnRegion string `json:"acted_on_region,omitempty"`
 	ActedOnKeyID  string `json:"acted_on_key_id,omitempty"`
 	// The rotation status re-read after the change.
-	RotationEnabled    *bool      `json:"rotation_enabled,omitempty"`
-	RotationPeriodDays int32      `json:"rotation_period_days,omitempty"`
-	NextRotation       *time.Time `json:"next_rotation,omitempty"`
-	Verdict            string     `json:"verdict,omitempty"`
+	model.RotationView
+	Verdict string `json:"verdict,omitempty"`
 	// Interrupted: the work was cut short (shutdown, --remediation.timeout)
 	// and may be retried.
 	Interrupted bool `json:"interrupted,omitempty"`
@@ -533,11 +531,8 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 
 // setRotation shows a status read from AWS in the result and returns it.
 func (res *Result) setRotation(st *kms.GetKeyRotationStatusOutput) policy.Rotation {
-	rot := policy.Rotation{Enabled: st.KeyRotationEnabled, PeriodDays: aws.ToInt32(st.RotationPeriodInDays), NextRotation: aws.ToTime(st.NextRotationDate)}
-	res.RotationEnabled, res.RotationPeriodDays, res.NextRotation = &rot.Enabled, rot.PeriodDays, nil
-	if !rot.NextRotation.IsZero() {
-		res.NextRotation = &rot.NextRotation
-	}
+	rot := awsclient.Rotation(st)
+	res.RotationView = model.ViewRotation(&rot)
 	return rot
 }
 

@@ -23,23 +23,21 @@ const (
 
 // KeyRecord is one key in the JSON audit output.
 type KeyRecord struct {
-	AccountID          string     `json:"account_id"`
-	Region             string     `json:"region"`
-	KeyID              string     `json:"key_id"`
-	KeyARN             string     `json:"key_arn"`
-	Aliases            []string   `json:"aliases"`
-	KeyManager         string     `json:"key_manager"`
-	KeySpec            string     `json:"key_spec"`
-	KeyState           string     `json:"key_state"`
-	Origin             string     `json:"origin"`
-	MultiRegionType    string     `json:"multi_region_type,omitempty"`
-	Status             string     `json:"status"`
-	Reason             string     `json:"reason"`
-	RotationEnabled    *bool      `json:"rotation_enabled,omitempty"`
-	RotationPeriodDays int32      `json:"rotation_period_days,omitempty"`
-	NextRotation       *time.Time `json:"next_rotation,omitempty"`
-	ExemptionReason    string     `json:"exemption_reason,omitempty"`
-	ExemptionExpiry    *time.Time `json:"exemption_expiry,omitempty"`
+	AccountID       string   `json:"account_id"`
+	Region          string   `json:"region"`
+	KeyID           string   `json:"key_id"`
+	KeyARN          string   `json:"key_arn"`
+	Aliases         []string `json:"aliases"`
+	KeyManager      string   `json:"key_manager"`
+	KeySpec         string   `json:"key_spec"`
+	KeyState        string   `json:"key_state"`
+	Origin          string   `json:"origin"`
+	MultiRegionType string   `json:"multi_region_type,omitempty"`
+	Status          string   `json:"status"`
+	Reason          string   `json:"reason"`
+	model.RotationView
+	ExemptionReason string     `json:"exemption_reason,omitempty"`
+	ExemptionExpiry *time.Time `json:"exemption_expiry,omitempty"`
 }
 
 // TargetRecord is one account and region in the JSON audit output.
@@ -119,15 +117,9 @@ func record(k *model.Key) KeyRecord {
 	r := KeyRecord{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, KeyARN: k.ARN, Aliases: k.Aliases,
 		KeyManager: k.Meta.KeyManager, KeySpec: k.Meta.KeySpec, KeyState: k.Meta.KeyState, Origin: k.Meta.Origin,
 		MultiRegionType: k.MultiRegionType, Status: string(k.Verdict.Status), Reason: k.Verdict.Reason,
-		ExemptionReason: k.Verdict.ExemptionReason}
+		ExemptionReason: k.Verdict.ExemptionReason, RotationView: model.ViewRotation(k.Rotation)}
 	if r.Aliases == nil {
 		r.Aliases = []string{}
-	}
-	if rot := k.Rotation; rot != nil {
-		r.RotationEnabled, r.RotationPeriodDays = &rot.Enabled, rot.PeriodDays
-		if !rot.NextRotation.IsZero() {
-			r.NextRotation = &rot.NextRotation
-		}
 	}
 	if !k.Verdict.ExemptionExpiry.IsZero() {
 		r.ExemptionExpiry = &k.Verdict.ExemptionExpiry
