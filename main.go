@@ -5,10 +5,7 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/common/promslog"
 	"github.com/prometheus/common/version"
-	"github.com/prometheus/exporter-toolkit/web"
 	"golang.org/x/time/rate"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
@@ -114,71 +110,16 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 
-	mux := http.NewServeMux()
-	metricsPath := cfg.Web.TelemetryPath
-	mux.Handle(metricsPath, promhttp.InstrumentMetricHandler(registry, kmsCollector.Handler(registry, logger)))
-	mux.HandleFunc(config.PathHealthy, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
-	mux.Handle(config.PathReady, refresher.ReadyHandler())
 	api := &remediate.API{TokenHash: cfg.Remediation.TokenHash, Limiter: rate.NewLimiter(rate.Limit(cfg.Remediation.RequestsPerSecond), 5),
 		AlertNames: cfg.Remediation.AlertNames, Timeout: cfg.Remediation.Timeout, Logger: logger}
 	if cfg.Remediation.Enabled {
 		api.Remediator = remediator
 	}
-	api.Register(mux)
-	if metricsPath != "/" {
-		landing, err := web.NewLandingPage(web.LandingConfig{
-			Name:        "KMS Exporter",
-			Description: "Audits automatic rotation of AWS KMS keys",
-			Version:     version.Info(),
-			Links: []web.LandingLinks{
-				{Address: metricsPath, Text: "Metrics"},
-				{Address: config.PathHealthy, Text: "Health"},
-				{Address: config.PathReady, Text: "Readiness", Description: "ready once the first refresh has finished"},
-			},
-		})
-		if err != nil {
-			return 0, fmt.Errorf("building the landing page: %w", err)
-		}
-		mux.Handle("/", landing)
-	}
-
-	go refresher.Run(ctx, cfg.RefreshInterval)
-
-	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- web.ListenAndServe(server, cfg.Web.Flags, logger) }()
-	select {
-	case err := <-served:
-		return 0, fmt.Errorf("serving: %w", err)
-	case <-ctx.Done():
-		stop() // a second signal ends the process at once
-	}
-	logger.Info("stopping: waiting for the requests in flight", "timeout", cfg.Web.ShutdownTimeout)
-	if err := shutdown(server, api, cfg.Web.ShutdownTimeout); err != nil {
+	mux, err := routes(cfg.Web.TelemetryPath, promhttp.InstrumentMetricHandler(registry, kmsCollector.Handler(registry, logger)),
+		refresher.ReadyHandler(), api)
+	if err != nil {
 		return 0, err
 	}
-	logger.Info("stopped")
-	return report.ExitOK, nil
-}
-
-// shutdown stops accepting requests and waits, within timeout, for those in
-// flight to finish: remediations are then cancelled, and each logs and
-// counts what it did before its answer is written.
-func shutdown(server *http.Server, api *remediate.API, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	drained := make(chan error, 1)
-	go func() { drained <- api.Drain(ctx) }()
-	err := server.Shutdown(ctx)
-	if derr := <-drained; derr != nil {
-		// The answers of the cancelled remediations are being written: a
-		// moment more for them.
-		tail, cancelTail := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancelTail()
-		err = errors.Join(derr, server.Shutdown(tail))
-	}
-	if err != nil {
-		return fmt.Errorf("requests still in flight after --web.shutdown-timeout=%s: %w", timeout, err)
-	}
-	return nil
+	go refresher.Run(ctx, cfg.RefreshInterval)
+	return serve(ctx, stop, mux, api, cfg.Web, logger)
 }
