@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
 )
 
 // fold approximates encoding/json's case-insensitive match of field names.
@@ -132,7 +134,7 @@ func FuzzParseRequest(f *testing.F) {
 			t.Fatalf("round trip of %+v through %s: %+v, %v", req, again, back, err)
 		}
 		if _, err := normalise(&req); err == nil {
-			if !keyIDPattern.MatchString(req.KeyID) || (req.AccountID != "" && !accountRegexp.MatchString(req.AccountID)) {
+			if !keyIDPattern.MatchString(req.KeyID) || (req.AccountID != "" && !awsclient.ValidAccountID(req.AccountID)) {
 				t.Fatalf("normalised to an invalid request: %+v", req)
 			}
 		}

@@ -227,7 +227,7 @@ func (a *API) handle(w http.ResponseWriter, r *http.Request, h handler, limited 
 	}
 	who += " with the remediation token"
 	if a.Limiter != nil && !a.Limiter.Allow() {
-		a.Remediator.count(OutcomeRateLimited)
+		a.Remediator.Count(OutcomeRateLimited)
 		return limited, errorBody{"too many remediation requests; retry later"}
 	}
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
@@ -254,7 +254,7 @@ func (a *API) handle(w http.ResponseWriter, r *http.Request, h handler, limited 
 // unauthorized answers a failed authentication attempt: counted always;
 // within the failures' budget 401 and logged, beyond it 429 and not logged.
 func (a *API) unauthorized(w http.ResponseWriter, who, path string) (int, any) {
-	a.Remediator.count(OutcomeUnauthorized)
+	a.Remediator.Count(OutcomeUnauthorized)
 	a.mu.Lock()
 	allowed := a.authFailures.Allow()
 	unlogged := a.unlogged
@@ -317,7 +317,7 @@ func ParseRequest(body []byte) (Request, error) {
 
 // invalid answers a request that could not be read: 400 with the reason, counted.
 func (a *API) invalid(err error) (int, any) {
-	a.Remediator.count(OutcomeInvalid)
+	a.Remediator.Count(OutcomeInvalid)
 	return http.StatusBadRequest, errorBody{err.Error()}
 }
 

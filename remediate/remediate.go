@@ -71,7 +71,7 @@ func (s Selector) validate() error {
 	switch {
 	case s.Region != "" && !awsclient.ValidRegion(s.Region):
 		return fmt.Errorf("region %q is not an AWS region name", s.Region)
-	case s.AccountID != "" && !accountRegexp.MatchString(s.AccountID):
+	case s.AccountID != "" && !awsclient.ValidAccountID(s.AccountID):
 		return fmt.Errorf("account_id %q is not a 12-digit AWS account id", s.AccountID)
 	case !s.AllNoncompliant && s.AccountID == "" && s.Region == "" && s.AliasPrefix == "" && s.Tag == "":
 		return errors.New(`the selector is empty: give account_id, region, alias_prefix or tag, or "all_noncompliant": true for every noncompliant key`)
@@ -215,8 +215,7 @@ func (r *Remediator) Metrics() *prometheus.CounterVec {
 }
 
 var (
-	keyIDPattern  = regexp.MustCompile(`^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$`)
-	accountRegexp = regexp.MustCompile(`^[0-9]{12}$`)
+	keyIDPattern = regexp.MustCompile(`^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$`)
 )
 
 // normalise validates a request's names; a key ARN fills in account and
@@ -238,7 +237,7 @@ func normalise(req *Request) (keyARN string, err error) {
 		return "", fmt.Errorf("key_id %q is not a KMS key id (UUID or mrk-…) nor a key ARN", req.KeyID)
 	case !awsclient.ValidRegion(req.Region):
 		return "", fmt.Errorf("region %q is not an AWS region name", req.Region)
-	case req.AccountID != "" && !accountRegexp.MatchString(req.AccountID):
+	case req.AccountID != "" && !awsclient.ValidAccountID(req.AccountID):
 		return "", fmt.Errorf("account_id %q is not a 12-digit AWS account id", req.AccountID)
 	}
 	return keyARN, nil
@@ -541,15 +540,17 @@ func (r *Remediator) change(k *model.Key, rot policy.Rotation) *model.RotationCh
 	return &model.RotationChange{AccountID: k.AccountID, KeyID: k.ID, Rotation: rot, At: r.Now()}
 }
 
-// count counts one decision.
-func (r *Remediator) count(outcome string) {
+// Count counts one decision in kms_remediations_total: a request refused
+// before it named a key (HTTP-level checks: authentication, rate limit,
+// an unreadable body) is counted by its outcome here.
+func (r *Remediator) Count(outcome string) {
 	r.Metrics()
 	r.results.WithLabelValues(outcome).Inc()
 }
 
 // record logs one decision as one line and counts it.
 func (r *Remediator) record(res Result, who string) {
-	r.count(res.Outcome)
+	r.Count(res.Outcome)
 	level := slog.LevelInfo
 	switch {
 	case res.Outcome == OutcomeRateLimited:
