@@ -3,6 +3,7 @@ package inventory_test
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -172,7 +173,7 @@ func TestOutcomesUnderFailure(t *testing.T) {
 		t.Helper()
 		proxy.ClearFaults()
 		m := scrape(t, r.Refresh(ctx), r)
-		if got := m.compliance(); !equalMaps(got, baseline) {
+		if got := m.compliance(); !maps.Equal(got, baseline) {
 			t.Errorf("after recovery: %v, want %v", got, baseline)
 		}
 		if m.sum("kms_refresh_success", target) != 1 || m.sum("kms_keys_stale", target) != 0 || len(m.series("kms_key_stale")) != 0 {
@@ -203,7 +204,7 @@ func TestOutcomesUnderFailure(t *testing.T) {
 			clk.Add(time.Minute)
 			log.Reset()
 			m := scrape(t, r.Refresh(ctx), r)
-			if got := m.compliance(); !equalMaps(got, baseline) {
+			if got := m.compliance(); !maps.Equal(got, baseline) {
 				t.Errorf("during the outage the verdicts changed: %v, want %v", got, baseline)
 			}
 			if line := readFailureLog(); o.code != "" && (!strings.Contains(line, fmt.Sprintf(" stale=%d unknown=0 ", len(baseline))) ||
@@ -239,7 +240,7 @@ func TestOutcomesUnderFailure(t *testing.T) {
 		}
 		// Exactly the bound after the last successful read: still kept.
 		clk.Add(auditor.MaxStale)
-		if m := scrape(t, r.Refresh(ctx), r); !equalMaps(m.compliance(), baseline) {
+		if m := scrape(t, r.Refresh(ctx), r); !maps.Equal(m.compliance(), baseline) {
 			t.Fatalf("at the bound: %v", m.compliance())
 		}
 		clk.Add(time.Nanosecond)
@@ -328,17 +329,6 @@ func TestOutcomesUnderFailure(t *testing.T) {
 	}
 }
 
-func equalMaps(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if b[k] != v {
-			return false
-		}
-	}
-	return true
-}
 
 // TestConnectionFaults puts toxiproxy, a real TCP fault proxy, between the
 // exporter and local-kms: responses far slower than the client timeout,
@@ -375,14 +365,14 @@ func TestConnectionFaults(t *testing.T) {
 			toxi.AddToxic(t, "kms", "fault", c.typ, c.attrs)
 			m := scrape(t, r.Refresh(ctx), r)
 			toxi.RemoveToxic(t, "kms", "fault")
-			if got := m.compliance(); !equalMaps(got, baseline) {
+			if got := m.compliance(); !maps.Equal(got, baseline) {
 				t.Errorf("verdicts changed under the fault: %v, want %v", got, baseline)
 			}
 			if m.sum("kms_refresh_success", target) != 0 || int(m.sum("kms_keys_stale", target)) != len(baseline) {
 				t.Errorf("under the fault: success %v, stale %v", m.series("kms_refresh_success"), m.series("kms_keys_stale"))
 			}
 			m = scrape(t, r.Refresh(ctx), r)
-			if got := m.compliance(); !equalMaps(got, baseline) || m.sum("kms_refresh_success", target) != 1 || m.sum("kms_keys_stale", target) != 0 {
+			if got := m.compliance(); !maps.Equal(got, baseline) || m.sum("kms_refresh_success", target) != 1 || m.sum("kms_keys_stale", target) != 0 {
 				t.Errorf("after the fault: %v, success %v, stale %v", got, m.series("kms_refresh_success"), m.series("kms_keys_stale"))
 			}
 		})
