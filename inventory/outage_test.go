@@ -329,7 +329,6 @@ func TestOutcomesUnderFailure(t *testing.T) {
 	}
 }
 
-
 // TestConnectionFaults puts toxiproxy, a real TCP fault proxy, between the
 // exporter and local-kms: responses far slower than the client timeout,
 // connections reset, connections that stall, responses cut off. None is an
