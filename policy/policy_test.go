@@ -286,3 +286,12 @@ func FuzzParseExemptionUntil(f *testing.F) {
 		}
 	})
 }
+
+// TestValidRotationPeriod: KMS accepts 90 to 2560 days, both included.
+func TestValidRotationPeriod(t *testing.T) {
+	for days, want := range map[int]bool{0: false, 89: false, 90: true, 365: true, 2560: true, 2561: false} {
+		if got := ValidRotationPeriod(days); got != want {
+			t.Errorf("ValidRotationPeriod(%d) = %v, want %v", days, got, want)
+		}
+	}
+}
