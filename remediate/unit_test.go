@@ -67,7 +67,7 @@ func (f *fakeInventory) ApplyRotationChanges(cs ...model.RotationChange) *model.
 	return out
 }
 
-// fakeKMS answers as KMS does (KMS-FACTS.md): EnableKeyRotation sets the
+// fakeKMS answers as KMS does (docs/aws-semantics.md, "EnableKeyRotation"): EnableKeyRotation sets the
 // flag and the period (365 when none is given), GetKeyRotationStatus reports
 // them with the next rotation date. A replica's rotation is its primary's:
 // keys are known by id, whatever the region. Knobs make it misbehave.
