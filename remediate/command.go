@@ -36,8 +36,8 @@ func (r *Remediator) Command(ctx context.Context, refresh func(context.Context) 
 	if opts.RotationPeriodDays != 0 {
 		period = &opts.RotationPeriodDays
 	}
-	if opts.Region == "" && len(s.Targets) > 0 && allOneRegion(s) {
-		opts.Region = s.Targets[0].Region
+	if opts.Region == "" {
+		opts.Region = onlyRegion(s)
 	}
 	if !opts.AllNoncompliant {
 		res := r.Remediate(ctx, Request{AccountID: opts.AccountID, Region: opts.Region,
@@ -56,15 +56,17 @@ func (r *Remediator) Command(ctx context.Context, refresh func(context.Context) 
 	return code, nil
 }
 
-// allOneRegion tells whether every audited target is in one region: then a
-// key needs no --region.
-func allOneRegion(s *model.Snapshot) bool {
+// onlyRegion returns the region of the audited targets when they are all
+// in one, else "": a key then needs no --region.
+func onlyRegion(s *model.Snapshot) string {
+	region := ""
 	for _, t := range s.Targets {
-		if t.Region != s.Targets[0].Region {
-			return false
+		if region != "" && t.Region != region {
+			return ""
 		}
+		region = t.Region
 	}
-	return true
+	return region
 }
 
 func lines(results []Result) []report.RemediationLine {
