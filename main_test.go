@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -43,24 +42,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// syncBuffer is a bytes.Buffer that a running process may write while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testEnv is the environment the binary runs in: the test's without its AWS_
 // and KMS_EXPORTER_ variables, then static credentials, no instance metadata,
 // no shared files, eu-west-1, every AWS service at endpoint, then overrides
@@ -81,7 +62,7 @@ func testEnv(endpoint string, overrides ...string) []string {
 // process is the exporter serving under a test.
 type process struct {
 	addr   string
-	logs   *syncBuffer
+	logs   *harness.Buffer
 	cmd    *exec.Cmd
 	exited chan struct{} // closed once the process has exited
 }
@@ -98,7 +79,7 @@ func start(t *testing.T, endpoint string, args ...string) *process {
 // shows its log if the test failed.
 func launch(t *testing.T, args, env []string) *process {
 	t.Helper()
-	p := &process{addr: harness.FreeAddr(t), logs: &syncBuffer{}, exited: make(chan struct{})}
+	p := &process{addr: harness.FreeAddr(t), logs: &harness.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(binary, append(slices.Clip(args), "--web.listen-address="+p.addr)...)
 	p.cmd.Env = env
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs

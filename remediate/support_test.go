@@ -1,12 +1,12 @@
 package remediate
 
 import (
-	"bytes"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 )
 
 // Await returns the next value of ch, or fails the test when the code under
@@ -24,22 +24,7 @@ func Await[T any](t testing.TB, ch <-chan T, what string) T {
 
 // LogBuffer collects JSON log lines written from the server's goroutines;
 // the tests of both packages read it.
-type LogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *LogBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *LogBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type LogBuffer struct{ harness.Buffer }
 
 // Lines returns the logged lines whose message is msg.
 func (s *LogBuffer) Lines(msg string) []map[string]any {

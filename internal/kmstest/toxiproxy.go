@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"testing"
 	"time"
+
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 )
 
 // Toxiproxy is a running Shopify toxiproxy: a real TCP proxy that injects
@@ -47,12 +49,7 @@ func StartToxiproxy(t testing.TB) *Toxiproxy {
 
 func freePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
+	_, port, _ := net.SplitHostPort(harness.FreeAddr(t))
 	return port
 }
 
