@@ -67,7 +67,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	factory := awsclient.NewFactory(awsConfig, cfg.AWS.Client)
 	auditor := &inventory.Auditor{Policy: cfg.Policy, TagLabels: cfg.TagLabels, Workers: cfg.AWS.Client.MaxConcurrency,
 		MaxStale: cfg.MaxStaleAge, Now: time.Now}
-	kmsCollector := collector.New(cfg.TagLabels, logger)
+	kmsCollector := collector.New(cfg.Metrics, logger)
 	resolver := &inventory.Resolver{Factory: factory, Roles: cfg.AWS.Roles, Regions: cfg.AWS.Regions, DiscoverRegions: cfg.AWS.DiscoverRegions,
 		OrganizationsRoleName: cfg.AWS.OrganizationsRoleName, OrganizationsExternalID: cfg.AWS.OrganizationsExternalID,
 		Shard: cfg.Shard, TotalShards: cfg.TotalShards, Logger: logger}
@@ -101,10 +101,11 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 		logger.Warn("--remediation.token-file: "+w, "file", cfg.Remediation.TokenFile)
 	}
 	registry := prometheus.NewRegistry()
-	// The snapshot's metrics are not in the registry: kmsCollector.Handler
-	// serves them, encoded once per refresh, after the registry's.
+	// The snapshot's metrics are not in the registry (kmsCollector yields only
+	// its own): kmsCollector.Handler serves them, encoded once per refresh,
+	// after the registry's.
 	registry.MustRegister(
-		factory, remediator.Metrics(), resolver, refresher.Metrics(),
+		factory, remediator.Metrics(), resolver, refresher.Metrics(), kmsCollector,
 		versioncollector.NewCollector("kms_exporter"),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -233,7 +233,7 @@ func bareRefresh(b *testing.B, c *kms.Client) int {
 func metricsHandler(b *testing.B) http.Handler {
 	srv := emulator(b)
 	f := factory(srv.URL)
-	c := collector.New(nil, slog.Default())
+	c := collector.New(collector.Options{}, slog.Default())
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
 		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), c)
 	r.Refresh(context.Background())
@@ -282,7 +282,7 @@ func BenchmarkUpdate(b *testing.B) {
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
 		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	s := r.Refresh(context.Background())
-	c := collector.New(nil, slog.Default())
+	c := collector.New(collector.Options{}, slog.Default())
 	b.ReportAllocs()
 	for b.Loop() {
 		c.Publish(s)

@@ -40,7 +40,7 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	srv := emulator(b)
 	f := factory(srv.URL)
-	c := collector.New(nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := collector.New(collector.Options{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	published := &countingPublisher{Collector: c}
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: f.KMS(awsclient.Role{}, region)}},
 		auditor(), slog.New(slog.NewTextHandler(io.Discard, nil)), published)

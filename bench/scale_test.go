@@ -25,7 +25,7 @@ func syntheticSnapshot(n int) *model.Snapshot {
 	created := time.Date(2023, 5, 1, 0, 0, 0, 0, time.UTC)
 	for _, region := range regions {
 		t := &model.TargetState{AccountID: "111122223333", Region: region, Success: true,
-			Duration: 40 * time.Second, LastSuccess: time.Now(), Keys: make([]model.Key, per)}
+			Duration: 40 * time.Second, LastSuccess: time.Now(), Keys: make([]*model.Key, per)}
 		for i := range t.Keys {
 			id := fmt.Sprintf("%08x-1111-4222-8333-%012x", i, i)
 			k := model.Key{AccountID: t.AccountID, Region: region, ID: id,
@@ -44,7 +44,7 @@ func syntheticSnapshot(n int) *model.Snapshot {
 				k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: created.AddDate(1, 0, i%365)}
 				k.Verdict = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}
 			}
-			t.Keys[i] = k
+			t.Keys[i] = &k
 		}
 		s.Targets = append(s.Targets, t)
 	}
@@ -68,7 +68,7 @@ func BenchmarkScale(b *testing.B) {
 			base := heapInUse()
 			s := syntheticSnapshot(n)
 			snapshotBytes := heapInUse() - base
-			c := collector.New(nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			c := collector.New(collector.Options{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			start := time.Now()
 			c.Publish(s)
 			update := time.Since(start)

@@ -1,15 +1,21 @@
-// Package collector exposes the inventory snapshot as Prometheus metrics.
+// Package collector serves the inventory snapshot as Prometheus metrics.
 //
-// The per-key metrics are built once per snapshot (in Update, on the refresh
-// path) and a scrape only hands them over: a scrape never calls AWS and its
-// cost does not include rebuilding tens of thousands of series.
+// The series are encoded when a snapshot is published (on the refresh path),
+// straight from the keys into compressed text exposition, and a scrape only
+// writes the bytes out: a scrape never calls AWS, and its cost does not
+// include encoding a million keys. Keys are encoded in blocks, in parallel;
+// a block whose keys are all unchanged since the last publish (the same
+// *model.Key, see model.TargetState.Keys) keeps what was encoded for it.
 package collector
 
 import (
+	"hash/maphash"
 	"log/slog"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,81 +25,106 @@ import (
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
-const cached = " Cached: read from AWS at every refresh (--refresh.interval), not at scrape time."
-
-var keyLabels = []string{"account_id", "region", "key_id"}
-
-func keyDesc(name, help string, extra ...string) *prometheus.Desc {
-	return prometheus.NewDesc(name, help+cached, append(append([]string{}, keyLabels...), extra...), nil)
-}
-
-func targetDesc(name, help string, extra ...string) *prometheus.Desc {
-	return prometheus.NewDesc(name, help+cached, append([]string{"account_id", "region"}, extra...), nil)
-}
-
-var (
-	infoLabels      = []string{"key_arn", "alias", "key_manager", "key_spec", "key_usage", "key_state", "origin", "multi_region_type"}
-	rotationEnabled = keyDesc("kms_key_rotation_enabled",
-		"Whether automatic rotation of the key material is enabled (1) or not (0); present only where GetKeyRotationStatus was read.")
-	compliance = keyDesc("kms_key_compliance",
-		"Rotation verdict of the key: always 1, one series per key, the verdict in status (compliant, noncompliant, not_applicable, unknown, exempt) and why in reason (an AWS error code for unknown).",
-		"status", "reason")
-	rotationPeriod = keyDesc("kms_key_rotation_period_seconds",
-		"Automatic rotation period of the key, where AWS reports one.")
-	nextRotation = keyDesc("kms_key_next_rotation_timestamp_seconds",
-		"When AWS will next rotate the key material, where AWS reports it.")
-	creation = keyDesc("kms_key_creation_timestamp_seconds",
-		"When the key was created.")
-	deletion = keyDesc("kms_key_deletion_timestamp_seconds",
-		"When a key pending deletion will be deleted.")
-	exemptionExpiry = keyDesc("kms_key_rotation_exemption_expiry_timestamp_seconds",
-		"When the key's rotation exemption ends (the day after its -until tag date, 00:00 UTC).")
-	exemptionInfo = keyDesc("kms_key_rotation_exemption_info",
-		"Always 1 for a key carrying a rotation exemption tag; reason is the tag's text.", "reason")
-	stale = keyDesc("kms_key_stale",
-		"Always 1 for a key whose last read failed for a transient reason (error_code) and which still shows the verdict of its last successful read, for up to --refresh.max-stale-age.",
-		"error_code")
-
-	keysCount = targetDesc("kms_keys",
-		"Number of keys by verdict status.", "status")
-	staleCount = targetDesc("kms_keys_stale",
-		"Number of keys showing the verdict of an earlier refresh because reading them (or listing the region) failed since; see kms_key_stale.")
-	refreshSuccess = targetDesc("kms_refresh_success",
-		"Whether the last refresh of this account and region succeeded (1) or failed (0); on failure the last good data is still served.")
-	refreshDuration = targetDesc("kms_refresh_duration_seconds",
-		"How long the last refresh of this account and region took.")
-	lastRefresh = targetDesc("kms_last_refresh_timestamp_seconds",
-		"When the last successful refresh of this account and region started; the age of the data served.")
+// The values of Options.PerKey.
+const (
+	// PerKeyAll serves the per-key series of every key.
+	PerKeyAll = "all"
+	// PerKeyAttention serves per-key series only for keys that need
+	// attention (see NeedsAttention); the per-target counts cover all.
+	PerKeyAttention = "attention"
 )
 
+// Options says what the collector serves.
+type Options struct {
+	// TagLabels are the tag keys exposed on kms_key_info (as labels named
+	// tag_<key>).
+	TagLabels []string
+	// PerKey is PerKeyAll ("" means the same) or PerKeyAttention.
+	PerKey string
+	// Include says whether a metric family is served; nil: every one.
+	Include func(family string) bool
+}
+
 // Collector owns the current snapshot and its metrics, encoded once when
-// the snapshot is published (inventory.Publisher). It serves them
-// pre-encoded through Handler, which is what the exporter serves, and as a
-// prometheus.Collector (which builds the metrics anew at every collection:
-// for tests and library use).
+// the snapshot is published (inventory.Publisher), and serves them through
+// Handler. As a prometheus.Collector it yields its own metrics: the cost and
+// size of what it serves.
 type Collector struct {
-	info    *prometheus.Desc
+	opts    Options
 	logger  *slog.Logger
+	keyFams []family // per-key families served, in order
+	tgtFams []family // per-target families served, in order
+	order   []int    // families served, by name: i < len(keyFams) per key, else per target
+	headers [][]byte
+
+	mu      sync.Mutex // serialises Publish
 	current atomic.Pointer[published]
+
+	publishSeconds *prometheus.Desc
+	series         *prometheus.Desc
+	bytes          *prometheus.Desc
+	lastPublish    atomic.Int64 // nanoseconds
 }
 
 // published is a snapshot with its encoded metrics: swapped as one.
 type published struct {
-	snapshot   *model.Snapshot
-	exposition *exposition
+	snapshot *model.Snapshot
+	body     stream
+	// blocks are the encoded blocks by their first key, for the next
+	// publish to reuse.
+	blocks map[*model.Key]*block
 }
 
-// New returns a Collector; tagLabels are the tag keys exposed on kms_key_info
-// (as labels named tag_<key>).
-func New(tagLabels []string, logger *slog.Logger) *Collector {
-	labels := append([]string{}, infoLabels...)
-	for _, t := range tagLabels {
-		labels = append(labels, TagLabelName(t))
+// block is a run of a target's keys with their series, one piece per
+// per-key family.
+type block struct {
+	keys   []*model.Key
+	pieces []piece
+}
+
+// New returns a Collector serving an empty snapshot.
+func New(o Options, logger *slog.Logger) *Collector {
+	if o.PerKey == "" {
+		o.PerKey = PerKeyAll
 	}
-	c := &Collector{logger: logger, info: keyDesc("kms_key_info",
-		"Metadata of a KMS key, always 1; alias holds the key's aliases, comma-separated and sorted.", labels...)}
-	c.current.Store(&published{&model.Snapshot{TagLabels: tagLabels}, &exposition{}})
+	c := &Collector{opts: o, logger: logger,
+		publishSeconds: prometheus.NewDesc("kms_exporter_publish_duration_seconds",
+			"How long encoding the metrics of the last published snapshot took.", nil, nil),
+		series: prometheus.NewDesc("kms_exporter_inventory_series",
+			"Series of the inventory served at the metrics path, after --metrics.per-key and the metric family lists.", nil, nil),
+		bytes: prometheus.NewDesc("kms_exporter_inventory_bytes",
+			"Size of the inventory's series as served: plain text, and the gzip-compressed form kept in memory.", []string{"encoding"}, nil),
+	}
+	for _, f := range families(o.TagLabels) {
+		if o.Include != nil && !o.Include(f.name) {
+			continue
+		}
+		if f.key != nil {
+			c.keyFams = append(c.keyFams, f)
+		} else {
+			c.tgtFams = append(c.tgtFams, f)
+		}
+	}
+	all := slices.Concat(c.keyFams, c.tgtFams)
+	c.order = make([]int, len(all))
+	for i := range all {
+		c.order[i] = i
+	}
+	slices.SortFunc(c.order, func(a, b int) int { return strings.Compare(all[a].name, all[b].name) })
+	for _, f := range all {
+		c.headers = append(c.headers, f.header())
+	}
+	c.current.Store(&published{snapshot: &model.Snapshot{TagLabels: o.TagLabels}})
 	return c
+}
+
+// FamilyNames returns the name of every metric family of the inventory.
+func FamilyNames() []string {
+	var out []string
+	for _, f := range families(nil) {
+		out = append(out, f.name)
+	}
+	return out
 }
 
 var invalidLabelChars = regexp.MustCompile(`[^a-zA-Z0-9_]`)
@@ -104,110 +135,150 @@ func TagLabelName(tag string) string {
 	return "tag_" + invalidLabelChars.ReplaceAllString(tag, "_")
 }
 
-// Describe implements prometheus.Collector.
-func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.info, rotationEnabled, compliance, rotationPeriod, nextRotation,
-		creation, deletion, exemptionExpiry, exemptionInfo, stale, keysCount, staleCount, refreshSuccess, refreshDuration, lastRefresh} {
-		ch <- d
+// NeedsAttention says whether a key's series are served with
+// --metrics.per-key=attention: it is noncompliant, unknown or exempt (its
+// exemption ends), its verdict is stale, or it is scheduled for deletion.
+func NeedsAttention(k *model.Key) bool {
+	switch k.Verdict.Status {
+	case policy.Noncompliant, policy.Unknown, policy.Exempt:
+		return true
 	}
-}
-
-// Collect implements prometheus.Collector.
-func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	for _, m := range c.build(c.Snapshot()) {
-		ch <- m
-	}
-}
-
-// Publish makes s the current snapshot, with its metrics encoded once;
-// later scrapes serve the bytes as they are. Only the encoded form is kept,
-// not the metrics.
-func (c *Collector) Publish(s *model.Snapshot) {
-	exp, err := encode(c.build(s))
-	if err != nil {
-		// Only an inconsistent metric set fails here: a bug, not bad input.
-		// Keep serving the previous snapshot and say why.
-		c.logger.Error("encoding the snapshot's metrics failed; serving the previous ones", "err", err)
-		return
-	}
-	c.current.Store(&published{s, exp})
+	return k.Stale || !k.DeletionDate.IsZero()
 }
 
 // Snapshot returns the current snapshot.
 func (c *Collector) Snapshot() *model.Snapshot { return c.current.Load().snapshot }
 
-// build makes the metrics of a snapshot.
-func (c *Collector) build(s *model.Snapshot) []prometheus.Metric {
-	n := 0
+// Publish makes s the current snapshot, with its metrics encoded once;
+// later scrapes serve the bytes as they are. s must not change afterwards.
+func (c *Collector) Publish(s *model.Snapshot) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	start := time.Now()
+	prev := c.current.Load()
+
+	// Cut every target's keys into blocks; reuse what was encoded for a
+	// block of the same keys, encode the others in parallel.
+	var blocks []*block
+	var todo []*block
 	for _, t := range s.Targets {
-		n += 5 + len(policy.Statuses) + 5*len(t.Keys)
+		for _, keys := range cut(t.Keys) {
+			if b, ok := prev.blocks[keys[0]]; ok && slices.Equal(b.keys, keys) {
+				blocks = append(blocks, b)
+				continue
+			}
+			b := &block{keys: keys}
+			blocks = append(blocks, b)
+			todo = append(todo, b)
+		}
 	}
-	out := make([]prometheus.Metric, 0, n)
-	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
-		out = append(out, prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...))
+	c.encodeBlocks(todo)
+
+	comp := newCompressor()
+	next := &published{snapshot: s, blocks: make(map[*model.Key]*block, len(blocks))}
+	for _, b := range blocks {
+		next.blocks[b.keys[0]] = b
 	}
-	for _, t := range s.Targets {
-		gauge(refreshSuccess, boolValue(t.Success), t.AccountID, t.Region)
-		gauge(refreshDuration, t.Duration.Seconds(), t.AccountID, t.Region)
-		if !t.LastSuccess.IsZero() {
-			gauge(lastRefresh, seconds(t.LastSuccess), t.AccountID, t.Region)
+	for _, i := range c.order {
+		var ps []piece
+		if i < len(c.keyFams) {
+			for _, b := range blocks {
+				ps = append(ps, b.pieces[i])
+			}
+		} else {
+			w := lines{}
+			for _, t := range s.Targets {
+				c.tgtFams[i-len(c.keyFams)].target(&w, t)
+			}
+			ps = append(ps, comp.compress(w.b, w.n))
 		}
-		counts := map[policy.Status]int{}
-		staleKeys := 0
-		for i := range t.Keys {
-			k := &t.Keys[i]
-			counts[k.Verdict.Status]++
-			if k.Stale {
-				staleKeys++
-				gauge(stale, 1, k.AccountID, k.Region, k.ID, k.ReadError)
-			}
-			id := []string{k.AccountID, k.Region, k.ID}
-			info := slices.Concat(id, []string{k.ARN, strings.Join(k.Aliases, ","), k.Meta.KeyManager, k.Meta.KeySpec,
-				k.Meta.KeyUsage, k.Meta.KeyState, k.Meta.Origin, k.MultiRegionType})
-			if len(s.TagLabels) > 0 {
-				values := k.TagValues
-				if values == nil {
-					values = make([]string, len(s.TagLabels))
-				}
-				info = append(info, values...)
-			}
-			gauge(c.info, 1, info...)
-			gauge(compliance, 1, k.AccountID, k.Region, k.ID, string(k.Verdict.Status), k.Verdict.Reason)
-			if r := k.Rotation; r != nil {
-				gauge(rotationEnabled, boolValue(r.Enabled), id...)
-				if r.PeriodDays > 0 {
-					gauge(rotationPeriod, float64(r.PeriodDays)*86400, id...)
-				}
-				if !r.NextRotation.IsZero() {
-					gauge(nextRotation, seconds(r.NextRotation), id...)
-				}
-			}
-			if !k.CreationDate.IsZero() {
-				gauge(creation, seconds(k.CreationDate), id...)
-			}
-			if !k.DeletionDate.IsZero() {
-				gauge(deletion, seconds(k.DeletionDate), id...)
-			}
-			if v := k.Verdict; v.ExemptionReason != "" {
-				gauge(exemptionInfo, 1, k.AccountID, k.Region, k.ID, v.ExemptionReason)
-				if !v.ExemptionExpiry.IsZero() {
-					gauge(exemptionExpiry, seconds(v.ExemptionExpiry), id...)
-				}
-			}
+		if !slices.ContainsFunc(ps, func(p piece) bool { return p.lines > 0 }) {
+			continue // a family without series is not served
 		}
-		for _, st := range policy.Statuses {
-			gauge(keysCount, float64(counts[st]), t.AccountID, t.Region, string(st))
+		next.body.add(comp.compress(c.headers[i], 0))
+		for _, p := range ps {
+			next.body.add(p)
 		}
-		gauge(staleCount, float64(staleKeys), t.AccountID, t.Region)
+	}
+	c.current.Store(next)
+	c.lastPublish.Store(int64(time.Since(start)))
+}
+
+// Average and most keys in a block. Where a block ends depends on the key
+// ids only (a key whose id hashes to a multiple of blockMean ends one), so a
+// key created or deleted changes the block it is in and no other.
+const (
+	blockMean = 512
+	blockMax  = 4 * blockMean
+)
+
+var blockSeed = maphash.MakeSeed()
+
+// cut splits keys into blocks.
+func cut(keys []*model.Key) [][]*model.Key {
+	var out [][]*model.Key
+	start := 0
+	for i, k := range keys {
+		if n := i + 1 - start; n >= blockMax || maphash.String(blockSeed, k.ID)%blockMean == 0 {
+			out = append(out, keys[start:i+1])
+			start = i + 1
+		}
+	}
+	if start < len(keys) {
+		out = append(out, keys[start:])
 	}
 	return out
 }
 
-func boolValue(b bool) float64 {
-	if b {
-		return 1
+// encodeBlocks encodes the series of the blocks, on every CPU.
+func (c *Collector) encodeBlocks(todo []*block) {
+	next := atomic.Int64{}
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(todo)) {
+		wg.Go(func() {
+			comp := newCompressor()
+			ws := make([]lines, len(c.keyFams))
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(todo) {
+					return
+				}
+				b := todo[i]
+				for f := range ws {
+					ws[f].b, ws[f].n = ws[f].b[:0], 0
+				}
+				for _, k := range b.keys {
+					if c.opts.PerKey == PerKeyAttention && !NeedsAttention(k) {
+						continue
+					}
+					ws[0].identify(k)
+					for f := range ws {
+						ws[f].accountKey, ws[f].region, ws[f].ids = ws[0].accountKey, ws[0].region, ws[0].ids
+						c.keyFams[f].key(&ws[f], k)
+					}
+				}
+				b.pieces = make([]piece, len(ws))
+				for f := range ws {
+					b.pieces[f] = comp.compress(ws[f].b, ws[f].n)
+				}
+			}
+		})
 	}
-	return 0
+	wg.Wait()
 }
 
-func seconds(t time.Time) float64 { return float64(t.UnixMilli()) / 1000 }
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.publishSeconds
+	ch <- c.series
+	ch <- c.bytes
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	body := &c.current.Load().body
+	ch <- prometheus.MustNewConstMetric(c.publishSeconds, prometheus.GaugeValue, time.Duration(c.lastPublish.Load()).Seconds())
+	ch <- prometheus.MustNewConstMetric(c.series, prometheus.GaugeValue, float64(body.lines))
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(body.size), "plain")
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(body.zsize), "gzip")
+}

@@ -3,6 +3,8 @@ package collector
 import (
 	"bytes"
 	"compress/gzip"
+
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -15,55 +17,12 @@ import (
 // The exposition format served. Every Prometheus version accepts it.
 var textFormat = expfmt.NewFormat(expfmt.TypeTextPlain)
 
-// exposition is a snapshot's metrics encoded once, plain and gzip-compressed.
-type exposition struct {
-	text []byte
-	gz   []byte
-}
-
-// sliceCollector hands over a fixed list of metrics (an unchecked collector).
-type sliceCollector []prometheus.Metric
-
-func (sliceCollector) Describe(chan<- *prometheus.Desc) {}
-func (s sliceCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, m := range s {
-		ch <- m
-	}
-}
-
-// encode renders metrics as sorted text exposition, and gzipped.
-func encode(metrics []prometheus.Metric) (*exposition, error) {
-	reg := prometheus.NewRegistry()
-	if err := reg.Register(sliceCollector(metrics)); err != nil {
-		return nil, err
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		return nil, err
-	}
-	var text bytes.Buffer
-	enc := expfmt.NewEncoder(&text, textFormat)
-	for _, mf := range mfs {
-		if err := enc.Encode(mf); err != nil {
-			return nil, err
-		}
-	}
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	if _, err := zw.Write(text.Bytes()); err != nil {
-		return nil, err
-	}
-	if err := zw.Close(); err != nil {
-		return nil, err
-	}
-	return &exposition{text: text.Bytes(), gz: gz.Bytes()}, nil
-}
-
 // Handler serves the metrics of g (the exporter's own: Go, process, build,
-// API counters) followed by the collector's, which were encoded once per
-// refresh. With gzip the response is two gzip members, which every gzip
-// reader (Prometheus's included) reads as one stream. g must not also hold
-// this collector.
+// API counters, this collector's) followed by the inventory's, which were
+// encoded when their snapshot was published. With gzip (as Prometheus asks)
+// the kept pieces are written out as they are, behind the exporter's own
+// metrics compressed for this scrape. Without, the same stream is
+// decompressed while it is written: only the compressed form is kept.
 func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mfs, err := g.Gather()
@@ -81,24 +40,66 @@ func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Han
 				return
 			}
 		}
-		exp := c.current.Load().exposition
+		body := &c.current.Load().body
+		own := newCompressor().compress(live.Bytes(), 0)
+		pieces := make([][]byte, 0, len(body.pieces)+4)
+		pieces = append(pieces, gzipHeader, own.data)
+		for _, p := range body.pieces {
+			pieces = append(pieces, p.data)
+		}
+		size := own.size + body.size
+		pieces = append(pieces, finalBlock, trailer(crc32Combine(own.crc, body.crc, int64(body.size)), size))
+
 		h := w.Header()
 		h.Set("Content-Type", string(textFormat))
 		h.Add("Vary", "Accept-Encoding")
 		if !acceptsGzip(r.Header.Get("Accept-Encoding")) {
-			h.Set("Content-Length", strconv.Itoa(live.Len()+len(exp.text)))
-			_, _ = w.Write(live.Bytes())
-			_, _ = w.Write(exp.text)
+			h.Set("Content-Length", strconv.Itoa(size))
+			if r.Method == http.MethodHead {
+				return
+			}
+			zr, err := gzip.NewReader(newPiecesReader(pieces))
+			if err == nil {
+				_, err = io.Copy(w, zr)
+			}
+			if err != nil {
+				logger.Debug("writing the metrics failed", "err", err)
+			}
 			return
+		}
+		zsize := 0
+		for _, p := range pieces {
+			zsize += len(p)
 		}
 		h.Set("Content-Encoding", "gzip")
-		zw := gzip.NewWriter(w)
-		_, _ = zw.Write(live.Bytes())
-		if err := zw.Close(); err != nil {
+		h.Set("Content-Length", strconv.Itoa(zsize))
+		if r.Method == http.MethodHead {
 			return
 		}
-		_, _ = w.Write(exp.gz)
+		for _, p := range pieces {
+			if _, err := w.Write(p); err != nil {
+				logger.Debug("writing the metrics failed", "err", err)
+				return
+			}
+		}
 	})
+}
+
+// piecesReader reads byte slices one after the other.
+type piecesReader struct{ pieces [][]byte }
+
+func newPiecesReader(pieces [][]byte) *piecesReader { return &piecesReader{pieces} }
+
+func (r *piecesReader) Read(p []byte) (int, error) {
+	for len(r.pieces) > 0 && len(r.pieces[0]) == 0 {
+		r.pieces = r.pieces[1:]
+	}
+	if len(r.pieces) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.pieces[0])
+	r.pieces[0] = r.pieces[0][n:]
+	return n, nil
 }
 
 // acceptsGzip reads an Accept-Encoding header.

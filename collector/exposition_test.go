@@ -80,7 +80,7 @@ func TestHandlerServesRegistryAndSnapshot(t *testing.T) {
 }
 
 func TestHandlerBeforeFirstRefresh(t *testing.T) {
-	resp, body := scrape(t, New(nil, slog.Default()).Handler(prometheus.NewRegistry(), slog.Default()), "gzip")
+	resp, body := scrape(t, New(Options{}, slog.Default()).Handler(prometheus.NewRegistry(), slog.Default()), "gzip")
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -62,7 +63,10 @@ type Config struct {
 	MaxStaleAge time.Duration
 	Policy      policy.Policy // --compliance.*
 	// TagLabels are the --metrics.tag-label values, each once, in order.
-	TagLabels   []string
+	TagLabels []string
+	// Metrics says which series are served: the tag labels,
+	// --metrics.per-key and the metric family lists.
+	Metrics     collector.Options
 	Remediation Remediation
 	Shard       int // --shard, as a number
 	TotalShards int // --total-shards
@@ -72,6 +76,7 @@ type Config struct {
 	app *kingpin.Application
 	// The raw values Validate parses into the fields above.
 	regionValues, roleValues, tagLabelValues []string
+	allowFamilies, denyFamilies              []string
 	ownAccount                               bool
 	shardValue                               string
 }
@@ -158,6 +163,10 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").IntVar(&c.Policy.MaxRotationPeriodDays)
 	app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").StringVar(&c.Policy.ExemptionTag)
 	app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").StringsVar(&c.tagLabelValues)
+	app.Flag("metrics.per-key", "Which keys have per-key series: all, or attention (only noncompliant, unknown, exempt, stale keys and keys pending deletion; kms_keys counts every key). For large inventories.").
+		Default(collector.PerKeyAll).EnumVar(&c.Metrics.PerKey, collector.PerKeyAll, collector.PerKeyAttention)
+	app.Flag("metrics.allowlist", "Serve only the inventory's metric families whose name matches this regular expression (anchored); repeatable. Not with --metrics.denylist.").StringsVar(&c.allowFamilies)
+	app.Flag("metrics.denylist", "Do not serve the inventory's metric families whose name matches this regular expression (anchored); repeatable. Not with --metrics.allowlist.").StringsVar(&c.denyFamilies)
 
 	app.Flag("remediation.enabled", "Serve the remediation API (POST /api/v1/remediate, /api/v1/remediate/bulk, /api/v1/alertmanager); needs --remediation.token-file.").BoolVar(&c.Remediation.Enabled)
 	app.Flag("remediation.token-file", "File holding the bearer token remediation requests must carry.").Envar("KMS_EXPORTER_REMEDIATION_TOKEN_FILE").StringVar(&c.Remediation.TokenFile)
@@ -252,6 +261,10 @@ func (c *Config) Validate() error {
 	}
 	if c.TagLabels, err = parseTagLabels(c.tagLabelValues); err != nil {
 		return &Error{Name: "--metrics.tag-label", Err: err}
+	}
+	c.Metrics.TagLabels = c.TagLabels
+	if c.Metrics.Include, err = familyFilter(c.allowFamilies, c.denyFamilies); err != nil {
+		return err
 	}
 	maxPeriod := c.Policy.MaxRotationPeriodDays
 	switch {
@@ -383,6 +396,38 @@ func parseRoles(values []string, own bool) ([]awsclient.Role, error) {
 		roles = append(roles, r)
 	}
 	return roles, nil
+}
+
+// familyFilter returns which metric families to serve from the allow and
+// deny lists (kube-state-metrics' --metric-allowlist and --metric-denylist):
+// nil when neither is given. Each entry is a regular expression matching a
+// whole family name, and must match at least one: a typo would otherwise
+// silently serve everything, or nothing.
+func familyFilter(allow, deny []string) (func(string) bool, error) {
+	flag, list, want := "metrics.allowlist", allow, true
+	switch {
+	case len(allow) > 0 && len(deny) > 0:
+		return nil, flagError("metrics.denylist", "give either --metrics.allowlist or --metrics.denylist, not both")
+	case len(deny) > 0:
+		flag, list, want = "metrics.denylist", deny, false
+	case len(allow) == 0:
+		return nil, nil
+	}
+	names := collector.FamilyNames()
+	res := make([]*regexp.Regexp, len(list))
+	for i, expr := range list {
+		re, err := regexp.Compile("^(?:" + expr + ")$")
+		if err != nil {
+			return nil, flagError(flag, "%q is not a regular expression: %v", expr, err)
+		}
+		if !slices.ContainsFunc(names, re.MatchString) {
+			return nil, flagError(flag, "%q matches no metric family of the inventory (%s)", expr, strings.Join(names, ", "))
+		}
+		res[i] = re
+	}
+	return func(name string) bool {
+		return slices.ContainsFunc(res, func(re *regexp.Regexp) bool { return re.MatchString(name) }) == want
+	}, nil
 }
 
 // parseTagLabels keeps each tag key once; two keys that make the same label

@@ -103,8 +103,8 @@ type listing struct {
 }
 
 // Audit lists and audits every key of the target, with no earlier state.
-// See AuditListed for what the error means.
-func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys []model.Key, err error) {
+// See auditListed for what the error means.
+func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys []*model.Key, err error) {
 	l, err := a.list(ctx, t)
 	if err != nil {
 		return "", nil, err
@@ -135,16 +135,20 @@ func (a *Auditor) list(ctx context.Context, t Target) (*listing, error) {
 	return &listing{accountID: accountID, keys: listed, aliases: aliases}, nil
 }
 
-// auditListed reads every listed key and decides its verdict. prev holds the
-// target's keys as last published (sorted by id): a key whose reads fail for
-// a transient reason keeps its last good verdict, marked stale, for up to
-// MaxStale. The keys returned are sorted by id; a key deleted since it was
-// listed is left out. The error is ReadErrors when reads failed for transient
-// reasons (the refresh of the target then did not succeed), or the context's
-// error.
-func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []model.Key) ([]model.Key, error) {
-	keys := make([]model.Key, len(l.keys))
-	found := make([]bool, len(l.keys))
+// auditListed reads every listed key and decides its verdict. last is the
+// target as last published (nil: none): a key read the same as then is kept
+// as the same *model.Key, and a key whose reads fail for a transient reason
+// keeps its last good verdict, marked stale, for up to MaxStale. The keys
+// returned are sorted by id; a key deleted since it was listed is left out.
+// The error is ReadErrors when reads failed for transient reasons (the
+// refresh of the target then did not succeed), or the context's error.
+func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *model.TargetState) ([]*model.Key, error) {
+	var prev []*model.Key
+	var prevReadAt time.Time
+	if last != nil {
+		prev, prevReadAt = last.Keys, last.LastAttempt
+	}
+	keys := make([]*model.Key, len(l.keys))
 	failed := make([]ReadError, len(l.keys))
 	work := make(chan int)
 	var wg sync.WaitGroup
@@ -153,11 +157,18 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []
 			for i := range work {
 				id := l.keys[i].id
 				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
-				found[i], failed[i] = a.auditKey(ctx, t.API, &k)
-				if failed[i].Code != "" {
-					k = a.carry(k, findKey(prev, id), failed[i].Code)
+				var found bool
+				found, failed[i] = a.auditKey(ctx, t.API, &k)
+				p := findKey(prev, id)
+				switch {
+				case !found:
+				case failed[i].Code != "":
+					keys[i] = a.carry(k, p, prevReadAt, failed[i].Code)
+				case p != nil && k.Same(p):
+					keys[i] = p
+				default:
+					keys[i] = compact(&k, p)
 				}
-				keys[i] = k
 			}
 		})
 	}
@@ -169,18 +180,19 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []
 
 	kept := keys[:0]
 	errs := ReadErrors{}
-	for i := range keys {
-		if !found[i] {
+	for i, k := range keys {
+		if k == nil {
 			continue
 		}
-		kept = append(kept, keys[i])
+		kept = append(kept, k)
 		if failed[i].Code != "" {
 			errs[failed[i]]++
 		}
 	}
-	slices.SortFunc(kept, func(a, b model.Key) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(kept, func(a, b *model.Key) int { return strings.Compare(a.ID, b.ID) })
 	// A key listed twice (pages shifting while keys are created) is kept once.
-	kept = slices.CompactFunc(kept, func(a, b model.Key) bool { return a.ID == b.ID })
+	kept = slices.CompactFunc(kept, func(a, b *model.Key) bool { return a.ID == b.ID })
+	clear(keys[len(kept):])
 	if err := ctx.Err(); err != nil {
 		return kept, err
 	}
@@ -191,45 +203,123 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, prev []
 }
 
 // findKey returns the key with this id in keys sorted by id, or nil.
-func findKey(keys []model.Key, id string) *model.Key {
-	i, ok := slices.BinarySearchFunc(keys, id, func(k model.Key, id string) int { return strings.Compare(k.ID, id) })
+func findKey(keys []*model.Key, id string) *model.Key {
+	i, ok := slices.BinarySearchFunc(keys, id, func(k *model.Key, id string) int { return strings.Compare(k.ID, id) })
 	if !ok {
 		return nil
 	}
-	return &keys[i]
+	return keys[i]
+}
+
+// lastRead is when prev, a key of the snapshot of a refresh that started at
+// readAt, was last read successfully.
+func lastRead(prev *model.Key, readAt time.Time) time.Time {
+	if prev.ReadError != "" {
+		return prev.LastRead
+	}
+	return readAt
 }
 
 // carry decides what to publish for a key whose read failed with a transient
-// error code: its last good state (prev), marked stale, while that is younger
-// than MaxStale; otherwise the key as now read, unknown with the code.
-// Listing is fresh evidence, so the aliases are today's.
-func (a *Auditor) carry(now model.Key, prev *model.Key, code string) model.Key {
-	if prev == nil || prev.LastRead.IsZero() || a.Now().Sub(prev.LastRead) > a.MaxStale {
+// error code: its last good state (prev, of the snapshot of the refresh that
+// started at prevReadAt), marked stale, while that is younger than MaxStale;
+// otherwise the key as now read, unknown with the code. Listing is fresh
+// evidence, so the aliases are today's.
+func (a *Auditor) carry(now model.Key, prev *model.Key, prevReadAt time.Time, code string) *model.Key {
+	var last time.Time
+	if prev != nil {
+		last = lastRead(prev, prevReadAt)
+	}
+	if last.IsZero() || a.Now().Sub(last) > a.MaxStale {
 		now.Rotation, now.Tags, now.TagValues = nil, nil, nil
 		now.Verdict = policy.Verdict{Status: policy.Unknown, Reason: code}
-		if prev != nil {
-			now.LastRead = prev.LastRead
-		}
-		now.ReadError, now.Stale = code, false
-		return now
+		now.LastRead, now.ReadError, now.Stale = last, code, false
+		return &now
 	}
 	k := *prev
-	k.Aliases = now.Aliases
-	k.ReadError, k.Stale = code, true
+	if !slices.Equal(k.Aliases, now.Aliases) {
+		k.Aliases = now.Aliases
+	}
+	k.LastRead, k.ReadError, k.Stale = last, code, true
+	return &k
+}
+
+// Age marks the keys of a target that could not be listed (last, as last
+// published): each keeps its last good state, stale with the listing's error
+// code, while that is younger than MaxStale; then it is unknown with that code.
+func (a *Auditor) Age(last *model.TargetState, code string) []*model.Key {
+	if last == nil {
+		return nil
+	}
+	out := make([]*model.Key, len(last.Keys))
+	for i, p := range last.Keys {
+		out[i] = a.carry(*p, p, last.LastAttempt, code)
+	}
+	return out
+}
+
+// compact returns k ready to be kept for long: its strings share the
+// memory of prev's (the same key as last published, or nil) where equal,
+// its ARN is detached from the response it was read from and its id is part
+// of the ARN, and the strings of the key's metadata are interned.
+func compact(k *model.Key, prev *model.Key) *model.Key {
+	if prev != nil {
+		if k.ARN == prev.ARN {
+			k.ARN, k.ID = prev.ARN, prev.ID
+		}
+		if slices.Equal(k.Aliases, prev.Aliases) {
+			k.Aliases = prev.Aliases
+		}
+		if k.Rotation != nil && prev.Rotation != nil && *k.Rotation == *prev.Rotation {
+			k.Rotation = prev.Rotation
+		}
+		if slices.Equal(k.TagValues, prev.TagValues) {
+			k.TagValues = prev.TagValues
+		}
+	}
+	if k.ARN != "" && (prev == nil || k.ARN != prev.ARN) {
+		k.ARN = strings.Clone(k.ARN)
+		if strings.HasSuffix(k.ARN, "/"+k.ID) {
+			k.ID = k.ARN[len(k.ARN)-len(k.ID):]
+		}
+	}
+	m := &k.Meta
+	for _, s := range []*string{&m.KeyManager, &m.KeySpec, &m.KeyUsage, &m.KeyState, &m.Origin, &k.MultiRegionType, &k.PrimaryRegion} {
+		*s = intern(*s)
+	}
 	return k
 }
 
-// Age marks the keys of a target that could not be listed: each keeps its
-// last good state, stale with the listing's error code, while that is
-// younger than MaxStale; then it is unknown with that code.
-func (a *Auditor) Age(prev []model.Key, code string) []model.Key {
-	out := make([]model.Key, len(prev))
-	for i := range prev {
-		now := prev[i]
-		now.LastRead = time.Time{}
-		out[i] = a.carry(now, &prev[i], code)
+// interned holds the strings of keys' metadata that take few values (key
+// specs, states, origins, regions): each is kept once, however many keys
+// carry it. Bounded, so that unexpected values cannot grow it without end.
+var interned = struct {
+	sync.RWMutex
+	m map[string]string
+}{m: map[string]string{}}
+
+const maxInterned = 1024
+
+func intern(s string) string {
+	if s == "" {
+		return ""
 	}
-	return out
+	interned.RLock()
+	v, ok := interned.m[s]
+	interned.RUnlock()
+	if ok {
+		return v
+	}
+	interned.Lock()
+	defer interned.Unlock()
+	if v, ok := interned.m[s]; ok {
+		return v
+	}
+	s = strings.Clone(s)
+	if len(interned.m) < maxInterned {
+		interned.m[s] = s
+	}
+	return s
 }
 
 type listedKey struct{ id, arn string }
@@ -313,7 +403,6 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key) (found bo
 	defer func() {
 		if found && failed.Code == "" {
 			k.Verdict = a.verdict(in)
-			k.LastRead = a.Now()
 		}
 	}()
 
@@ -372,7 +461,6 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 	if k.Meta.KeySpec == "" {
 		k.Meta.KeySpec = string(m.CustomerMasterKeySpec) //nolint:staticcheck // older responses carry only this field
 	}
-	k.Description = aws.ToString(m.Description)
 	k.CreationDate = aws.ToTime(m.CreationDate)
 	k.DeletionDate = aws.ToTime(m.DeletionDate)
 	if mrc := m.MultiRegionConfiguration; aws.ToBool(m.MultiRegion) && mrc != nil {

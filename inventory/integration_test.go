@@ -75,7 +75,7 @@ func TestMixedInventoryVerdicts(t *testing.T) {
 	if len(keys) != len(kmstest.MixedInventory) {
 		t.Errorf("audited %d keys, want %d", len(keys), len(kmstest.MixedInventory))
 	}
-	byID := map[string]model.Key{}
+	byID := map[string]*model.Key{}
 	for _, k := range keys {
 		byID[k.ID] = k
 	}
@@ -109,7 +109,7 @@ func TestMixedInventoryVerdicts(t *testing.T) {
 	wantTags := 0
 	for _, s := range kmstest.MixedInventory {
 		switch s.Reason {
-		case "rotation_enabled", "disabled":
+		case "rotation_enabled":
 			wantStatus++
 		case "rotation_disabled", "exemption_tag", "exemption_expired":
 			wantStatus++
@@ -270,16 +270,16 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 	if !errors.As(err, &readErrs) || len(readErrs) != 1 || readErrs[inventory.ReadError{Op: "GetKeyRotationStatus", Code: "ThrottlingException"}] != 1 {
 		t.Fatalf("Audit error = %v, want one key throttled at GetKeyRotationStatus", err)
 	}
-	byID := map[string]model.Key{}
+	byID := map[string]*model.Key{}
 	for _, k := range keys {
 		byID[k.ID] = k
 	}
-	check := func(name, id string, status policy.Status, reason string) model.Key {
+	check := func(name, id string, status policy.Status, reason string) *model.Key {
 		t.Helper()
 		k, ok := byID[id]
 		if !ok {
 			t.Errorf("%s: missing", name)
-			return k
+			return &model.Key{}
 		}
 		if k.Verdict.Status != status || k.Verdict.Reason != reason {
 			t.Errorf("%s: %s/%s, want %s/%s", name, k.Verdict.Status, k.Verdict.Reason, status, reason)

@@ -43,7 +43,7 @@ type exposition map[string]float64
 
 func scrape(t *testing.T, s *model.Snapshot, r *inventory.Refresher) exposition {
 	t.Helper()
-	c := collector.New(nil, discard())
+	c := collector.New(collector.Options{}, discard())
 	c.Publish(s)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(r.Metrics())

@@ -1,6 +1,7 @@
 package inventory
 
 import (
+	"slices"
 	"time"
 
 	"github.com/kms-exporter/kms_exporter/model"
@@ -34,22 +35,24 @@ func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *
 	out := &model.Snapshot{TagLabels: s.TagLabels, Targets: make([]*model.TargetState, len(s.Targets))}
 	for i, t := range s.Targets {
 		out.Targets[i] = t
-		for j := range t.Keys {
-			c, ok := byKey[keyRef{t.AccountID, t.Keys[j].ID}]
+		for j, old := range t.Keys {
+			c, ok := byKey[keyRef{t.AccountID, old.ID}]
 			if !ok {
 				continue
 			}
 			if out.Targets[i] == t { // copy on first write
 				cp := *t
-				cp.Keys = append([]model.Key(nil), t.Keys...)
+				cp.Keys = slices.Clone(t.Keys)
 				out.Targets[i] = &cp
 			}
-			k := &out.Targets[i].Keys[j]
+			// Published keys are never modified: the change makes a new one.
+			k := *old
 			rot := c.Rotation
 			k.Rotation = &rot
 			// A status read from AWS just now: the key is no longer stale.
-			k.LastRead, k.ReadError, k.Stale = c.At, "", false
+			k.LastRead, k.ReadError, k.Stale = time.Time{}, "", false
 			k.Verdict = r.auditor.verdict(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags})
+			out.Targets[i].Keys[j] = &k
 		}
 	}
 	return out

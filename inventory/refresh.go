@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -83,12 +84,17 @@ func (r *Refresher) ReadyHandler() http.Handler {
 	})
 }
 
-// Run refreshes at once, then every interval, until ctx ends.
+// Run refreshes at once, then every interval, until ctx ends. After each
+// refresh the memory of the previous snapshot is returned to the operating
+// system at once, rather than over the next minutes: the exporter's resident
+// memory is then what the current snapshot needs (see the README's capacity
+// table).
 func (r *Refresher) Run(ctx context.Context, interval time.Duration) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
 		r.Refresh(ctx)
+		debug.FreeOSMemory()
 		select {
 		case <-ctx.Done():
 			return
@@ -106,6 +112,9 @@ func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	start := time.Now()
+	// When the refresh started by the clock the verdicts use: the time of
+	// the keys read in it (see model.Key.LastRead).
+	attempt := r.auditor.Now()
 	prev := indexTargets(r.pub.Snapshot().Targets)
 
 	targets := r.source.Targets(ctx)
@@ -120,7 +129,7 @@ func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 	chosen := r.chooseTargets(targets, listings, listErrs, prev)
 	states := make([]*model.TargetState, len(chosen))
 	for i, c := range chosen {
-		wg.Go(func() { states[i] = r.refreshTarget(ctx, targets[c], listings[c], listErrs[c], prev, start) })
+		wg.Go(func() { states[i] = r.refreshTarget(ctx, targets[c], listings[c], listErrs[c], prev, start, attempt) })
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
@@ -132,11 +141,14 @@ func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 	})
 	r.pubMu.Lock()
 	s := r.withPending(&model.Snapshot{Targets: states, TagLabels: r.auditor.TagLabels}, start)
+	published := time.Now()
 	r.pub.Publish(s)
 	r.pubMu.Unlock()
+	publish := time.Since(published)
 	r.once.Do(func() { close(r.ready) })
 	c := s.Counts()
 	r.logger.Info("refresh finished", "targets", len(s.Targets), "duration", time.Since(start).Round(time.Millisecond),
+		"publish", publish.Round(time.Millisecond),
 		"compliant", c["compliant"], "noncompliant", c["noncompliant"], "unknown", c["unknown"],
 		"exempt", c["exempt"], "not_applicable", c["not_applicable"])
 	return s
@@ -239,24 +251,23 @@ func roleName(r awsclient.Role) string {
 
 // refreshTarget audits one listed target, or ages the last good keys of one
 // that could not be listed.
-func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, listErr error, prev previous, start time.Time) *model.TargetState {
+func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, listErr error, prev previous, start, attempt time.Time) *model.TargetState {
 	account := accountOfTarget(t, l, prev)
 	last := prev.of(account, t)
-	var lastKeys []model.Key
-	st := &model.TargetState{AccountID: account, Region: t.Region, RoleARN: t.Role.ARN, LastAttempt: start}
+	st := &model.TargetState{AccountID: account, Region: t.Region, RoleARN: t.Role.ARN, LastAttempt: attempt}
 	if last != nil {
-		lastKeys, st.LastSuccess = last.Keys, last.LastSuccess
+		st.LastSuccess = last.LastSuccess
 	}
 	err := listErr
 	if l != nil {
-		st.Keys, err = r.auditor.auditListed(ctx, t, l, lastKeys)
+		st.Keys, err = r.auditor.auditListed(ctx, t, l, last)
 	} else {
-		st.Keys = r.auditor.Age(lastKeys, awsclient.ErrorCode(listErr))
+		st.Keys = r.auditor.Age(last, awsclient.ErrorCode(listErr))
 	}
 	st.Duration = time.Since(start)
 	st.Success = err == nil
 	if st.Success {
-		st.LastSuccess = start
+		st.LastSuccess = attempt
 		return st
 	}
 	st.Error = describeTargetError(err)
@@ -276,8 +287,7 @@ func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, lis
 func (r *Refresher) countReadErrors(st *model.TargetState, errs ReadErrors) {
 	var stale, unknown int
 	var sample []string
-	for i := range st.Keys {
-		k := &st.Keys[i]
+	for _, k := range st.Keys {
 		if k.ReadError == "" {
 			continue
 		}

@@ -6,6 +6,8 @@
 package model
 
 import (
+	"maps"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -28,8 +30,11 @@ type TargetState struct {
 	// RoleARN is the role assumed to reach the account; "" for the
 	// exporter's own credentials.
 	RoleARN string
-	// Keys are those of the last successful refresh, sorted by key id.
-	Keys []Key
+	// Keys are those of the last successful refresh, sorted by key id. A key
+	// that did not change since the previous snapshot is the same *Key in
+	// both: keys are never modified once published, and the exposition
+	// reuses what it encoded for an unchanged run of keys.
+	Keys []*Key
 	// Success tells whether the last refresh of this target succeeded; when
 	// it failed, Keys are still those of LastSuccess.
 	Success     bool
@@ -48,7 +53,6 @@ type Key struct {
 	// Aliases are the alias names pointing at the key, sorted.
 	Aliases         []string
 	Meta            policy.Meta
-	Description     string
 	CreationDate    time.Time
 	DeletionDate    time.Time
 	MultiRegionType string
@@ -63,8 +67,9 @@ type Key struct {
 	// depends on them, or all customer keys with tag labels), else nil.
 	Tags    map[string]string
 	Verdict policy.Verdict
-	// LastRead is when the key's verdict was last decided from AWS's
-	// answers; zero when it never was.
+	// LastRead is when the key was last read successfully, kept only while
+	// its reads fail (ReadError is set): zero then means it never was. A key
+	// without ReadError was read at its target's LastAttempt or later.
 	LastRead time.Time
 	// ReadError is the error code of the last read when it failed for a
 	// transient reason; "" when it succeeded.
@@ -74,12 +79,37 @@ type Key struct {
 	Stale bool
 }
 
+// Same reports whether k and o show the same thing: every field but
+// LastRead, which only matters once a read fails. A refresh keeps the
+// earlier *Key when the new read is the Same.
+func (k *Key) Same(o *Key) bool {
+	return k.AccountID == o.AccountID && k.Region == o.Region && k.ID == o.ID && k.ARN == o.ARN &&
+		slices.Equal(k.Aliases, o.Aliases) && k.Meta == o.Meta &&
+		k.CreationDate.Equal(o.CreationDate) && k.DeletionDate.Equal(o.DeletionDate) &&
+		k.MultiRegionType == o.MultiRegionType && k.PrimaryARN == o.PrimaryARN && k.PrimaryRegion == o.PrimaryRegion &&
+		sameRotation(k.Rotation, o.Rotation) && slices.Equal(k.TagValues, o.TagValues) && maps.Equal(k.Tags, o.Tags) &&
+		(k.Tags == nil) == (o.Tags == nil) && sameVerdict(k.Verdict, o.Verdict) &&
+		k.ReadError == o.ReadError && k.Stale == o.Stale
+}
+
+func sameRotation(a, b *policy.Rotation) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Enabled == b.Enabled && a.PeriodDays == b.PeriodDays && a.NextRotation.Equal(b.NextRotation)
+}
+
+func sameVerdict(a, b policy.Verdict) bool {
+	return a.Status == b.Status && a.Reason == b.Reason && a.ExemptionReason == b.ExemptionReason &&
+		a.ExemptionExpiry.Equal(b.ExemptionExpiry)
+}
+
 // Counts returns the number of keys per verdict status over all targets.
 func (s *Snapshot) Counts() map[policy.Status]int {
 	out := map[policy.Status]int{}
 	for _, t := range s.Targets {
-		for i := range t.Keys {
-			out[t.Keys[i].Verdict.Status]++
+		for _, k := range t.Keys {
+			out[k.Verdict.Status]++
 		}
 	}
 	return out
@@ -92,9 +122,9 @@ func (s *Snapshot) Locate(accountID, region, keyID string) (*TargetState, *Key) 
 		if (accountID != "" && t.AccountID != accountID) || t.Region != region {
 			continue
 		}
-		for i := range t.Keys {
-			if t.Keys[i].ID == keyID || t.Keys[i].ARN == keyID {
-				return t, &t.Keys[i]
+		for _, k := range t.Keys {
+			if k.ID == keyID || k.ARN == keyID {
+				return t, k
 			}
 		}
 	}

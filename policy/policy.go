@@ -193,12 +193,13 @@ func Scope(m Meta) string {
 }
 
 // NeedsRotationStatus says whether GetKeyRotationStatus should be called for a
-// key: for keys in scope, for disabled in-scope keys (the setting is kept and
-// worth showing), and for enabled AWS-managed keys (readable where the key
-// policy allows). Keys that cannot rotate are never asked.
+// key: for keys in scope, whose verdict needs it, and for enabled AWS-managed
+// keys (readable where the key policy allows; shown, not judged). Keys that
+// cannot rotate, and disabled keys (not applicable whatever their setting),
+// are never asked: each call is a billed request.
 func NeedsRotationStatus(m Meta) bool {
 	switch Scope(m) {
-	case "", ReasonDisabled:
+	case "":
 		return true
 	case ReasonAWSManaged:
 		return m.KeyState == StateEnabled && (m.KeySpec == SpecSymmetric || m.KeySpec == "")

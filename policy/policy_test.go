@@ -126,7 +126,7 @@ func TestNeedsRotationStatus(t *testing.T) {
 		want bool
 	}{
 		{sym("Enabled"), true},
-		{sym("Disabled"), true},
+		{sym("Disabled"), false}, // not applicable whatever its setting: not asked
 		{sym("PendingDeletion"), false},
 		{with(sym("Enabled"), func(m *Meta) { m.KeyManager = ManagerAWS }), true},
 		{with(sym("PendingDeletion"), func(m *Meta) { m.KeyManager = ManagerAWS }), false},
@@ -179,7 +179,7 @@ func TestWhatIsReadPerKeyKind(t *testing.T) {
 	}{
 		{"customer, symmetric, enabled", sym("Enabled"), true, Compliant, ReasonRotationEnabled},
 		{"customer, key spec not reported", with(sym("Enabled"), func(m *Meta) { m.KeySpec = "" }), true, Compliant, ReasonRotationEnabled},
-		{"customer, disabled: read, shown, not judged", sym("Disabled"), true, NotApplicable, ReasonDisabled},
+		{"customer, disabled: not read (not applicable whatever its setting)", sym("Disabled"), false, NotApplicable, ReasonDisabled},
 		{"customer, pending deletion", sym("PendingDeletion"), false, NotApplicable, ReasonPendingDeletion},
 		{"customer, RSA", with(sym("Enabled"), func(m *Meta) { m.KeySpec = "RSA_2048" }), false, NotApplicable, ReasonAsymmetric},
 		{"customer, imported material", with(sym("Enabled"), func(m *Meta) { m.Origin = OriginExternal }), false, NotApplicable, ReasonExternalOrigin},

@@ -361,8 +361,7 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 		if (sel.AccountID != "" && t.AccountID != sel.AccountID) || (sel.Region != "" && t.Region != sel.Region) {
 			continue
 		}
-		for i := range t.Keys {
-			k := &t.Keys[i]
+		for _, k := range t.Keys {
 			if k.Verdict.Status != policy.Noncompliant || !matches(k, sel.AliasPrefix, sel.Tag) {
 				continue
 			}

@@ -110,7 +110,7 @@ func setup(t *testing.T, configure func(*remediate.API)) *env {
 	logs := &remediate.LogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, nil))
 	pol := policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}
-	coll := collector.New(nil, logger)
+	coll := collector.New(collector.Options{}, logger)
 	refresher := inventory.NewRefresher(
 		inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}},
 		&inventory.Auditor{Policy: pol, Workers: 4, Now: time.Now}, logger, coll)

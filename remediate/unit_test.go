@@ -50,9 +50,10 @@ func (f *fakeInventory) ApplyRotationChanges(cs ...model.RotationChange) *model.
 	out := &model.Snapshot{}
 	for _, t := range f.snap.Targets {
 		cp := *t
-		cp.Keys = append([]model.Key(nil), t.Keys...)
-		for i := range cp.Keys {
-			k := &cp.Keys[i]
+		cp.Keys = make([]*model.Key, len(t.Keys))
+		for i, old := range t.Keys {
+			k := *old
+			cp.Keys[i] = &k
 			for _, c := range cs {
 				if c.AccountID == k.AccountID && c.KeyID == k.ID {
 					rot := c.Rotation
@@ -149,9 +150,10 @@ func newRemediator(inv Inventory, api KMS) *Remediator {
 }
 
 func unitKeys(ids ...string) *fakeInventory {
-	var keys []model.Key
+	var keys []*model.Key
 	for _, id := range ids {
-		keys = append(keys, noncompliant(id))
+		k := noncompliant(id)
+		keys = append(keys, &k)
 	}
 	return &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{{
 		AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: keys}}}}
@@ -216,11 +218,11 @@ func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 	role := "arn:aws:iam::444455556666:role/kms-audit"
 	inv := &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{{
 		AccountID: unitAccount, Region: "eu-west-1", RoleARN: role, Success: true,
-		Keys: []model.Key{
+		Keys: harness.Keys(
 			noncompliant("11111111-1111-4111-8111-111111111111"),
 			noncompliant("22222222-2222-4222-8222-222222222222"),
 			noncompliant("33333333-3333-4333-8333-333333333333"),
-		},
+		),
 	}}}}
 	api := newFakeKMS()
 	var mu sync.Mutex
@@ -322,8 +324,8 @@ func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 	primary.ARN = "arn:aws:kms:us-east-1:" + unitAccount + ":key/" + mrk
 	replica.MultiRegionType, replica.PrimaryRegion = policy.MultiRegionReplica, "us-east-1"
 	inv := &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{
-		{AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: []model.Key{replica}},
-		{AccountID: unitAccount, Region: "us-east-1", Success: true, Keys: []model.Key{primary}},
+		{AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: harness.Keys(replica)},
+		{AccountID: unitAccount, Region: "us-east-1", Success: true, Keys: harness.Keys(primary)},
 	}}}
 	api := newFakeKMS()
 	entered, release := make(chan struct{}, 3), make(chan struct{})
@@ -383,7 +385,7 @@ func TestSeveralAccountsNeedAccountID(t *testing.T) {
 	other := noncompliant(id)
 	other.AccountID = "777788889999"
 	inv := unitKeys(id)
-	inv.snap.Targets = append(inv.snap.Targets, &model.TargetState{AccountID: other.AccountID, Region: "eu-west-1", Success: true, Keys: []model.Key{other}})
+	inv.snap.Targets = append(inv.snap.Targets, &model.TargetState{AccountID: other.AccountID, Region: "eu-west-1", Success: true, Keys: harness.Keys(other)})
 	u := startAPI(t, newRemediator(inv, newFakeKMS()))
 	status, body := u.post(PathRemediate, `{"region":"eu-west-1","key_id":"`+id+`","dry_run":true}`)
 	if status != 400 || body["reason"] != "account_id is required: several accounts are audited" {

@@ -83,8 +83,8 @@ func WriteAudit(w io.Writer, s *model.Snapshot, format string) error {
 		}{Targets: []TargetRecord{}, Keys: []KeyRecord{}, Counts: s.Counts()}
 		for _, t := range s.Targets {
 			out.Targets = append(out.Targets, TargetRecord{t.AccountID, t.Region, t.Success, t.Error, len(t.Keys)})
-			for i := range t.Keys {
-				out.Keys = append(out.Keys, record(&t.Keys[i]))
+			for _, k := range t.Keys {
+				out.Keys = append(out.Keys, record(k))
 			}
 		}
 		enc := json.NewEncoder(w)
@@ -94,8 +94,7 @@ func WriteAudit(w io.Writer, s *model.Snapshot, format string) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ACCOUNT\tREGION\tKEY ID\tALIASES\tSTATUS\tREASON")
 	for _, t := range s.Targets {
-		for i := range t.Keys {
-			k := &t.Keys[i]
+		for _, k := range t.Keys {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.AccountID, k.Region, k.ID, orDash(strings.Join(k.Aliases, ",")), k.Verdict.Status, k.Verdict.Reason)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/kms-exporter/kms_exporter/model"
 	"net"
 	"os"
 	"os/exec"
@@ -159,6 +160,16 @@ func DashboardQueries(t testing.TB, path, rateInterval, rangeDur string) map[str
 			continue
 		}
 		out["variable "+v.Name] = subst(m[1])
+	}
+	return out
+}
+
+// Keys returns pointers to copies of keys, as model.TargetState holds them.
+func Keys(keys ...model.Key) []*model.Key {
+	out := make([]*model.Key, len(keys))
+	for i := range keys {
+		k := keys[i]
+		out[i] = &k
 	}
 	return out
 }

@@ -1,0 +1,144 @@
+package collector
+
+import (
+	"bytes"
+	"github.com/klauspost/compress/flate"
+	"encoding/binary"
+	"hash/crc32"
+)
+
+// The exposition is kept compressed, as pieces of one gzip stream that are
+// compressed apart (in parallel, and again only where keys changed) and put
+// together at scrape time: each piece is raw deflate data ending in a sync
+// flush (byte-aligned, no final block), which is also valid in the middle of
+// a stream, so pieces can follow each other in any order. A response is the
+// gzip header, the pieces, an empty final block and the trailer, whose CRC-32
+// is combined from the pieces' own without reading them again. One gzip
+// member: every gzip reader (curl's too) reads all of it.
+
+// gzipHeader is a gzip member header: deflate, no name, no time, unknown OS.
+var gzipHeader = []byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}
+
+// finalBlock is an empty final deflate block (fixed Huffman, end of block).
+var finalBlock = []byte{0x03, 0x00}
+
+// piece is text compressed apart, with what the gzip trailer needs of it.
+type piece struct {
+	data  []byte // raw deflate, ending in a sync flush
+	crc   uint32 // CRC-32 (IEEE) of the text
+	size  int    // length of the text
+	lines int    // series in the text
+}
+
+// compressor turns text into pieces; not safe for concurrent use.
+type compressor struct {
+	buf bytes.Buffer
+	fw  *flate.Writer
+}
+
+// compressionLevel trades the time of a publish against the size of a
+// scrape; BestSpeed keeps a full publish of a million keys within seconds.
+const compressionLevel = flate.BestSpeed
+
+func newCompressor() *compressor {
+	c := &compressor{}
+	c.fw, _ = flate.NewWriter(&c.buf, compressionLevel) // the level is valid
+	return c
+}
+
+// compress returns text as a piece, its data in memory of its own.
+func (c *compressor) compress(text []byte, lines int) piece {
+	if len(text) == 0 {
+		return piece{}
+	}
+	c.buf.Reset()
+	c.fw.Reset(&c.buf)
+	_, _ = c.fw.Write(text) // writes to a bytes.Buffer do not fail
+	_ = c.fw.Flush()
+	return piece{data: bytes.Clone(c.buf.Bytes()), crc: crc32.ChecksumIEEE(text), size: len(text), lines: lines}
+}
+
+// stream is pieces in the order they are served, with their combined CRC.
+type stream struct {
+	pieces []piece
+	crc    uint32
+	size   int
+	zsize  int // compressed bytes of the pieces
+	lines  int
+}
+
+func (s *stream) add(p piece) {
+	if p.size == 0 {
+		return
+	}
+	s.pieces = append(s.pieces, p)
+	s.crc = crc32Combine(s.crc, p.crc, int64(p.size))
+	s.size += p.size
+	s.zsize += len(p.data)
+	s.lines += p.lines
+}
+
+// trailer returns the gzip trailer of text with this CRC and length.
+func trailer(crc uint32, size int) []byte {
+	b := binary.LittleEndian.AppendUint32(nil, crc)
+	return binary.LittleEndian.AppendUint32(b, uint32(size)) // ISIZE is the length modulo 2^32
+}
+
+// crc32Combine returns the CRC-32 (IEEE) of a followed by b from the CRCs of
+// both and the length of b: zlib's crc32_combine (multiplication modulo the
+// CRC polynomial by x^(8*len2)), in O(log len2).
+func crc32Combine(crc1, crc2 uint32, len2 int64) uint32 {
+	if len2 <= 0 {
+		return crc1 ^ crc2
+	}
+	return multModP(x2nModP(uint64(len2), 3), crc1) ^ crc2
+}
+
+// The polynomial of CRC-32 (IEEE), reflected.
+const crcPoly = 0xedb88320
+
+// multModP returns a(x) multiplied by b(x) modulo p(x), where p(x) is the
+// CRC polynomial, in the reflected bit order CRC-32 uses.
+func multModP(a, b uint32) uint32 {
+	m := uint32(1) << 31
+	var p uint32
+	for {
+		if a&m != 0 {
+			p ^= b
+			if a&(m-1) == 0 {
+				break
+			}
+		}
+		m >>= 1
+		if b&1 != 0 {
+			b = b>>1 ^ crcPoly
+		} else {
+			b >>= 1
+		}
+	}
+	return p
+}
+
+// x2nTable[k] is x^(2^k) modulo p(x).
+var x2nTable = func() (t [32]uint32) {
+	p := uint32(1) << 30 // x^1
+	t[0] = p
+	for n := 1; n < 32; n++ {
+		p = multModP(p, p)
+		t[n] = p
+	}
+	return t
+}()
+
+// x2nModP returns x^(n * 2^k) modulo p(x).
+func x2nModP(n uint64, k uint) uint32 {
+	p := uint32(1) << 31 // x^0
+	for n != 0 {
+		if n&1 != 0 {
+			p = multModP(x2nTable[k&31], p)
+		}
+		n >>= 1
+		k++
+	}
+	return p
+}
