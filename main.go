@@ -50,6 +50,7 @@ func main() {
 
 	// Sub-commands print their results on stdout; logs go to stderr.
 	logger := promslog.New(cfg.Log)
+	setMemoryLimit("/sys/fs/cgroup", logger)
 	code, err := execute(cfg, awsConfig, logger)
 	if err != nil {
 		logger.Error("kms_exporter failed", "err", err)

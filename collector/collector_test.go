@@ -168,3 +168,12 @@ func TestTagLabelName(t *testing.T) {
 		}
 	}
 }
+
+func labelValue(labels []*dto.LabelPair, name string) string {
+	for _, l := range labels {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -65,14 +66,28 @@ func TestHandlerServesRegistryAndSnapshot(t *testing.T) {
 			t.Errorf("%q: not gzip-encoded", enc)
 			continue
 		}
-		zr, err := gzip.NewReader(bytes.NewReader(compressed))
+		if n, err := strconv.Atoi(resp.Header.Get("Content-Length")); err != nil || n != len(compressed) {
+			t.Errorf("%q: Content-Length %q for %d bytes", enc, resp.Header.Get("Content-Length"), len(compressed))
+		}
+		br := bytes.NewReader(compressed)
+		zr, err := gzip.NewReader(br)
 		if err != nil {
 			t.Fatal(err)
 		}
+		// One gzip member holds it all (readers that stop after the first,
+		// as zlib-based ones do, see everything), and its CRC and length
+		// check out (the reader verifies them at the end).
+		zr.Multistream(false)
 		unzipped, err := io.ReadAll(zr)
 		if err != nil || !bytes.Equal(unzipped, plain) {
 			t.Errorf("%q: gzip body differs from the plain one (%v)", enc, err)
 		}
+		if br.Len() != 0 {
+			t.Errorf("%q: %d bytes after the first gzip member", enc, br.Len())
+		}
+	}
+	if n, err := strconv.Atoi(resp.Header.Get("Content-Length")); err != nil || n != len(plain) {
+		t.Errorf("plain: Content-Length %q for %d bytes", resp.Header.Get("Content-Length"), len(plain))
 	}
 	if resp, _ := scrape(t, h, "gzip;q=0"); resp.Header.Get("Content-Encoding") != "" {
 		t.Error("gzip;q=0 must not be gzip-encoded")

@@ -183,6 +183,41 @@ func TestRotationChangeSeenOnNextRefresh(t *testing.T) {
 	}
 }
 
+// TestUnchangedKeysAreShared: a key read the same as at the last refresh is
+// the same *model.Key (what makes a refresh of an unchanged inventory cost
+// no new snapshot memory, and lets the exposition reuse its encoding); a
+// changed key, and only it, is new.
+func TestUnchangedKeysAreShared(t *testing.T) {
+	ctx := ctxT(t)
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	f := newFactory(srv.URL)
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard(), nil)
+	first := r.Refresh(ctx).Targets[0].Keys
+	second := r.Refresh(ctx).Targets[0].Keys
+	if len(first) != len(kmstest.MixedInventory) || len(second) != len(first) {
+		t.Fatalf("%d then %d keys, want %d", len(first), len(second), len(kmstest.MixedInventory))
+	}
+	for i := range first {
+		if first[i] != second[i] {
+			t.Errorf("key %s read the same is a new *model.Key", first[i].ID)
+		}
+	}
+	id := ids["legacy-billing"]
+	if _, err := srv.Client().EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String(id)}); err != nil {
+		t.Fatal(err)
+	}
+	third := r.Refresh(ctx).Targets[0].Keys
+	for i := range second {
+		changed := second[i].ID == id
+		if (third[i] != second[i]) != changed {
+			t.Errorf("key %s: new *model.Key = %v, want %v", second[i].ID, third[i] != second[i], changed)
+		}
+		if changed && (second[i].Verdict.Status != policy.Noncompliant || third[i].Verdict.Status != policy.Compliant) {
+			t.Errorf("changed key: %s then %s", second[i].Verdict.Status, third[i].Verdict.Status)
+		}
+	}
+}
+
 // TestFailingRegionKeepsOthers stops one region's emulator: the other region
 // keeps fresh data and the failed one keeps its last good keys.
 func TestFailingRegionKeepsOthers(t *testing.T) {

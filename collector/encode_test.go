@@ -1,0 +1,254 @@
+package collector
+
+import (
+	"bytes"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kms-exporter/kms_exporter/model"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// inventory is n keys in each of two regions, of every shape the exposition
+// has series for.
+func inventory(n int, rnd *rand.Rand) *model.Snapshot {
+	s := &model.Snapshot{TagLabels: []string{"team", "cost-center"}}
+	for _, region := range []string{"eu-west-1", "us-east-1"} {
+		t := &model.TargetState{AccountID: account, Region: region, Success: true, LastSuccess: time.Unix(1764000000, 0)}
+		for i := range n {
+			t.Keys = append(t.Keys, randomKey(region, fmt.Sprintf("%08x-0000-4000-8000-%012x", rnd.Uint32(), i), rnd))
+		}
+		slices.SortFunc(t.Keys, func(a, b *model.Key) int { return strings.Compare(a.ID, b.ID) })
+		s.Targets = append(s.Targets, t)
+	}
+	return s
+}
+
+func randomKey(region, id string, rnd *rand.Rand) *model.Key {
+	k := key(region, id, symMeta("Enabled"), policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
+	k.CreationDate = time.UnixMilli(1600000000000 + rnd.Int64N(1e11))
+	k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: k.CreationDate.AddDate(1, 0, 0)}
+	switch rnd.IntN(8) {
+	case 0:
+		k.Rotation.Enabled = false
+		k.Verdict = policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}
+	case 1:
+		k.Verdict = policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: `vendor "appliance"\n`,
+			ExemptionExpiry: time.Date(2027, 4, 1, 0, 0, 0, 0, time.UTC)}
+	case 2:
+		k.Meta.KeyState, k.DeletionDate = "PendingDeletion", k.CreationDate.AddDate(2, 0, 0)
+		k.Rotation = nil
+		k.Verdict = policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion}
+	case 3:
+		k.ReadError, k.Stale = "ThrottlingException", true
+	case 4:
+		k.Aliases = []string{"alias/a-" + id[:4], "alias/b"}
+		k.TagValues = []string{"payments", `c\d`}
+	}
+	return &k
+}
+
+// change returns a copy of s in which some keys changed, some were created
+// and some deleted: published keys are never modified.
+func change(s *model.Snapshot, rnd *rand.Rand) *model.Snapshot {
+	out := &model.Snapshot{TagLabels: s.TagLabels}
+	for _, t := range s.Targets {
+		nt := *t
+		nt.Keys = nil
+		for _, k := range t.Keys {
+			switch rnd.IntN(2000) {
+			case 0: // deleted
+				continue
+			case 1: // changed
+				c := *k
+				c.Verdict = policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}
+				c.Rotation = nil
+				k = &c
+			case 2: // a key created next to it
+				nt.Keys = append(nt.Keys, randomKey(t.Region, k.ID+"-new", rnd))
+			}
+			nt.Keys = append(nt.Keys, k)
+		}
+		slices.SortFunc(nt.Keys, func(a, b *model.Key) int { return strings.Compare(a.ID, b.ID) })
+		out.Targets = append(out.Targets, &nt)
+	}
+	return out
+}
+
+// TestPublishReusesUnchangedBlocks: a collector that publishes one snapshot
+// after another serves, every time, exactly what a new collector serves for
+// the same snapshot, while it re-encodes only the blocks whose keys changed.
+func TestPublishReusesUnchangedBlocks(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	s := inventory(3000, rnd)
+	opts := Options{TagLabels: s.TagLabels}
+	c := publishedWith(opts, s)
+	for round := range 5 {
+		before := c.current.Load().blocks
+		next := change(s, rnd)
+		c.Publish(next)
+		if got, want := body(t, c), body(t, publishedWith(opts, next)); !bytes.Equal(got, want) {
+			t.Fatalf("round %d: the exposition after reusing blocks differs from a fresh encoding", round)
+		}
+		reused, total := 0, 0
+		for first, b := range c.current.Load().blocks {
+			total++
+			if before[first] == b {
+				reused++
+			}
+		}
+		// About 9 of the 6,000 keys change per round: most blocks keep theirs.
+		if reused == 0 || reused == total {
+			t.Errorf("round %d: %d of %d blocks reused; want the unchanged ones only", round, reused, total)
+		}
+		s = next
+	}
+	// Nothing changed: nothing is encoded again.
+	before := c.current.Load().blocks
+	c.Publish(&model.Snapshot{TagLabels: s.TagLabels, Targets: s.Targets})
+	for first, b := range c.current.Load().blocks {
+		if before[first] != b {
+			t.Fatal("a block of unchanged keys was encoded again")
+		}
+	}
+}
+
+func TestPerKeyAttention(t *testing.T) {
+	s := inventory(500, rand.New(rand.NewPCG(3, 4)))
+	families := parse(t, body(t, publishedWith(Options{TagLabels: s.TagLabels, PerKey: PerKeyAttention}, s)))
+	want := map[string]bool{}
+	total := 0
+	for _, tg := range s.Targets {
+		for _, k := range tg.Keys {
+			total++
+			if NeedsAttention(k) {
+				want[k.ID] = true
+			}
+		}
+	}
+	if len(want) == 0 || len(want) == total {
+		t.Fatalf("%d of %d keys need attention: the inventory does not test the mode", len(want), total)
+	}
+	for name, f := range families {
+		for _, m := range f.GetMetric() {
+			id := labelValue(m.GetLabel(), "key_id")
+			if strings.HasPrefix(name, "kms_key_") && !want[id] {
+				t.Errorf("%s has a series of key %q, which needs no attention", name, id)
+			}
+		}
+	}
+	if n := len(families["kms_key_compliance"].GetMetric()); n != len(want) {
+		t.Errorf("%d kms_key_compliance series, want one per key needing attention (%d)", n, len(want))
+	}
+	counted := 0.0
+	for _, m := range families["kms_keys"].GetMetric() {
+		counted += m.GetGauge().GetValue()
+	}
+	if int(counted) != total {
+		t.Errorf("kms_keys counts %v keys, want every key (%d)", counted, total)
+	}
+}
+
+func TestIncludeFamilies(t *testing.T) {
+	s := goldenSnapshot()
+	c := publishedWith(Options{TagLabels: s.TagLabels, Include: func(name string) bool { return name != "kms_key_info" && name != "kms_keys" }}, s)
+	families := parse(t, body(t, c))
+	if _, ok := families["kms_key_info"]; ok {
+		t.Error("kms_key_info is served although excluded")
+	}
+	if _, ok := families["kms_keys"]; ok {
+		t.Error("kms_keys is served although excluded")
+	}
+	if len(families) != len(FamilyNames())-2 {
+		t.Errorf("%d families served, want all but the two excluded", len(families))
+	}
+}
+
+// FuzzLabelValue: whatever a tag or an exemption reason holds, the exposition
+// parses and the label reads back as the text (invalid UTF-8 replaced).
+func FuzzLabelValue(f *testing.F) {
+	for _, s := range []string{"", "plain", `quote " backslash \ newline` + "\n", "\xff\xfe", "é\\n\"", "tab\tcr\r"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, value string) {
+		k := key("eu-west-1", "k1", symMeta("Enabled"), policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: value})
+		k.TagValues = []string{value}
+		s := &model.Snapshot{TagLabels: []string{"team"}, Targets: []*model.TargetState{{AccountID: account, Region: "eu-west-1", Keys: []*model.Key{&k}}}}
+		families := parse(t, body(t, publishedWith(Options{TagLabels: s.TagLabels}, s)))
+		want := strings.ToValidUTF8(value, "\uFFFD")
+		if got := labelValue(families["kms_key_info"].GetMetric()[0].GetLabel(), "tag_team"); got != want {
+			t.Errorf("tag_team = %q, want %q", got, want)
+		}
+		if value == "" {
+			return // no exemption: no exemption series
+		}
+		if got := labelValue(families["kms_key_rotation_exemption_info"].GetMetric()[0].GetLabel(), "reason"); got != want {
+			t.Errorf("reason = %q, want %q", got, want)
+		}
+	})
+}
+
+// FuzzCRC32Combine: the CRC of two texts one after the other is the CRC
+// combined from theirs.
+func FuzzCRC32Combine(f *testing.F) {
+	f.Add([]byte("kms_keys 1\n"), []byte("kms_key_info 1\n"))
+	f.Add([]byte{}, []byte("x"))
+	f.Add([]byte("x"), []byte{})
+	f.Fuzz(func(t *testing.T, a, b []byte) {
+		want := crc32.ChecksumIEEE(append(slices.Clone(a), b...))
+		if got := crc32Combine(crc32.ChecksumIEEE(a), crc32.ChecksumIEEE(b), int64(len(b))); got != want {
+			t.Errorf("combined %08x, want %08x", got, want)
+		}
+	})
+}
+
+func TestCRC32CombineLong(t *testing.T) {
+	a := bytes.Repeat([]byte("kms_key_info{} 1\n"), 100000)
+	b := bytes.Repeat([]byte("0123456789abcdef"), 300000) // past 4 MiB: every bit of the length counts
+	if got, want := crc32Combine(crc32.ChecksumIEEE(a), crc32.ChecksumIEEE(b), int64(len(b))), crc32.ChecksumIEEE(append(a, b...)); got != want {
+		t.Errorf("combined %08x, want %08x", got, want)
+	}
+}
+
+func TestNeedsAttention(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		k    model.Key
+		want bool
+	}{
+		{"compliant", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}}, false},
+		{"not applicable", model.Key{Verdict: policy.Verdict{Status: policy.NotApplicable}}, false},
+		{"noncompliant", model.Key{Verdict: policy.Verdict{Status: policy.Noncompliant}}, true},
+		{"unknown", model.Key{Verdict: policy.Verdict{Status: policy.Unknown}}, true},
+		{"exempt", model.Key{Verdict: policy.Verdict{Status: policy.Exempt}}, true},
+		{"compliant but stale", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Stale: true}, true},
+		{"pending deletion", model.Key{Verdict: policy.Verdict{Status: policy.NotApplicable}, DeletionDate: time.Unix(1, 0)}, true},
+	} {
+		if got := NeedsAttention(&tt.k); got != tt.want {
+			t.Errorf("%s: NeedsAttention = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestTimestampsExact(t *testing.T) {
+	for _, ms := range []int64{0, 1, 10, 100, 999, 1000, 1704164645123, 1704164645120, 1704164645100, 1704164645000} {
+		w := lines{}
+		k := model.Key{AccountID: account, Region: "r", ID: "k"}
+		w.identify(&k)
+		ts := time.UnixMilli(ms)
+		if ms == 0 {
+			ts = time.UnixMilli(0).Add(time.Nanosecond) // not the zero time.Time, 0 ms
+		}
+		w.keyTime("m", &k, ts)
+		_, v, _ := strings.Cut(strings.TrimSpace(string(w.b)), "} ")
+		var f float64
+		if _, err := fmt.Sscan(v, &f); err != nil || f != seconds(ts) {
+			t.Errorf("%d ms written as %q, want %v", ms, v, seconds(ts))
+		}
+	}
+}

@@ -1,0 +1,79 @@
+package model
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+func sample() Key {
+	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	return Key{AccountID: "111122223333", Region: "eu-west-1", ID: "k1", ARN: "arn:aws:kms:eu-west-1:111122223333:key/k1",
+		Aliases: []string{"alias/a"}, Meta: policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled"},
+		CreationDate: at, DeletionDate: at.Add(time.Hour), MultiRegionType: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1",
+		Rotation: &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: at}, TagValues: []string{"t"},
+		Tags: map[string]string{"team": "t"}, Verdict: policy.Verdict{Status: policy.Exempt, Reason: "r", ExemptionReason: "e", ExemptionExpiry: at},
+		LastRead: at, ReadError: "ThrottlingException", Stale: true}
+}
+
+// TestSame: a key differing in any field but LastRead is not the Same, so a
+// refresh never keeps an earlier key that shows something else. Every field
+// of Key has a row here: a field added to Key fails the test until it has.
+func TestSame(t *testing.T) {
+	differ := map[string]func(k *Key){
+		"AccountID":       func(k *Key) { k.AccountID = "444455556666" },
+		"Region":          func(k *Key) { k.Region = "us-east-1" },
+		"ID":              func(k *Key) { k.ID = "k2" },
+		"ARN":             func(k *Key) { k.ARN += "x" },
+		"Aliases":         func(k *Key) { k.Aliases = append(k.Aliases, "alias/b") },
+		"Meta":            func(k *Key) { k.Meta.KeyState = "Disabled" },
+		"CreationDate":    func(k *Key) { k.CreationDate = k.CreationDate.Add(time.Millisecond) },
+		"DeletionDate":    func(k *Key) { k.DeletionDate = time.Time{} },
+		"MultiRegionType": func(k *Key) { k.MultiRegionType = "REPLICA" },
+		"PrimaryARN":      func(k *Key) { k.PrimaryARN = "arn:q" },
+		"PrimaryRegion":   func(k *Key) { k.PrimaryRegion = "eu-west-1" },
+		"Rotation":        func(k *Key) { r := *k.Rotation; r.PeriodDays = 90; k.Rotation = &r },
+		"TagValues":       func(k *Key) { k.TagValues = []string{"u"} },
+		"Tags":            func(k *Key) { k.Tags = nil },
+		"Verdict":         func(k *Key) { k.Verdict.ExemptionExpiry = time.Time{} },
+		"ReadError":       func(k *Key) { k.ReadError = "" },
+		"Stale":           func(k *Key) { k.Stale = false },
+	}
+	fields := reflect.TypeFor[Key]().NumField()
+	if len(differ) != fields-1 { // all but LastRead
+		t.Fatalf("%d fields have a row, Key has %d besides LastRead", len(differ), fields-1)
+	}
+	base := sample()
+	for name, change := range differ {
+		k := sample()
+		change(&k)
+		if base.Same(&k) || k.Same(&base) {
+			t.Errorf("keys differing in %s are the Same", name)
+		}
+	}
+	k := sample()
+	k.LastRead = k.LastRead.Add(time.Hour)
+	k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: base.Rotation.NextRotation.In(time.Local)}
+	if !base.Same(&k) {
+		t.Error("keys differing only in LastRead (and a time's location) are not the Same")
+	}
+	// Every part of a nested value counts.
+	for name, change := range map[string]func(k *Key){
+		"rotation enabled":  func(k *Key) { k.Rotation = &policy.Rotation{PeriodDays: 365, NextRotation: base.Rotation.NextRotation} },
+		"next rotation":     func(k *Key) { k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365} },
+		"rotation not read": func(k *Key) { k.Rotation = nil },
+		"verdict status":    func(k *Key) { k.Verdict.Status = policy.Noncompliant },
+		"verdict reason":    func(k *Key) { k.Verdict.Reason = "s" },
+		"exemption reason":  func(k *Key) { k.Verdict.ExemptionReason = "f" },
+		"tag value":         func(k *Key) { k.Tags = map[string]string{"team": "u"} },
+		"tags empty, read":  func(k *Key) { k.Tags = map[string]string{} },
+	} {
+		k := sample()
+		change(&k)
+		if base.Same(&k) || k.Same(&base) {
+			t.Errorf("keys differing in %s are the Same", name)
+		}
+	}
+}
