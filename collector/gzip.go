@@ -2,8 +2,8 @@ package collector
 
 import (
 	"bytes"
-	"github.com/klauspost/compress/flate"
 	"encoding/binary"
+	"github.com/klauspost/compress/flate"
 	"hash/crc32"
 )
 
