@@ -3,8 +3,9 @@ package collector
 import (
 	"bytes"
 	"encoding/binary"
-	"github.com/klauspost/compress/flate"
 	"hash/crc32"
+
+	"github.com/klauspost/compress/flate"
 )
 
 // The exposition is kept compressed, as pieces of one gzip stream that are
@@ -38,6 +39,8 @@ type compressor struct {
 
 // compressionLevel trades the time of a publish against the size of a
 // scrape; BestSpeed keeps a full publish of a million keys within seconds.
+// klauspost/compress's deflate writes the same format as compress/flate,
+// about twice as fast.
 const compressionLevel = flate.BestSpeed
 
 func newCompressor() *compressor {
