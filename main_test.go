@@ -183,6 +183,10 @@ func TestServeAgainstLocalKMS(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	// A disabled key is not applicable whatever its rotation setting: it is not asked.
+	if s := `kms_key_rotation_enabled{account_id="111122223333",key_id="` + ids["disabled"] + `"`; strings.Contains(metrics, s) {
+		t.Errorf("/metrics has %s...: the rotation status of a disabled key was read", s)
+	}
 	if promtool, err := exec.LookPath("promtool"); err == nil {
 		cmd := exec.Command(promtool, "check", "metrics")
 		cmd.Stdin = strings.NewReader(metrics)
