@@ -67,7 +67,9 @@ sharding:
   shards: 3
 `
 	// valuesEveryFlag sets every value that sets a flag, each to a value
-	// other than the binary's default; extraArgs aside.
+	// other than the binary's default; extraArgs aside, and
+	// metrics.denylist, which the binary refuses with --metrics.allowlist
+	// (valuesDenylist sets it).
 	valuesEveryFlag = `
 aws:
   region: eu-west-1
@@ -88,6 +90,8 @@ compliance:
   exemptionTag: rotation-exempt
 metrics:
   tagLabels: [team, cost-center]
+  perKey: attention
+  allowlist: [kms_key_compliance, "kms_keys|kms_refresh_.*"]
 remediation:
   enabled: true
   allowTags: [remediate=yes]
@@ -106,6 +110,11 @@ web:
 log:
   level: debug
   format: logfmt
+`
+	// valuesDenylist sets the flag valuesEveryFlag cannot.
+	valuesDenylist = `
+metrics:
+  denylist: [kms_key_info, "kms_key_rotation_.*"]
 `
 	valuesRemediationExisting = `
 remediation:
@@ -439,7 +448,7 @@ func TestHelmLint(t *testing.T) {
 	t.Parallel()
 	for name, values := range map[string]string{
 		"defaults": "", "kustomize": valuesKustomize, "sharded": valuesShardedKustomize, "every flag": valuesEveryFlag,
-		"remediation with an existing Secret": valuesRemediationExisting, "web TLS": valuesWebTLS,
+		"denylist": valuesDenylist, "remediation with an existing Secret": valuesRemediationExisting, "web TLS": valuesWebTLS,
 		"extras": valuesExtras, "operator on": valuesOperatorOn, "operator off": valuesOperatorOff,
 	} {
 		args := []string{"lint", "--strict", chartDir}
@@ -478,8 +487,10 @@ func TestHelmDefaults(t *testing.T) {
 func TestHelmArgsAreFlags(t *testing.T) {
 	t.Parallel()
 	flags := binaryFlags(t)
-	for _, p := range checkArgs(containerArgs(t, render(t, valuesEveryFlag)), flags) {
-		t.Errorf("every-flag values: %s", p)
+	for name, values := range map[string]string{"every-flag": valuesEveryFlag, "denylist": valuesDenylist} {
+		for _, p := range checkArgs(containerArgs(t, render(t, values)), flags) {
+			t.Errorf("%s values: %s", name, p)
+		}
 	}
 }
 
@@ -488,7 +499,7 @@ func TestHelmArgsAreFlags(t *testing.T) {
 func TestHelmOffersEveryFlag(t *testing.T) {
 	t.Parallel()
 	flags := binaryFlags(t)
-	args := containerArgs(t, render(t, valuesEveryFlag))
+	args := append(containerArgs(t, render(t, valuesEveryFlag)), containerArgs(t, render(t, valuesDenylist))...)
 	// Flags the chart offers no value for, and why.
 	notOffered := map[string]string{
 		"help":               "not for a server",
@@ -504,7 +515,7 @@ func TestHelmOffersEveryFlag(t *testing.T) {
 	}
 	for name := range flags {
 		if _, ok := notOffered[name]; !ok && !set[name] {
-			t.Errorf("--%s has no value in the chart: add one to values.yaml (and to valuesEveryFlag here), or list it in notOffered with the reason", name)
+			t.Errorf("--%s has no value in the chart: add one to values.yaml (and to valuesEveryFlag here, or valuesDenylist if the binary refuses it with another), or list it in notOffered with the reason", name)
 		}
 	}
 	for name := range notOffered {
@@ -866,6 +877,23 @@ func TestHelmSharding(t *testing.T) {
 	}
 	if msg := renderFails(t, "sharding: {shards: 0}"); !strings.Contains(msg, "sharding.shards") {
 		t.Errorf("shards 0: the error does not name sharding.shards:\n%s", msg)
+	}
+}
+
+// TestHelmMetricFamilies: metrics.perKey and the family lists render one
+// flag per entry, in order, which the binary accepts; the chart refuses both
+// lists, as the binary would.
+func TestHelmMetricFamilies(t *testing.T) {
+	t.Parallel()
+	r := render(t, valuesDenylist+"  perKey: attention\n")
+	want := []string{"--metrics.per-key=attention", "--metrics.denylist=kms_key_info", "--metrics.denylist=kms_key_rotation_.*", "--log.format=json"}
+	if args := containerArgs(t, r); !slices.Equal(args, want) {
+		t.Errorf("arguments %q, want %q", args, want)
+	}
+	startPod(t, r, chartRelease+"-kms-exporter-5d8f7c9b4-x2x7q", "http://127.0.0.1:1", nil).waitServing(t, "/-/healthy")
+	msg := renderFails(t, "metrics: {allowlist: [kms_keys], denylist: [kms_key_info]}")
+	if !strings.Contains(msg, "metrics.allowlist") || !strings.Contains(msg, "metrics.denylist") {
+		t.Errorf("both lists: the error does not name metrics.allowlist and metrics.denylist:\n%s", msg)
 	}
 }
 

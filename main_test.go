@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -21,8 +22,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 var binary string
@@ -180,6 +183,10 @@ func TestServeAgainstLocalKMS(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
+	// A disabled key is not applicable whatever its rotation setting: it is not asked.
+	if s := `kms_key_rotation_enabled{account_id="111122223333",key_id="` + ids["disabled"] + `"`; strings.Contains(metrics, s) {
+		t.Errorf("/metrics has %s...: the rotation status of a disabled key was read", s)
+	}
 	if promtool, err := exec.LookPath("promtool"); err == nil {
 		cmd := exec.Command(promtool, "check", "metrics")
 		cmd.Stdin = strings.NewReader(metrics)
@@ -201,6 +208,149 @@ func TestServeAgainstLocalKMS(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// exposition is a text exposition body: the value of each series (its name
+// and labels, as written) by metric name.
+type exposition map[string]map[string]string
+
+func parseExposition(t *testing.T, body string) exposition {
+	t.Helper()
+	e := exposition{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			t.Fatalf("not a sample line: %q", line)
+		}
+		series, value := line[:i], line[i+1:]
+		name, _, _ := strings.Cut(series, "{")
+		if e[name] == nil {
+			e[name] = map[string]string{}
+		}
+		e[name][series] = value
+	}
+	return e
+}
+
+// names returns the metric names with a series, sorted.
+func (e exposition) names() []string {
+	var out []string
+	for n := range e {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// seriesOf returns the series of metric name that keep says to, sorted.
+func (e exposition) seriesOf(name string, keep func(series string) bool) []string {
+	var out []string
+	for s := range e[name] {
+		if keep(s) {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// inventorySeries counts the series of the inventory's metric families.
+func (e exposition) inventorySeries() int {
+	n := 0
+	for _, f := range collector.FamilyNames() {
+		n += len(e[f])
+	}
+	return n
+}
+
+// TestServeMetricSelection: with --metrics.per-key=attention and with
+// --metrics.denylist, the exporter serves a part of what it serves by
+// default over the same keys (an exporter run with the defaults beside).
+func TestServeMetricSelection(t *testing.T) {
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	modes := map[string][]string{
+		"default":   nil,
+		"attention": {"--metrics.per-key=attention"},
+		"denylist":  {"--metrics.denylist=kms_key_info"},
+	}
+	processes := map[string]*process{}
+	for mode, args := range modes {
+		processes[mode] = start(t, srv.URL, append([]string{"--aws.region=eu-west-1"}, args...)...)
+	}
+	served := map[string]exposition{}
+	for mode, p := range processes {
+		p.waitReady(t)
+		code, body := get(t, "http://"+p.addr+"/metrics")
+		if code != 200 {
+			t.Fatalf("%s: /metrics: %d %s", mode, code, body)
+		}
+		served[mode] = parseExposition(t, body)
+		// The exporter's count of what it serves.
+		want := fmt.Sprint(served[mode].inventorySeries())
+		if got := served[mode]["kms_exporter_inventory_series"]["kms_exporter_inventory_series"]; got != want {
+			t.Errorf("%s: kms_exporter_inventory_series %q, want %s (the inventory's series served)", mode, got, want)
+		}
+	}
+	all, attention, denied := served["default"], served["attention"], served["denylist"]
+
+	// attention: per-key series of the keys needing attention only; the
+	// per-target series all there.
+	needs := map[string]bool{}
+	counts := map[string]int{}
+	for _, k := range kmstest.MixedInventory {
+		counts[k.Status]++
+		needs[ids[k.Name]] = k.Status == "noncompliant" || k.Status == "unknown" || k.Status == "exempt" || k.Reason == "pending_deletion"
+		line := complianceLine(ids[k.Name], k.Status, k.Reason)
+		series, value, _ := strings.Cut(line, "} ")
+		if got, ok := attention["kms_key_compliance"][series+"}"]; ok != needs[ids[k.Name]] || ok && got != value {
+			t.Errorf("attention: %s (%s, %s): kms_key_compliance served %v, want %v", k.Name, k.Status, k.Reason, ok, needs[ids[k.Name]])
+		}
+	}
+	keyID := regexp.MustCompile(`[{,]key_id="([^"]*)"`)
+	for _, f := range collector.FamilyNames() {
+		want := all.seriesOf(f, func(s string) bool {
+			m := keyID.FindStringSubmatch(s)
+			return m == nil || needs[m[1]]
+		})
+		if got := attention.seriesOf(f, func(string) bool { return true }); !slices.Equal(got, want) {
+			t.Errorf("attention: %s series\n%s\nwant those of the keys needing attention, and every per-target one:\n%s",
+				f, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	for _, st := range policy.Statuses {
+		series := fmt.Sprintf(`kms_keys{account_id="%s",region="eu-west-1",status="%s"}`, kmstest.DefaultAccount, st)
+		if got, want := attention["kms_keys"][series], fmt.Sprint(counts[string(st)]); got != want {
+			t.Errorf("attention: %s %q, want %s: kms_keys counts every key", series, got, want)
+		}
+	}
+
+	// denylist: kms_key_info gone, everything else as served by default.
+	if len(all["kms_key_info"]) != len(kmstest.MixedInventory) || len(denied["kms_key_info"]) != 0 {
+		t.Errorf("kms_key_info: %d series by default, %d with --metrics.denylist=kms_key_info; want %d and 0",
+			len(all["kms_key_info"]), len(denied["kms_key_info"]), len(kmstest.MixedInventory))
+	}
+	for _, n := range all.names() {
+		if _, ok := denied[n]; !ok && n != "kms_key_info" {
+			t.Errorf("denylist: %s is not served; only kms_key_info should be dropped", n)
+		}
+	}
+	for _, n := range denied.names() {
+		if _, ok := all[n]; !ok {
+			t.Errorf("denylist: %s is served, and not by default", n)
+		}
+	}
+	for _, f := range collector.FamilyNames() {
+		if f == "kms_key_info" {
+			continue
+		}
+		every := func(string) bool { return true }
+		if got, want := denied.seriesOf(f, every), all.seriesOf(f, every); !slices.Equal(got, want) {
+			t.Errorf("denylist: %s series\n%s\nwant those served by default:\n%s", f, strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
 }
 
 // TestNotReadyBeforeFirstRefresh points the exporter at an endpoint that
@@ -312,6 +462,10 @@ func TestBadConfiguration(t *testing.T) {
 		{args: []string{"--web.config.file=" + webConfigWithoutCert}, want: []string{"--web.config.file"}},
 		{args: []string{"--web.shutdown-timeout=0s"}, want: []string{"--web.shutdown-timeout"}},
 		{args: []string{"--web.listen-address=nonsense"}, want: []string{"--web.listen-address"}},
+		{args: []string{"--metrics.per-key=some"}, want: []string{"--metrics.per-key", "some"}},
+		{args: []string{"--metrics.allowlist=kms_keys", "--metrics.denylist=kms_key_info"}, want: []string{"--metrics.denylist", "--metrics.allowlist"}},
+		{args: []string{"--metrics.allowlist=kms_key_("}, want: []string{"--metrics.allowlist", `"kms_key_("`}},
+		{args: []string{"--metrics.denylist=kms_key"}, want: []string{"--metrics.denylist", `"kms_key"`, "matches no metric family"}},
 		{args: []string{"--remediation.enabled"}, want: []string{"--remediation.token-file"}},
 		{args: []string{"--remediation.enabled", "--remediation.token-file=" + emptyToken}, want: []string{"--remediation.token-file"}},
 		{args: []string{"--remediation.enabled", "--remediation.token-file=" + filepath.Join(dir, "missing")}, want: []string{"--remediation.token-file"}},
@@ -333,6 +487,7 @@ func TestBadConfiguration(t *testing.T) {
 		{args: []string{"audit"}, env: []string{"AWS_REGION=moon"}, want: []string{"AWS_REGION"}},
 		{args: []string{"audit", "--no-such-flag"}, want: []string{"--no-such-flag"}},
 		{args: []string{"audit", "--output"}, want: []string{"--output"}},
+		{args: []string{"audit", "--metrics.allowlist=kms_key"}, want: []string{"--metrics.allowlist"}},
 		{args: []string{"remediate"}, want: []string{"--key-id"}},
 		{args: []string{"remediate", "--key-id=k", "--rotation-period-days=30"}, want: []string{"--rotation-period-days"}},
 		{args: []string{"remediate", "--all-noncompliant", "--compliance.max-rotation-period-days=3000"}, want: []string{"--compliance.max-rotation-period-days"}},

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/alecthomas/kingpin/v2"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -58,6 +60,8 @@ func TestDefaults(t *testing.T) {
 		{"--refresh.max-stale-age", c.MaxStaleAge, 15 * time.Minute},
 		{"--compliance.*", c.Policy, policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}},
 		{"--metrics.tag-label", c.TagLabels, []string(nil)},
+		{"--metrics.per-key", c.Metrics.PerKey, collector.PerKeyAll},
+		{"--metrics.allowlist, --metrics.denylist", c.Metrics.Include, (func(string) bool)(nil)},
 		{"--remediation.*", c.Remediation, Remediation{RequestsPerSecond: 1, Timeout: time.Minute, AWSRequestsPerSecond: 5,
 			AlertNames: []string{"KMSKeyRotationNoncompliant", "KMSKeyRotationPeriodAbovePolicy"}}},
 		{"--shard", c.Shard, 0},
@@ -89,8 +93,8 @@ func TestParsedValues(t *testing.T) {
 		t.Errorf("roles %v, want %v", c.AWS.Roles, want)
 	}
 	// The same tag twice is one label.
-	if want := []string{"team", "cost-center"}; !reflect.DeepEqual(c.TagLabels, want) {
-		t.Errorf("tag labels %v, want %v", c.TagLabels, want)
+	if want := []string{"team", "cost-center"}; !reflect.DeepEqual(c.TagLabels, want) || !reflect.DeepEqual(c.Metrics.TagLabels, want) {
+		t.Errorf("tag labels %v, collector's %v, want %v", c.TagLabels, c.Metrics.TagLabels, want)
 	}
 	if c.Shard != 2 {
 		t.Errorf("shard %d, want 2", c.Shard)
@@ -125,6 +129,15 @@ func TestErrorsNameTheFlag(t *testing.T) {
 		{[]string{"--compliance.max-rotation-period-days=2561"}, "--compliance.max-rotation-period-days"},
 		{[]string{"--metrics.tag-label=cost.center", "--metrics.tag-label=cost-center"}, "--metrics.tag-label"},
 		{[]string{"--metrics.tag-label=cost-center", "--metrics.tag-label=cost_center"}, "--metrics.tag-label"},
+		{[]string{"--metrics.per-key=some"}, "--metrics.per-key"},
+		{[]string{"--metrics.per-key=ALL"}, "--metrics.per-key"},
+		{[]string{"--metrics.allowlist=kms_keys", "--metrics.denylist=kms_key_info"}, "--metrics.denylist"},
+		{[]string{"--metrics.allowlist=kms_key_("}, "--metrics.allowlist"},
+		{[]string{"--metrics.denylist=kms_key_info", "--metrics.denylist=[a-"}, "--metrics.denylist"},
+		{[]string{"--metrics.allowlist=kms_key"}, "--metrics.allowlist"},
+		{[]string{"--metrics.denylist=kms_key_info", "--metrics.denylist=kms_no_such_family"}, "--metrics.denylist"},
+		{[]string{"--metrics.allowlist="}, "--metrics.allowlist"},
+		{[]string{"audit", "--metrics.denylist=kms_key"}, "--metrics.denylist"},
 		{[]string{"--remediation.requests-per-second=0"}, "--remediation.requests-per-second"},
 		{[]string{"--remediation.timeout=0s"}, "--remediation.timeout"},
 		{[]string{"--remediation.aws-requests-per-second=-1"}, "--remediation.aws-requests-per-second"},
@@ -157,6 +170,59 @@ func TestErrorsNameTheFlag(t *testing.T) {
 				t.Errorf("error %v, want one naming %s", err, tt.name)
 			}
 		})
+	}
+}
+
+// TestMetricFamilyLists: --metrics.allowlist keeps, --metrics.denylist drops,
+// the families whose whole name an entry matches; --metrics.per-key is kept.
+func TestMetricFamilyLists(t *testing.T) {
+	names := collector.FamilyNames()
+	without := func(drop ...string) []string {
+		return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return slices.Contains(drop, n) })
+	}
+	for _, tt := range []struct {
+		args []string
+		want []string // the families served, in FamilyNames' order
+	}{
+		{nil, names},
+		{[]string{"--metrics.allowlist=kms_key_compliance|kms_keys"}, []string{"kms_key_compliance", "kms_keys"}},
+		{[]string{"--metrics.allowlist=kms_keys", "--metrics.allowlist=kms_key_info"}, []string{"kms_key_info", "kms_keys"}},
+		// Anchored around the whole expression, not its first and last alternatives.
+		{[]string{"--metrics.allowlist=kms_keys|kms_key_info"}, []string{"kms_key_info", "kms_keys"}},
+		{[]string{"--metrics.allowlist=kms_refresh_.*"}, []string{"kms_refresh_duration_seconds", "kms_refresh_success"}},
+		{[]string{"--metrics.denylist=kms_key_info"}, without("kms_key_info")},
+		{[]string{"--metrics.denylist=kms_key_info|kms_keys_stale", "--metrics.denylist=kms_key_stale"},
+			without("kms_key_info", "kms_keys_stale", "kms_key_stale")},
+		{[]string{"--metrics.per-key=attention", "--metrics.denylist=kms_key_.*_timestamp_seconds"},
+			without("kms_key_creation_timestamp_seconds", "kms_key_deletion_timestamp_seconds",
+				"kms_key_next_rotation_timestamp_seconds", "kms_key_rotation_exemption_expiry_timestamp_seconds")},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			c, err := parse(t, tt.args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			served := names
+			if c.Metrics.Include != nil {
+				served = slices.DeleteFunc(slices.Clone(names), func(n string) bool { return !c.Metrics.Include(n) })
+			}
+			if !slices.Equal(served, tt.want) {
+				t.Errorf("served %v, want %v", served, tt.want)
+			}
+			if want := slices.Contains(tt.args, "--metrics.per-key=attention"); (c.Metrics.PerKey == collector.PerKeyAttention) != want {
+				t.Errorf("per-key %q, want attention: %v", c.Metrics.PerKey, want)
+			}
+		})
+	}
+	// An entry matches whole names only: a prefix, a suffix or a middle
+	// part of a name matches no family.
+	for _, arg := range []string{"--metrics.allowlist=kms_key", "--metrics.allowlist=key_info", "--metrics.denylist=key_compliance",
+		"--metrics.denylist=kms_keys_stal", "--metrics.denylist=ms_keys"} {
+		flag, _, _ := strings.Cut(arg, "=")
+		var e *Error
+		if _, err := parse(t, arg); !errors.As(err, &e) || e.Name != flag || !strings.Contains(err.Error(), "matches no metric family") {
+			t.Errorf("%s: error %v, want one naming %s: matches no metric family", arg, err, flag)
+		}
 	}
 }
 

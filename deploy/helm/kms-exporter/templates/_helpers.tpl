@@ -104,6 +104,16 @@ printed as integers (1e+06 would be refused by an integer flag). */}}
 {{- range $v.metrics.tagLabels }}
 {{- $flags = append $flags (list "metrics.tag-label" .) }}
 {{- end }}
+{{- $flags = append $flags (list "metrics.per-key" $v.metrics.perKey) }}
+{{- if and $v.metrics.allowlist $v.metrics.denylist }}
+{{- fail "metrics.allowlist and metrics.denylist: set one or the other (the exporter refuses --metrics.allowlist with --metrics.denylist)" }}
+{{- end }}
+{{- range $v.metrics.allowlist }}
+{{- $flags = append $flags (list "metrics.allowlist" .) }}
+{{- end }}
+{{- range $v.metrics.denylist }}
+{{- $flags = append $flags (list "metrics.denylist" .) }}
+{{- end }}
 {{- if $v.remediation.enabled }}
 {{- $flags = append $flags (list "remediation.enabled" true) }}
 {{- $flags = append $flags (list "remediation.token-file" "/etc/kms-exporter/remediation/token") }}
