@@ -80,6 +80,10 @@ type published struct {
 type block struct {
 	keys   []*model.Key
 	pieces []piece
+	// until is when a key of the block left out by PerKeyAttention will
+	// need attention (its next rotation is due); zero: never. The block is
+	// encoded again from then.
+	until time.Time
 }
 
 // New returns a Collector serving an empty snapshot.
@@ -136,15 +140,27 @@ func TagLabelName(tag string) string {
 }
 
 // NeedsAttention says whether a key's series are served with
-// --metrics.per-key=attention: it is noncompliant, unknown or exempt (its
-// exemption ends), its verdict is stale, or it is scheduled for deletion.
-func NeedsAttention(k *model.Key) bool {
+// --metrics.per-key=attention at now: it is noncompliant, unknown or exempt
+// (its exemption ends), its verdict is stale, it is scheduled for deletion,
+// or its next rotation is due (KMSKeyNextRotationOverdue watches those).
+func NeedsAttention(k *model.Key, now time.Time) bool {
 	switch k.Verdict.Status {
 	case policy.Noncompliant, policy.Unknown, policy.Exempt:
 		return true
 	}
-	return k.Stale || !k.DeletionDate.IsZero()
+	return k.Stale || !k.DeletionDate.IsZero() || !now.Before(nextRotation(k))
 }
+
+// nextRotation is a key's next rotation date; far in the future when none
+// is known.
+func nextRotation(k *model.Key) time.Time {
+	if k.Rotation == nil || k.Rotation.NextRotation.IsZero() {
+		return never
+	}
+	return k.Rotation.NextRotation
+}
+
+var never = time.Unix(1<<62, 0)
 
 // Snapshot returns the current snapshot.
 func (c *Collector) Snapshot() *model.Snapshot { return c.current.Load().snapshot }
@@ -163,7 +179,7 @@ func (c *Collector) Publish(s *model.Snapshot) {
 	var todo []*block
 	for _, t := range s.Targets {
 		for _, keys := range cut(t.Keys) {
-			if b, ok := prev.blocks[keys[0]]; ok && slices.Equal(b.keys, keys) {
+			if b, ok := prev.blocks[keys[0]]; ok && slices.Equal(b.keys, keys) && start.Before(b.until) {
 				blocks = append(blocks, b)
 				continue
 			}
@@ -172,7 +188,7 @@ func (c *Collector) Publish(s *model.Snapshot) {
 			todo = append(todo, b)
 		}
 	}
-	c.encodeBlocks(todo)
+	c.encodeBlocks(todo, start)
 
 	comp := newCompressor()
 	next := &published{snapshot: s, blocks: make(map[*model.Key]*block, len(blocks))}
@@ -231,7 +247,7 @@ func cut(keys []*model.Key) [][]*model.Key {
 }
 
 // encodeBlocks encodes the series of the blocks, on every CPU.
-func (c *Collector) encodeBlocks(todo []*block) {
+func (c *Collector) encodeBlocks(todo []*block, now time.Time) {
 	next := atomic.Int64{}
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(todo)) {
@@ -247,8 +263,12 @@ func (c *Collector) encodeBlocks(todo []*block) {
 				for f := range ws {
 					ws[f].b, ws[f].n = ws[f].b[:0], 0
 				}
+				b.until = never
 				for _, k := range b.keys {
-					if c.opts.PerKey == PerKeyAttention && !NeedsAttention(k) {
+					if c.opts.PerKey == PerKeyAttention && !NeedsAttention(k, now) {
+						if next := nextRotation(k); next.Before(b.until) {
+							b.until = next
+						}
 						continue
 					}
 					ws[0].identify(k)

@@ -32,8 +32,8 @@ func inventory(n int, rnd *rand.Rand) *model.Snapshot {
 func randomKey(region, id string, rnd *rand.Rand) *model.Key {
 	k := key(region, id, symMeta("Enabled"), policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
 	k.CreationDate = time.UnixMilli(1600000000000 + rnd.Int64N(1e11))
-	k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: k.CreationDate.AddDate(1, 0, 0)}
-	switch rnd.IntN(8) {
+	k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: time.Date(2031, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(rnd.IntN(365*86400)) * time.Second)}
+	switch rnd.IntN(9) {
 	case 0:
 		k.Rotation.Enabled = false
 		k.Verdict = policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}
@@ -49,6 +49,8 @@ func randomKey(region, id string, rnd *rand.Rand) *model.Key {
 	case 4:
 		k.Aliases = []string{"alias/a-" + id[:4], "alias/b"}
 		k.TagValues = []string{"payments", `c\d`}
+	case 5: // AWS did not rotate it when it said it would
+		k.Rotation.NextRotation = k.CreationDate
 	}
 	return &k
 }
@@ -126,7 +128,7 @@ func TestPerKeyAttention(t *testing.T) {
 	for _, tg := range s.Targets {
 		for _, k := range tg.Keys {
 			total++
-			if NeedsAttention(k) {
+			if NeedsAttention(k, time.Now()) {
 				want[k.ID] = true
 			}
 		}
@@ -151,6 +153,30 @@ func TestPerKeyAttention(t *testing.T) {
 	}
 	if int(counted) != total {
 		t.Errorf("kms_keys counts %v keys, want every key (%d)", counted, total)
+	}
+}
+
+// TestAttentionWhenRotationFallsDue: an unchanged key whose next rotation
+// falls due between two publishes is served from the second on, although
+// its block is otherwise reused.
+func TestAttentionWhenRotationFallsDue(t *testing.T) {
+	s := inventory(300, rand.New(rand.NewPCG(5, 6)))
+	due := s.Targets[0].Keys[7]
+	c := *due
+	c.Verdict, c.Stale, c.DeletionDate = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}, false, time.Time{}
+	c.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: time.Now().Add(300 * time.Millisecond)}
+	s.Targets[0].Keys[7] = &c
+	col := publishedWith(Options{PerKey: PerKeyAttention}, s)
+	served := func() bool {
+		return strings.Contains(string(body(t, col)), `kms_key_compliance{account_id="`+account+`",key_id="`+c.ID+`"`)
+	}
+	if served() {
+		t.Fatal("a compliant key not yet due is served in attention mode")
+	}
+	time.Sleep(400 * time.Millisecond)
+	col.Publish(&model.Snapshot{Targets: s.Targets})
+	if !served() {
+		t.Error("a key whose rotation fell due is not served after the next publish")
 	}
 }
 
@@ -216,6 +242,7 @@ func TestCRC32CombineLong(t *testing.T) {
 }
 
 func TestNeedsAttention(t *testing.T) {
+	now := time.Date(2026, 11, 28, 0, 0, 0, 0, time.UTC)
 	for _, tt := range []struct {
 		name string
 		k    model.Key
@@ -228,8 +255,11 @@ func TestNeedsAttention(t *testing.T) {
 		{"exempt", model.Key{Verdict: policy.Verdict{Status: policy.Exempt}}, true},
 		{"compliant but stale", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Stale: true}, true},
 		{"pending deletion", model.Key{Verdict: policy.Verdict{Status: policy.NotApplicable}, DeletionDate: time.Unix(1, 0)}, true},
+		{"compliant, rotation due later", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(time.Second)}}, false},
+		{"compliant, rotation due now", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now}}, true},
+		{"compliant, rotation overdue", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(-time.Hour)}}, true},
 	} {
-		if got := NeedsAttention(&tt.k); got != tt.want {
+		if got := NeedsAttention(&tt.k, now); got != tt.want {
 			t.Errorf("%s: NeedsAttention = %v, want %v", tt.name, got, tt.want)
 		}
 	}

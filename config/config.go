@@ -163,7 +163,7 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").IntVar(&c.Policy.MaxRotationPeriodDays)
 	app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").StringVar(&c.Policy.ExemptionTag)
 	app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").StringsVar(&c.tagLabelValues)
-	app.Flag("metrics.per-key", "Which keys have per-key series: all, or attention (only noncompliant, unknown, exempt, stale keys and keys pending deletion; kms_keys counts every key). For large inventories.").
+	app.Flag("metrics.per-key", "Which keys have per-key series: all, or attention (only noncompliant, unknown, exempt and stale keys, keys pending deletion and keys whose next rotation is due; kms_keys counts every key). For large inventories.").
 		Default(collector.PerKeyAll).EnumVar(&c.Metrics.PerKey, collector.PerKeyAll, collector.PerKeyAttention)
 	app.Flag("metrics.allowlist", "Serve only the inventory's metric families whose name matches this regular expression (anchored); repeatable. Not with --metrics.denylist.").StringsVar(&c.allowFamilies)
 	app.Flag("metrics.denylist", "Do not serve the inventory's metric families whose name matches this regular expression (anchored); repeatable. Not with --metrics.allowlist.").StringsVar(&c.denyFamilies)
