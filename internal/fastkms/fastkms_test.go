@@ -3,8 +3,12 @@ package fastkms
 import (
 	"context"
 	"errors"
+	"io"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -358,5 +362,49 @@ func TestAudit(t *testing.T) {
 	}
 	if other := s.Calls()["other"]; other != 0 {
 		t.Errorf("%d calls of operations the fake does not know", other)
+	}
+}
+
+// discard is a ResponseWriter that keeps nothing.
+type discard struct{ header http.Header }
+
+func (d *discard) Header() http.Header         { return d.header }
+func (d *discard) Write(p []byte) (int, error) { return len(p), nil }
+func (d *discard) WriteHeader(int)             {}
+
+// BenchmarkHandler measures the fake's own cost per call, without HTTP:
+// what it adds to a call of the audit.
+func BenchmarkHandler(b *testing.B) {
+	const n = 1000000
+	h := New(n, Options{})
+	for _, tc := range []struct {
+		op   string
+		body func(i int) string
+	}{
+		{"DescribeKey", func(i int) string { return `{"KeyId":"` + KeyID(i) + `"}` }},
+		{"GetKeyRotationStatus", func(i int) string { return `{"KeyId":"` + KeyID(first(rotating)+100*i) + `"}` }},
+		{"ListResourceTags", func(i int) string { return `{"KeyId":"` + KeyID(first(exempt)+100*i) + `"}` }},
+		{"ListKeys", func(i int) string { return `{"Limit":1000,"Marker":"` + strconv.Itoa(1000*i) + `"}` }},
+		{"ListAliases", func(i int) string { return `{"Limit":100,"Marker":"` + strconv.Itoa(100*i) + `"}` }},
+	} {
+		b.Run(tc.op, func(b *testing.B) {
+			bodies := make([]string, 500)
+			for i := range bodies {
+				bodies[i] = tc.body(i)
+			}
+			r := httptest.NewRequest(http.MethodPost, "/", nil)
+			r.Header.Set("X-Amz-Target", "TrentService."+tc.op)
+			w := &discard{header: http.Header{}}
+			var body strings.Reader
+			r.Body = io.NopCloser(&body)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				body.Reset(bodies[i%len(bodies)])
+				i++
+				h.ServeHTTP(w, r)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "calls/s")
+		})
 	}
 }
