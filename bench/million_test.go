@@ -1,0 +1,614 @@
+package bench
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/fastkms"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// What BenchmarkMillion measures per size.
+const (
+	// millionRefreshes is how many back-to-back refreshes of the exporter are
+	// timed (the refresh time is their median); the peak RSS is read after them.
+	millionRefreshes = 3
+	// scrapesGzip and scrapesPlain are the timed scrapes of /metrics.
+	scrapesGzip  = 21
+	scrapesPlain = 3
+)
+
+// Targets at 1M keys (issue 10).
+const (
+	targetRatio       = 1.10
+	targetPublish     = 5 * time.Second
+	targetRSSPerKey   = 1536
+	targetPeakPerKey  = 2048
+	targetScrapeGzipS = 0.020
+)
+
+// millionFigures is what BenchmarkMillion measured at one size.
+type millionFigures struct {
+	keys                     int
+	bare, exporter           time.Duration // medians
+	bareRuns                 int
+	refreshes                []time.Duration
+	publish                  time.Duration // median; 0 when the exporter does not log it
+	rss, peak                float64       // bytes
+	gzipScrape, plainScr     time.Duration // medians
+	gzipSize, plainSize      int64
+	series                   int
+	bareCalls, exporterCalls float64 // per key, one full audit
+	fakeRate                 float64 // calls/s the fake served to the bare client
+}
+
+// BenchmarkMillion audits inventories of KMS_BENCH_SIZES keys (default
+// 100,000, 300,000 and 1,000,000) served by internal/fastkms, with a bare SDK
+// client making only the calls the verdicts need and with the real
+// kms_exporter binary refreshing back to back, and prints a table of the
+// figures next to the targets of issue 10. Scrapes are taken while the
+// exporter's next refresh runs, as they would be in production.
+func BenchmarkMillion(b *testing.B) {
+	sizes := millionSizes(b)
+	bin := filepath.Join(b.TempDir(), "kms_exporter")
+	if out, err := exec.Command("go", "build", "-o", bin, kmstest.RepoRoot()).CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	var all []millionFigures
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
+			srv, err := fastkms.Start(n, fastkms.Options{Region: region})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer srv.Close()
+			f := millionFigures{keys: n}
+			bareMillion(b, srv, &f)
+			exporterMillion(b, srv, bin, &f)
+			b.ReportMetric(f.bare.Seconds(), "s-bare")
+			b.ReportMetric(f.exporter.Seconds(), "s-exporter")
+			b.ReportMetric(f.rss/float64(n), "B/key-RSS")
+			b.ReportMetric(f.peak/float64(n), "B/key-peak")
+			b.ReportMetric(ms(f.gzipScrape), "ms/scrape-gzip")
+			all = append(all, f)
+		})
+	}
+	printMillion(all)
+}
+
+func millionSizes(b *testing.B) []int {
+	v := os.Getenv("KMS_BENCH_SIZES")
+	if v == "" {
+		v = "100000,300000,1000000"
+	}
+	var sizes []int
+	for _, s := range strings.Split(v, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			b.Fatalf("KMS_BENCH_SIZES=%q: %q is not a number of keys", v, s)
+		}
+		sizes = append(sizes, n)
+	}
+	return sizes
+}
+
+func totalCalls(c map[string]int64) int64 {
+	var t int64
+	for _, v := range c {
+		t += v
+	}
+	return t
+}
+
+func median[T int64 | float64 | time.Duration](v []T) T {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// bareMillion times whole audits by a bare SDK client: 3 runs, 2 at 1M keys.
+func bareMillion(b *testing.B, srv *fastkms.Server, f *millionFigures) {
+	// The same HTTP transport settings as the exporter's (awsclient): the SDK's
+	// default keeps 10 idle connections per host, which would make 16
+	// workers open and close connections all the time.
+	c := kms.New(kms.Options{Region: region, BaseEndpoint: aws.String(srv.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("x", "x", ""),
+		HTTPClient: awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConnsPerHost = workers
+		})})
+	f.bareRuns = 3
+	if f.keys >= 1000000 {
+		f.bareRuns = 2
+	}
+	want := fastkms.Expected(f.keys)
+	var times []time.Duration
+	for range f.bareRuns {
+		before := srv.Calls()
+		start := time.Now()
+		counts, err := bareAudit(c)
+		elapsed := time.Since(start)
+		if err != nil {
+			b.Fatalf("bare audit of %d keys: %v", f.keys, err)
+		}
+		if !maps.Equal(counts, want) {
+			b.Fatalf("bare audit of %d keys: %v, want %v", f.keys, counts, want)
+		}
+		calls := totalCalls(srv.Calls()) - totalCalls(before)
+		f.bareCalls = float64(calls) / float64(f.keys)
+		f.fakeRate = float64(calls) / elapsed.Seconds()
+		times = append(times, elapsed)
+		fmt.Fprintf(os.Stderr, "%d keys: bare audit %s, %.0f calls/s\n", f.keys, elapsed.Round(time.Millisecond), f.fakeRate)
+	}
+	f.bare = median(times)
+}
+
+// bareAudit is what a hand-written audit would do: list the keys and the
+// aliases, then with 16 workers DescribeKey each key, GetKeyRotationStatus
+// only for keys that can rotate (enabled, symmetric, AWS_KMS origin, no
+// custom key store; customer or AWS-managed), and ListResourceTags only for
+// keys in scope that rotate too rarely or not at all. It keeps the key ids
+// and the verdict counts.
+func bareAudit(c *kms.Client) (map[string]int, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var ids []string
+	keys := kms.NewListKeysPaginator(c, &kms.ListKeysInput{Limit: aws.Int32(1000)})
+	for keys.HasMorePages() {
+		page, err := keys.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, k := range page.Keys {
+			ids = append(ids, aws.ToString(k.KeyId))
+		}
+	}
+	aliases := kms.NewListAliasesPaginator(c, &kms.ListAliasesInput{Limit: aws.Int32(100)})
+	for aliases.HasMorePages() {
+		if _, err := aliases.NextPage(ctx); err != nil {
+			return nil, err
+		}
+	}
+
+	pol := policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}
+	now := time.Now()
+	var (
+		mu       sync.Mutex
+		counts   = map[string]int{}
+		firstErr atomic.Pointer[error]
+		wg       sync.WaitGroup
+	)
+	for _, s := range policy.Statuses {
+		counts[string(s)] = 0
+	}
+	fail := func(err error) {
+		if firstErr.CompareAndSwap(nil, &err) {
+			cancel()
+		}
+	}
+	work := make(chan string)
+	for range workers {
+		wg.Go(func() {
+			mine := make([]int, len(policy.Statuses))
+			for id := range work {
+				in, err := bareKey(ctx, c, id, pol)
+				if err != nil {
+					fail(err)
+					continue
+				}
+				mine[slices.Index(policy.Statuses, policy.Decide(in, pol, now).Status)]++
+			}
+			mu.Lock()
+			for i, s := range policy.Statuses {
+				counts[string(s)] += mine[i]
+			}
+			mu.Unlock()
+		})
+	}
+	for _, id := range ids {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		return nil, *err
+	}
+	return counts, nil
+}
+
+func bareKey(ctx context.Context, c *kms.Client, id string, pol policy.Policy) (policy.Input, error) {
+	d, err := c.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: &id})
+	if err != nil {
+		return policy.Input{}, err
+	}
+	m := d.KeyMetadata
+	in := policy.Input{Meta: policy.Meta{KeyManager: string(m.KeyManager), KeySpec: string(m.KeySpec),
+		KeyUsage: string(m.KeyUsage), KeyState: string(m.KeyState), Origin: string(m.Origin),
+		CustomKeyStoreID: aws.ToString(m.CustomKeyStoreId)}}
+	if m.KeyState != "Enabled" || m.KeySpec != "SYMMETRIC_DEFAULT" || m.Origin != "AWS_KMS" || m.CustomKeyStoreId != nil {
+		return in, nil
+	}
+	r, err := c.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: &id})
+	if err != nil {
+		return in, err
+	}
+	rot := awsclient.Rotation(r)
+	in.Rotation = &rot
+	if !policy.NeedsExemptionTags(in.Meta, in.Rotation, pol) {
+		return in, nil
+	}
+	t, err := c.ListResourceTags(ctx, &kms.ListResourceTagsInput{KeyId: &id})
+	if err != nil {
+		return in, err
+	}
+	in.Tags = map[string]string{}
+	for _, tag := range t.Tags {
+		in.Tags[aws.ToString(tag.TagKey)] = aws.ToString(tag.TagValue)
+	}
+	return in, nil
+}
+
+// refreshLog is one `msg="refresh finished"` line of the exporter.
+type refreshLog struct {
+	duration, publish time.Duration
+	hasPublish        bool
+	counts            map[string]int // the verdict counts it logs, where it does
+	calls             map[string]int64
+}
+
+// exporterMillion runs the binary against the fake, refreshing back to back,
+// and measures refreshes, memory and scrapes.
+func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFigures) {
+	addr := harness.FreeAddr(b)
+	cmd := exec.Command(bin, "--web.listen-address="+addr, "--aws.region="+region, "--refresh.interval=1s",
+		"--aws.requests-per-second=0", "--log.format=logfmt")
+	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+srv.URL, "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x",
+		"AWS_EC2_METADATA_DISABLED=true")
+	logs, stderr := io.Pipe()
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		stderr.Close()
+		close(exited)
+	}()
+	defer func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}()
+
+	refreshes := make(chan refreshLog, 100)
+	var tailMu sync.Mutex
+	var tail []string // the last lines of the log, for failures
+	go func() {
+		s := bufio.NewScanner(logs)
+		s.Buffer(make([]byte, 64*1024), 1024*1024)
+		for s.Scan() {
+			line := s.Text()
+			tailMu.Lock()
+			tail = append(tail, line)
+			if len(tail) > 20 {
+				tail = tail[1:]
+			}
+			tailMu.Unlock()
+			if v, _ := logfmtValue(line, "msg"); v == "refresh finished" {
+				select {
+				case refreshes <- parseRefreshLog(b, line, srv.Calls()):
+				default: // more than the benchmark reads: never block the exporter's log
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, logs)
+	}()
+	logTail := func() string {
+		tailMu.Lock()
+		defer tailMu.Unlock()
+		return strings.Join(tail, "\n")
+	}
+	within := 10*time.Minute + time.Duration(f.keys)*500*time.Microsecond
+	next := func() refreshLog {
+		select {
+		case r := <-refreshes:
+			return r
+		case <-exited:
+			b.Fatalf("the exporter exited; its last log lines:\n%s", logTail())
+		case <-time.After(within):
+			b.Fatalf("no refresh finished within %s; the exporter's last log lines:\n%s", within, logTail())
+		}
+		panic("unreachable")
+	}
+
+	want := fastkms.Expected(f.keys)
+	var got []refreshLog
+	check := func(r refreshLog) {
+		if r.counts != nil && !maps.Equal(r.counts, want) {
+			b.Fatalf("refresh %d of %d keys logged %v, want %v", len(got)+1, f.keys, r.counts, want)
+		}
+		got = append(got, r)
+		fmt.Fprintf(os.Stderr, "%d keys: exporter refresh %d took %s\n", f.keys, len(got), r.duration)
+	}
+	check(next())
+	time.Sleep(2 * time.Second)
+	rss, _ := procMemory(b, cmd.Process.Pid)
+	f.rss = rss * 1024 * 1024
+
+	url := "http://" + addr + "/metrics"
+	f.gzipScrape, f.gzipSize = timeScrapes(b, url, "gzip", scrapesGzip)
+	f.plainScr, f.plainSize = timeScrapes(b, url, "identity", scrapesPlain)
+	series, counts := readExposition(b, url)
+	if !maps.Equal(counts, want) {
+		b.Fatalf("kms_keys at %d keys: %v, want %v", f.keys, counts, want)
+	}
+	f.series = series
+
+	for len(got) < millionRefreshes {
+		check(next())
+	}
+	_, hwm := procMemory(b, cmd.Process.Pid)
+	f.peak = hwm * 1024 * 1024
+
+	var durations, publishes []time.Duration
+	for _, r := range got {
+		durations = append(durations, r.duration)
+		if r.hasPublish {
+			publishes = append(publishes, r.publish)
+		}
+	}
+	f.refreshes = durations
+	f.exporter = median(durations)
+	if len(publishes) > 0 {
+		f.publish = median(publishes)
+	}
+	// Refreshes run back to back: the calls between the end of the first and
+	// of the second are one refresh's (give or take the few made while the
+	// line was being read).
+	f.exporterCalls = float64(totalCalls(got[1].calls)-totalCalls(got[0].calls)) / float64(f.keys)
+	if other := srv.Calls()["other"]; other != 0 {
+		b.Errorf("the exporter made %d calls of operations the fake does not know", other)
+	}
+}
+
+func parseRefreshLog(b *testing.B, line string, calls map[string]int64) refreshLog {
+	r := refreshLog{calls: calls}
+	v, _ := logfmtValue(line, "duration")
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		b.Errorf("refresh log without a duration: %s", line)
+	}
+	r.duration = d
+	if v, ok := logfmtValue(line, "publish"); ok {
+		if r.publish, err = time.ParseDuration(v); err != nil {
+			b.Errorf("refresh log with a bad publish duration: %s", line)
+		}
+		r.hasPublish = true
+	}
+	for _, s := range policy.Statuses {
+		v, ok := logfmtValue(line, string(s))
+		if !ok {
+			return r // not every status logged: do not check them
+		}
+		n, _ := strconv.Atoi(v)
+		if r.counts == nil {
+			r.counts = map[string]int{}
+		}
+		r.counts[string(s)] = n
+	}
+	return r
+}
+
+// logfmtValue returns the value of key in a logfmt line.
+func logfmtValue(line, key string) (string, bool) {
+	for line != "" {
+		line = strings.TrimLeft(line, " ")
+		eq := strings.IndexAny(line, "= ")
+		if eq < 0 {
+			return "", false
+		}
+		k := line[:eq]
+		if line[eq] == ' ' { // a key without value
+			line = line[eq:]
+			continue
+		}
+		line = line[eq+1:]
+		var v string
+		if strings.HasPrefix(line, `"`) {
+			end := 1
+			for end < len(line) && line[end] != '"' {
+				if line[end] == '\\' {
+					end++
+				}
+				end++
+			}
+			end = min(end+1, len(line))
+			v, line = line[:end], line[end:]
+			if u, err := strconv.Unquote(v); err == nil {
+				v = u
+			}
+		} else {
+			end := strings.IndexByte(line, ' ')
+			if end < 0 {
+				end = len(line)
+			}
+			v, line = line[:end], line[end:]
+		}
+		if k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// timeScrapes scrapes url n times one after the other, asking for the
+// encoding as Prometheus does and reading the body without decompressing it
+// (the transfer), and returns the median time and the last body's size.
+func timeScrapes(b *testing.B, url, encoding string, n int) (time.Duration, int64) {
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	var times []time.Duration
+	var size int64
+	for range n {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		req.Header.Set("Accept-Encoding", encoding)
+		start := time.Now()
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		size, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		times = append(times, time.Since(start))
+		if err != nil || resp.StatusCode != http.StatusOK {
+			b.Fatalf("scrape: %s, %v", resp.Status, err)
+		}
+		if got := resp.Header.Get("Content-Encoding"); (encoding == "gzip") != (got == "gzip") {
+			b.Fatalf("asked for %s, got Content-Encoding %q", encoding, got)
+		}
+	}
+	return median(times), size
+}
+
+var kmsKeysLine = regexp.MustCompile(`^kms_keys\{.*\bstatus="([^"]*)".*\} (\S+)$`)
+
+// readExposition scrapes url once (gzip, decompressed here) and returns the
+// number of samples and the kms_keys values summed by status.
+func readExposition(b *testing.B, url string) (series int, counts map[string]int) {
+	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	defer client.CloseIdleConnections()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Accept-Encoding", "gzip")
+	resp, err := client.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := gzip.NewReader(resp.Body)
+	if err != nil {
+		b.Fatal(err)
+	}
+	counts = map[string]int{}
+	s := bufio.NewScanner(body)
+	s.Buffer(make([]byte, 64*1024), 1024*1024)
+	for s.Scan() {
+		line := s.Text()
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		series++
+		if m := kmsKeysLine.FindStringSubmatch(line); m != nil {
+			v, err := strconv.ParseFloat(m[2], 64)
+			if err != nil {
+				b.Fatalf("kms_keys sample %q", line)
+			}
+			counts[m[1]] += int(v)
+		}
+	}
+	if err := s.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return series, counts
+}
+
+// printMillion prints the figures of every size next to the targets, which
+// issue 10 sets at 1M keys (the ratio at every size).
+func printMillion(all []millionFigures) {
+	if len(all) == 0 {
+		return
+	}
+	verdict := func(ok bool) string {
+		if ok {
+			return "meets"
+		}
+		return "MISSES"
+	}
+	mb := func(v float64) float64 { return v / (1 << 20) }
+	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	row := func(name string, cell func(f millionFigures) string) {
+		fmt.Fprint(w, name+"\t")
+		for _, f := range all {
+			fmt.Fprint(w, cell(f)+"\t")
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Printf("\nkms_exporter against internal/fastkms, %d workers, GOMAXPROCS shared by the fake, the client and the exporter; "+
+		"scrapes taken while the next refresh runs (refreshes back to back, --refresh.interval=1s):\n", workers)
+	row("keys", func(f millionFigures) string { return strconv.Itoa(f.keys) })
+	row("full audit, bare SDK client (median)", func(f millionFigures) string {
+		return fmt.Sprintf("%.2f s of %d", f.bare.Seconds(), f.bareRuns)
+	})
+	row("full refresh, exporter (median)", func(f millionFigures) string {
+		return fmt.Sprintf("%.2f s of %d", f.exporter.Seconds(), len(f.refreshes))
+	})
+	row("  each refresh", func(f millionFigures) string {
+		s := make([]string, len(f.refreshes))
+		for i, d := range f.refreshes {
+			s[i] = fmt.Sprintf("%.1f", d.Seconds())
+		}
+		return strings.Join(s, " ") + " s"
+	})
+	row(fmt.Sprintf("ratio exporter / bare (target <= %.2fx)", targetRatio), func(f millionFigures) string {
+		r := f.exporter.Seconds() / f.bare.Seconds()
+		return fmt.Sprintf("%.2fx %s", r, verdict(r <= targetRatio))
+	})
+	row(fmt.Sprintf("publish, median (target at 1M < %s)", targetPublish), func(f millionFigures) string {
+		if f.publish == 0 {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.2f s %s", f.publish.Seconds(), verdict(f.publish < targetPublish))
+	})
+	row(fmt.Sprintf("RSS 2 s after 1st refresh (target at 1M <= %d B/key)", targetRSSPerKey), func(f millionFigures) string {
+		per := f.rss / float64(f.keys)
+		return fmt.Sprintf("%.0f MB, %.0f B/key %s", mb(f.rss), per, verdict(per <= targetRSSPerKey))
+	})
+	row(fmt.Sprintf("peak RSS after %d refreshes (target at 1M <= %d B/key)", millionRefreshes, targetPeakPerKey), func(f millionFigures) string {
+		per := f.peak / float64(f.keys)
+		return fmt.Sprintf("%.0f MB, %.0f B/key %s", mb(f.peak), per, verdict(per <= targetPeakPerKey))
+	})
+	row(fmt.Sprintf("scrape gzip, median of %d (target at 1M < %.0f ms)", scrapesGzip, targetScrapeGzipS*1000), func(f millionFigures) string {
+		return fmt.Sprintf("%.1f ms, %.1f MB %s", ms(f.gzipScrape), mb(float64(f.gzipSize)), verdict(f.gzipScrape.Seconds() < targetScrapeGzipS))
+	})
+	row(fmt.Sprintf("scrape plain, median of %d", scrapesPlain), func(f millionFigures) string {
+		return fmt.Sprintf("%.1f ms, %.1f MB", ms(f.plainScr), mb(float64(f.plainSize)))
+	})
+	row("series (samples in /metrics)", func(f millionFigures) string {
+		return fmt.Sprintf("%d, %.1f/key", f.series, float64(f.series)/float64(f.keys))
+	})
+	row("KMS calls per key, exporter / bare", func(f millionFigures) string {
+		return fmt.Sprintf("%.3f / %.3f", f.exporterCalls, f.bareCalls)
+	})
+	row("calls/s the fake served the bare client", func(f millionFigures) string {
+		return fmt.Sprintf("%.0f", f.fakeRate)
+	})
+	_ = w.Flush()
+}
