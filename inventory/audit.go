@@ -149,7 +149,8 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 		prev, prevReadAt = last.Keys, last.LastAttempt
 	}
 	keys := make([]*model.Key, len(l.keys))
-	failed := make([]ReadError, len(l.keys))
+	errs := ReadErrors{}
+	var errsMu sync.Mutex
 	work := make(chan int)
 	var wg sync.WaitGroup
 	for range max(1, min(a.Workers, len(l.keys))) {
@@ -157,13 +158,15 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 			for i := range work {
 				id := l.keys[i].id
 				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
-				var found bool
-				found, failed[i] = a.auditKey(ctx, t.API, &k)
+				found, failed := a.auditKey(ctx, t.API, &k)
 				p := findKey(prev, id)
 				switch {
 				case !found:
-				case failed[i].Code != "":
-					keys[i] = a.carry(k, p, prevReadAt, failed[i].Code)
+				case failed.Code != "":
+					keys[i] = a.carry(k, p, prevReadAt, failed.Code)
+					errsMu.Lock()
+					errs[failed]++
+					errsMu.Unlock()
 				case p != nil && k.Same(p):
 					keys[i] = p
 				default:
@@ -179,14 +182,9 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	wg.Wait()
 
 	kept := keys[:0]
-	errs := ReadErrors{}
-	for i, k := range keys {
-		if k == nil {
-			continue
-		}
-		kept = append(kept, k)
-		if failed[i].Code != "" {
-			errs[failed[i]]++
+	for _, k := range keys {
+		if k != nil {
+			kept = append(kept, k)
 		}
 	}
 	slices.SortFunc(kept, func(a, b *model.Key) int { return strings.Compare(a.ID, b.ID) })
@@ -322,7 +320,16 @@ func intern(s string) string {
 	return s
 }
 
+// listedKey is a key as ListKeys lists it; id is part of arn where it can
+// be (a listing of a million keys is held through the whole refresh).
 type listedKey struct{ id, arn string }
+
+func newListedKey(id, arn string) listedKey {
+	if strings.HasSuffix(arn, "/"+id) {
+		id = arn[len(arn)-len(id):]
+	}
+	return listedKey{id, arn}
+}
 
 func listKeys(ctx context.Context, api KMS) ([]listedKey, string, error) {
 	var out []listedKey
@@ -334,7 +341,7 @@ func listKeys(ctx context.Context, api KMS) ([]listedKey, string, error) {
 			return nil, "", err
 		}
 		for _, k := range page.Keys {
-			out = append(out, listedKey{aws.ToString(k.KeyId), aws.ToString(k.KeyArn)})
+			out = append(out, newListedKey(aws.ToString(k.KeyId), aws.ToString(k.KeyArn)))
 			if account == "" {
 				account = accountOf(aws.ToString(k.KeyArn))
 			}
