@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"context"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -64,7 +66,10 @@ type millionFigures struct {
 	gzipSize, plainSize      int64
 	series                   int
 	bareCalls, exporterCalls float64 // per key, one full audit
-	fakeRate                 float64 // calls/s the fake served to the bare client
+	// CPU time of one full audit, the fake's included: less sensitive than
+	// the wall time to whatever else runs on the machine.
+	bareCPU, exporterCPU time.Duration
+	fakeRate             float64 // calls/s the fake served to the bare client
 }
 
 // BenchmarkMillion audits inventories of KMS_BENCH_SIZES keys (default
@@ -151,25 +156,55 @@ func bareMillion(b *testing.B, srv *fastkms.Server, f *millionFigures) {
 		f.bareRuns = 2
 	}
 	want := fastkms.Expected(f.keys)
-	var times []time.Duration
+	var times, cpu []time.Duration
+	var calls int64
 	for range f.bareRuns {
-		before := srv.Calls()
+		before, cpuBefore := srv.Calls(), selfCPU()
 		start := time.Now()
 		counts, err := bareAudit(c)
 		elapsed := time.Since(start)
+		cpu = append(cpu, selfCPU()-cpuBefore)
 		if err != nil {
 			b.Fatalf("bare audit of %d keys: %v", f.keys, err)
 		}
 		if !maps.Equal(counts, want) {
 			b.Fatalf("bare audit of %d keys: %v, want %v", f.keys, counts, want)
 		}
-		calls := totalCalls(srv.Calls()) - totalCalls(before)
-		f.bareCalls = float64(calls) / float64(f.keys)
-		f.fakeRate = float64(calls) / elapsed.Seconds()
+		calls = totalCalls(srv.Calls()) - totalCalls(before)
 		times = append(times, elapsed)
-		fmt.Fprintf(os.Stderr, "%d keys: bare audit %s, %.0f calls/s\n", f.keys, elapsed.Round(time.Millisecond), f.fakeRate)
+		fmt.Fprintf(os.Stderr, "%d keys: bare audit %s, CPU %s, %.0f calls/s\n", f.keys, elapsed.Round(time.Millisecond),
+			cpu[len(cpu)-1].Round(time.Millisecond), float64(calls)/elapsed.Seconds())
 	}
-	f.bare = median(times)
+	f.bare, f.bareCPU = median(times), median(cpu)
+	f.bareCalls = float64(calls) / float64(f.keys)
+	f.fakeRate = float64(calls) / f.bare.Seconds()
+}
+
+// selfCPU is the CPU time (user and system) this process has used.
+func selfCPU() time.Duration {
+	var r syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &r); err != nil {
+		return 0
+	}
+	return time.Duration(r.Utime.Nano() + r.Stime.Nano())
+}
+
+// processCPU is the CPU time (user and system) process pid has used, from
+// /proc/PID/stat (in clock ticks of 1/100 s, USER_HZ on Linux).
+func processCPU(pid int) time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses: state is the
+	// first, utime and stime the 12th and 13th.
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	user, _ := strconv.ParseInt(f[11], 10, 64)
+	system, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(user+system) * 10 * time.Millisecond
 }
 
 // bareAudit is what a hand-written audit would do: list the keys and the
@@ -283,6 +318,9 @@ type refreshLog struct {
 	hasPublish        bool
 	counts            map[string]int // the verdict counts it logs, where it does
 	calls             map[string]int64
+	// CPU times when the line was read: of the exporter, and of this
+	// process (the fake; nothing else runs in it between refreshes).
+	exporterCPU, fakeCPU time.Duration
 }
 
 // exporterMillion runs the binary against the fake, refreshing back to back,
@@ -325,7 +363,7 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 			tailMu.Unlock()
 			if v, _ := logfmtValue(line, "msg"); v == "refresh finished" {
 				select {
-				case refreshes <- parseRefreshLog(b, line, srv.Calls()):
+				case refreshes <- parseRefreshLog(b, line, srv.Calls(), processCPU(cmd.Process.Pid), selfCPU()):
 				default: // more than the benchmark reads: never block the exporter's log
 				}
 			}
@@ -391,17 +429,19 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 	if len(publishes) > 0 {
 		f.publish = median(publishes)
 	}
-	// Refreshes run back to back: the calls between the end of the first and
-	// of the second are one refresh's (give or take the few made while the
-	// line was being read).
-	f.exporterCalls = float64(totalCalls(got[1].calls)-totalCalls(got[0].calls)) / float64(f.keys)
+	// Refreshes run back to back: the calls and the CPU time between the ends
+	// of the last two are one refresh's (give or take what was done while the
+	// line was being read). After the third refresh, no scrape is counted in.
+	last, prev := got[len(got)-1], got[len(got)-2]
+	f.exporterCalls = float64(totalCalls(last.calls)-totalCalls(prev.calls)) / float64(f.keys)
+	f.exporterCPU = last.exporterCPU - prev.exporterCPU + last.fakeCPU - prev.fakeCPU
 	if other := srv.Calls()["other"]; other != 0 {
 		b.Errorf("the exporter made %d calls of operations the fake does not know", other)
 	}
 }
 
-func parseRefreshLog(b *testing.B, line string, calls map[string]int64) refreshLog {
-	r := refreshLog{calls: calls}
+func parseRefreshLog(b *testing.B, line string, calls map[string]int64, exporterCPU, fakeCPU time.Duration) refreshLog {
+	r := refreshLog{calls: calls, exporterCPU: exporterCPU, fakeCPU: fakeCPU}
 	v, _ := logfmtValue(line, "duration")
 	d, err := time.ParseDuration(v)
 	if err != nil {
@@ -603,6 +643,9 @@ func printMillion(all []millionFigures) {
 	})
 	row("series (samples in /metrics)", func(f millionFigures) string {
 		return fmt.Sprintf("%d, %.1f/key", f.series, float64(f.series)/float64(f.keys))
+	})
+	row("CPU per audit incl. the fake, exporter / bare", func(f millionFigures) string {
+		return fmt.Sprintf("%.1f s / %.1f s = %.2fx", f.exporterCPU.Seconds(), f.bareCPU.Seconds(), f.exporterCPU.Seconds()/f.bareCPU.Seconds())
 	})
 	row("KMS calls per key, exporter / bare", func(f millionFigures) string {
 		return fmt.Sprintf("%.3f / %.3f", f.exporterCalls, f.bareCalls)
