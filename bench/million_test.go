@@ -2,8 +2,10 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
@@ -12,11 +14,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"text/tabwriter"
 	"time"
@@ -60,11 +64,14 @@ type millionFigures struct {
 	refreshes                []time.Duration
 	publish                  time.Duration // median; 0 when the exporter does not log it
 	rss, peak                float64       // bytes
-	gzipScrape, plainScr     time.Duration // medians
+	gzipScrape, plainScrape  time.Duration // medians
 	gzipSize, plainSize      int64
 	series                   int
 	bareCalls, exporterCalls float64 // per key, one full audit
-	fakeRate                 float64 // calls/s the fake served to the bare client
+	// CPU time of one full audit, the fake's included: less sensitive than
+	// the wall time to whatever else runs on the machine.
+	bareCPU, exporterCPU time.Duration
+	fakeRate             float64 // calls/s the fake served to the bare client
 }
 
 // BenchmarkMillion audits inventories of KMS_BENCH_SIZES keys (default
@@ -137,39 +144,112 @@ func median[T int64 | float64 | time.Duration](v []T) T {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // bareMillion times whole audits by a bare SDK client: 3 runs, 2 at 1M keys.
+// Each runs in a process of its own (TestBareAuditProcess in this test
+// binary), as the exporter does: a client in the fake's process would be
+// favoured, its calls never crossing between processes (measured at 100k
+// keys: 26 s of CPU in process, 35 s out of it).
 func bareMillion(b *testing.B, srv *fastkms.Server, f *millionFigures) {
-	// The same HTTP transport settings as the exporter's (awsclient): the SDK's
-	// default keeps 10 idle connections per host, which would make 16
-	// workers open and close connections all the time.
-	c := kms.New(kms.Options{Region: region, BaseEndpoint: aws.String(srv.URL),
-		Credentials: credentials.NewStaticCredentialsProvider("x", "x", ""),
-		HTTPClient: awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
-			t.MaxIdleConnsPerHost = workers
-		})})
 	f.bareRuns = 3
 	if f.keys >= 1000000 {
 		f.bareRuns = 2
 	}
 	want := fastkms.Expected(f.keys)
-	var times []time.Duration
+	var times, cpu []time.Duration
+	var calls int64
 	for range f.bareRuns {
-		before := srv.Calls()
-		start := time.Now()
-		counts, err := bareAudit(c)
-		elapsed := time.Since(start)
+		before, fakeBefore := srv.Calls(), selfCPU()
+		cmd := exec.Command(os.Args[0], "-test.run=^TestBareAuditProcess$", "-test.timeout=0")
+		cmd.Env = append(os.Environ(), bareURLEnv+"="+srv.URL)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
 		if err != nil {
-			b.Fatalf("bare audit of %d keys: %v", f.keys, err)
+			b.Fatalf("bare audit of %d keys: %v\n%s", f.keys, err, out)
 		}
-		if !maps.Equal(counts, want) {
-			b.Fatalf("bare audit of %d keys: %v, want %v", f.keys, counts, want)
+		var r bareResult
+		_, line, _ := strings.Cut(string(out), bareResultPrefix)
+		line, _, _ = strings.Cut(line, "\n")
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			b.Fatalf("bare audit of %d keys: no result (%v) in its output:\n%s", f.keys, err, out)
 		}
-		calls := totalCalls(srv.Calls()) - totalCalls(before)
-		f.bareCalls = float64(calls) / float64(f.keys)
-		f.fakeRate = float64(calls) / elapsed.Seconds()
+		if !maps.Equal(r.Counts, want) {
+			b.Fatalf("bare audit of %d keys: %v, want %v", f.keys, r.Counts, want)
+		}
+		usage := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+		cpu = append(cpu, time.Duration(usage.Utime.Nano()+usage.Stime.Nano())+selfCPU()-fakeBefore)
+		calls = totalCalls(srv.Calls()) - totalCalls(before)
+		elapsed := time.Duration(r.Nanoseconds)
 		times = append(times, elapsed)
-		fmt.Fprintf(os.Stderr, "%d keys: bare audit %s, %.0f calls/s\n", f.keys, elapsed.Round(time.Millisecond), f.fakeRate)
+		fmt.Fprintf(os.Stderr, "%d keys: bare audit %s, CPU %s, %.0f calls/s\n", f.keys, elapsed.Round(time.Millisecond),
+			cpu[len(cpu)-1].Round(time.Millisecond), float64(calls)/elapsed.Seconds())
 	}
-	f.bare = median(times)
+	f.bare, f.bareCPU = median(times), median(cpu)
+	f.bareCalls = float64(calls) / float64(f.keys)
+	f.fakeRate = float64(calls) / f.bare.Seconds()
+}
+
+// The bare audit's process: BenchmarkMillion runs this test binary with
+// bareURLEnv set to the fake's URL, and reads bareResultPrefix + JSON
+// (bareResult) from its output.
+const (
+	bareURLEnv       = "KMS_BENCH_BARE_URL"
+	bareResultPrefix = "bare audit result: "
+)
+
+type bareResult struct {
+	Nanoseconds int64
+	Counts      map[string]int
+}
+
+// TestBareAuditProcess is the bare audit of BenchmarkMillion, in a process of
+// its own; without bareURLEnv it is skipped.
+func TestBareAuditProcess(t *testing.T) {
+	url := os.Getenv(bareURLEnv)
+	if url == "" {
+		t.Skip("run by BenchmarkMillion only")
+	}
+	// The same HTTP transport settings as the exporter's (awsclient): the SDK's
+	// default keeps 10 idle connections per host, which would make 16
+	// workers open and close connections all the time.
+	c := kms.New(kms.Options{Region: region, BaseEndpoint: aws.String(url),
+		Credentials: credentials.NewStaticCredentialsProvider("x", "x", ""),
+		HTTPClient: awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConnsPerHost = workers
+		})})
+	start := time.Now()
+	counts, err := bareAudit(c)
+	elapsed := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := json.Marshal(bareResult{Nanoseconds: elapsed.Nanoseconds(), Counts: counts})
+	fmt.Printf("%s%s\n", bareResultPrefix, out)
+}
+
+// selfCPU is the CPU time (user and system) this process has used.
+func selfCPU() time.Duration {
+	var r syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &r); err != nil {
+		return 0
+	}
+	return time.Duration(r.Utime.Nano() + r.Stime.Nano())
+}
+
+// processCPU is the CPU time (user and system) process pid has used, from
+// /proc/PID/stat (in clock ticks of 1/100 s, USER_HZ on Linux).
+func processCPU(pid int) time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The fields after the command name, which is in parentheses: state is the
+	// first, utime and stime the 12th and 13th.
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	user, _ := strconv.ParseInt(f[11], 10, 64)
+	system, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(user+system) * 10 * time.Millisecond
 }
 
 // bareAudit is what a hand-written audit would do: list the keys and the
@@ -283,6 +363,9 @@ type refreshLog struct {
 	hasPublish        bool
 	counts            map[string]int // the verdict counts it logs, where it does
 	calls             map[string]int64
+	// CPU times when the line was read: of the exporter, and of this
+	// process (the fake; nothing else runs in it between refreshes).
+	exporterCPU, fakeCPU time.Duration
 }
 
 // exporterMillion runs the binary against the fake, refreshing back to back,
@@ -325,7 +408,7 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 			tailMu.Unlock()
 			if v, _ := logfmtValue(line, "msg"); v == "refresh finished" {
 				select {
-				case refreshes <- parseRefreshLog(b, line, srv.Calls()):
+				case refreshes <- parseRefreshLog(b, line, srv.Calls(), processCPU(cmd.Process.Pid), selfCPU()):
 				default: // more than the benchmark reads: never block the exporter's log
 				}
 			}
@@ -366,7 +449,7 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 
 	url := "http://" + addr + "/metrics"
 	f.gzipScrape, f.gzipSize = timeScrapes(b, url, "gzip", scrapesGzip)
-	f.plainScr, f.plainSize = timeScrapes(b, url, "identity", scrapesPlain)
+	f.plainScrape, f.plainSize = timeScrapes(b, url, "identity", scrapesPlain)
 	series, counts := readExposition(b, url)
 	if !maps.Equal(counts, want) {
 		b.Fatalf("kms_keys at %d keys: %v, want %v", f.keys, counts, want)
@@ -391,17 +474,19 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 	if len(publishes) > 0 {
 		f.publish = median(publishes)
 	}
-	// Refreshes run back to back: the calls between the end of the first and
-	// of the second are one refresh's (give or take the few made while the
-	// line was being read).
-	f.exporterCalls = float64(totalCalls(got[1].calls)-totalCalls(got[0].calls)) / float64(f.keys)
+	// Refreshes run back to back: the calls and the CPU time between the ends
+	// of the last two are one refresh's (give or take what was done while the
+	// line was being read). After the third refresh, no scrape is counted in.
+	last, prev := got[len(got)-1], got[len(got)-2]
+	f.exporterCalls = float64(totalCalls(last.calls)-totalCalls(prev.calls)) / float64(f.keys)
+	f.exporterCPU = last.exporterCPU - prev.exporterCPU + last.fakeCPU - prev.fakeCPU
 	if other := srv.Calls()["other"]; other != 0 {
 		b.Errorf("the exporter made %d calls of operations the fake does not know", other)
 	}
 }
 
-func parseRefreshLog(b *testing.B, line string, calls map[string]int64) refreshLog {
-	r := refreshLog{calls: calls}
+func parseRefreshLog(b *testing.B, line string, calls map[string]int64, exporterCPU, fakeCPU time.Duration) refreshLog {
+	r := refreshLog{calls: calls, exporterCPU: exporterCPU, fakeCPU: fakeCPU}
 	v, _ := logfmtValue(line, "duration")
 	d, err := time.ParseDuration(v)
 	if err != nil {
@@ -561,8 +646,9 @@ func printMillion(all []millionFigures) {
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Printf("\nkms_exporter against internal/fastkms, %d workers, GOMAXPROCS shared by the fake, the client and the exporter; "+
-		"scrapes taken while the next refresh runs (refreshes back to back, --refresh.interval=1s):\n", workers)
+	fmt.Printf("\nkms_exporter against internal/fastkms on %d CPUs: the fake in the benchmark's process, the bare client (%d workers) "+
+		"and the exporter (%d requests in flight) each in a process of its own; refreshes back to back (--refresh.interval=1s), "+
+		"scrapes taken while the next refresh runs:\n", runtime.NumCPU(), workers, workers)
 	row("keys", func(f millionFigures) string { return strconv.Itoa(f.keys) })
 	row("full audit, bare SDK client (median)", func(f millionFigures) string {
 		return fmt.Sprintf("%.2f s of %d", f.bare.Seconds(), f.bareRuns)
@@ -599,10 +685,13 @@ func printMillion(all []millionFigures) {
 		return fmt.Sprintf("%.1f ms, %.1f MB %s", ms(f.gzipScrape), mb(float64(f.gzipSize)), verdict(f.gzipScrape.Seconds() < targetScrapeGzipS))
 	})
 	row(fmt.Sprintf("scrape plain, median of %d", scrapesPlain), func(f millionFigures) string {
-		return fmt.Sprintf("%.1f ms, %.1f MB", ms(f.plainScr), mb(float64(f.plainSize)))
+		return fmt.Sprintf("%.1f ms, %.1f MB", ms(f.plainScrape), mb(float64(f.plainSize)))
 	})
 	row("series (samples in /metrics)", func(f millionFigures) string {
 		return fmt.Sprintf("%d, %.1f/key", f.series, float64(f.series)/float64(f.keys))
+	})
+	row("CPU per audit incl. the fake, exporter / bare", func(f millionFigures) string {
+		return fmt.Sprintf("%.1f s / %.1f s = %.2fx", f.exporterCPU.Seconds(), f.bareCPU.Seconds(), f.exporterCPU.Seconds()/f.bareCPU.Seconds())
 	})
 	row("KMS calls per key, exporter / bare", func(f millionFigures) string {
 		return fmt.Sprintf("%.3f / %.3f", f.exporterCalls, f.bareCalls)
