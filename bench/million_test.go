@@ -216,8 +216,11 @@ func TestBareAuditProcess(t *testing.T) {
 	}
 	// The same HTTP transport settings as the exporter's (awsclient): the SDK's
 	// default keeps 10 idle connections per host, which would make 16
-	// workers open and close connections all the time.
-	c := kms.New(kms.Options{Region: region, BaseEndpoint: aws.String(url),
+	// workers open and close connections all the time. And the exporter's
+	// default attempts per call (--aws.max-attempts): now and then the SDK
+	// fails to read a large ListKeys page from a connection it has just
+	// closed, and its default three quick attempts can all meet that.
+	c := kms.New(kms.Options{Region: region, BaseEndpoint: aws.String(url), RetryMaxAttempts: 5,
 		Credentials: credentials.NewStaticCredentialsProvider("x", "x", ""),
 		HTTPClient: awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
 			t.MaxIdleConnsPerHost = workers
