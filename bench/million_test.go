@@ -733,17 +733,17 @@ func printMillion(all []millionFigures) {
 	})
 	row(fmt.Sprintf("RSS 2 s after the refresh (target at 1M <= %d B/key)", targetRSSPerKey), func(f millionFigures) string {
 		per := f.rss / float64(f.keys)
-		return fmt.Sprintf("%.0f MB, %.0f B/key %s", mb(f.rss), per, at1M(f, per <= targetRSSPerKey))
+		return fmt.Sprintf("%.0f MiB, %.0f B/key %s", mb(f.rss), per, at1M(f, per <= targetRSSPerKey))
 	})
 	row(fmt.Sprintf("peak RSS, refreshes back to back (target at 1M <= %d B/key)", targetPeakPerKey), func(f millionFigures) string {
 		per := f.peak / float64(f.keys)
-		return fmt.Sprintf("%.0f MB, %.0f B/key %s", mb(f.peak), per, at1M(f, per <= targetPeakPerKey))
+		return fmt.Sprintf("%.0f MiB, %.0f B/key %s", mb(f.peak), per, at1M(f, per <= targetPeakPerKey))
 	})
 	row(fmt.Sprintf("scrape gzip, median of %d (target at 1M < %.0f ms)", scrapesGzip, targetScrapeGzipS*1000), func(f millionFigures) string {
-		return fmt.Sprintf("%.1f ms, %.1f MB %s", ms(f.gzipScrape), mb(float64(f.gzipSize)), at1M(f, f.gzipScrape.Seconds() < targetScrapeGzipS))
+		return fmt.Sprintf("%.1f ms, %.1f MiB %s", ms(f.gzipScrape), mb(float64(f.gzipSize)), at1M(f, f.gzipScrape.Seconds() < targetScrapeGzipS))
 	})
 	row(fmt.Sprintf("scrape plain, median of %d", scrapesPlain), func(f millionFigures) string {
-		return fmt.Sprintf("%.1f ms, %.1f MB", ms(f.plainScrape), mb(float64(f.plainSize)))
+		return fmt.Sprintf("%.1f ms, %.1f MiB", ms(f.plainScrape), mb(float64(f.plainSize)))
 	})
 	row("series (samples in /metrics)", func(f millionFigures) string {
 		return fmt.Sprintf("%d, %.1f/key", f.series, float64(f.series)/float64(f.keys))
@@ -755,10 +755,10 @@ func printMillion(all []millionFigures) {
 		return fmt.Sprintf("%d, %.2f/key", f.attentionSeries, float64(f.attentionSeries)/float64(f.keys))
 	})
 	row("  RSS 2 s after the refresh", func(f millionFigures) string {
-		return fmt.Sprintf("%.0f MB, %.0f B/key", mb(f.attentionRSS), f.attentionRSS/float64(f.keys))
+		return fmt.Sprintf("%.0f MiB, %.0f B/key", mb(f.attentionRSS), f.attentionRSS/float64(f.keys))
 	})
 	row(fmt.Sprintf("  scrape gzip, median of %d (target at 1M < %.0f ms)", scrapesGzip, targetScrapeGzipS*1000), func(f millionFigures) string {
-		return fmt.Sprintf("%.1f ms, %.1f MB %s", ms(f.attentionScrape), mb(float64(f.attentionSize)),
+		return fmt.Sprintf("%.1f ms, %.1f MiB %s", ms(f.attentionScrape), mb(float64(f.attentionSize)),
 			at1M(f, f.attentionScrape.Seconds() < targetScrapeGzipS))
 	})
 	row("exporter process CPU per refresh", func(f millionFigures) string {

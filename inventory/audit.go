@@ -148,6 +148,14 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	if last != nil {
 		prev, prevReadAt = last.Keys, last.LastAttempt
 	}
+	// A key listed as before keeps the strings it was published with: the
+	// listing's copies are garbage at once instead of live through the
+	// whole refresh (a million keys' ARNs).
+	for i, lk := range l.keys {
+		if p := findKey(prev, lk.id); p != nil && p.ARN == lk.arn {
+			l.keys[i] = listedKey{p.ID, p.ARN}
+		}
+	}
 	keys := make([]*model.Key, len(l.keys))
 	errs := ReadErrors{}
 	var errsMu sync.Mutex
