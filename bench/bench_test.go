@@ -135,6 +135,13 @@ func auditor() *inventory.Auditor {
 // bare SDK client making the same calls with the same concurrency.
 func BenchmarkRefresh(b *testing.B) {
 	srv := emulator(b)
+	// One audit before either is timed: local-kms answers a freshly seeded
+	// inventory more slowly at first, which would count against whichever
+	// runs first (measured: the exporter at 1.4x the bare client run after
+	// it, 0.9x run alone).
+	if _, _, err := auditor().Audit(context.Background(), inventory.Target{Region: region, API: factory(srv.URL).KMS(awsclient.Role{}, region)}); err != nil {
+		b.Fatal(err)
+	}
 	b.Run("exporter", func(b *testing.B) {
 		f := factory(srv.URL)
 		a := auditor()
