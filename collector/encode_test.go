@@ -274,7 +274,7 @@ func TestTimestampsExact(t *testing.T) {
 		if ms == 0 {
 			ts = time.UnixMilli(0).Add(time.Nanosecond) // not the zero time.Time, 0 ms
 		}
-		w.keyTime("m", &k, ts)
+		w.keyTime("m", ts)
 		_, v, _ := strings.Cut(strings.TrimSpace(string(w.b)), "} ")
 		var f float64
 		if _, err := fmt.Sscan(v, &f); err != nil || f != seconds(ts) {

@@ -6,6 +6,7 @@ import (
 
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -58,7 +59,7 @@ func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Han
 			if r.Method == http.MethodHead {
 				return
 			}
-			zr, err := gzip.NewReader(newPiecesReader(pieces))
+			zr, err := gzip.NewReader((*net.Buffers)(&pieces))
 			if err == nil {
 				_, err = io.Copy(w, zr)
 			}
@@ -83,23 +84,6 @@ func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Han
 			}
 		}
 	})
-}
-
-// piecesReader reads byte slices one after the other.
-type piecesReader struct{ pieces [][]byte }
-
-func newPiecesReader(pieces [][]byte) *piecesReader { return &piecesReader{pieces} }
-
-func (r *piecesReader) Read(p []byte) (int, error) {
-	for len(r.pieces) > 0 && len(r.pieces[0]) == 0 {
-		r.pieces = r.pieces[1:]
-	}
-	if len(r.pieces) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, r.pieces[0])
-	r.pieces[0] = r.pieces[0][n:]
-	return n, nil
 }
 
 // acceptsGzip reads an Accept-Encoding header.

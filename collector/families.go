@@ -44,9 +44,9 @@ func families(tagLabels []string) []family {
 				w.value(1)
 			}},
 		{name: "kms_key_creation_timestamp_seconds", help: "When the key was created.",
-			key: func(w *lines, k *model.Key) { w.keyTime("kms_key_creation_timestamp_seconds", k, k.CreationDate) }},
+			key: func(w *lines, k *model.Key) { w.keyTime("kms_key_creation_timestamp_seconds", k.CreationDate) }},
 		{name: "kms_key_deletion_timestamp_seconds", help: "When a key pending deletion will be deleted.",
-			key: func(w *lines, k *model.Key) { w.keyTime("kms_key_deletion_timestamp_seconds", k, k.DeletionDate) }},
+			key: func(w *lines, k *model.Key) { w.keyTime("kms_key_deletion_timestamp_seconds", k.DeletionDate) }},
 		{name: "kms_key_info", help: "Metadata of a KMS key, always 1; alias holds the key's aliases, comma-separated and sorted.",
 			key: func(w *lines, k *model.Key) {
 				w.open("kms_key_info")
@@ -73,20 +73,20 @@ func families(tagLabels []string) []family {
 		{name: "kms_key_next_rotation_timestamp_seconds", help: "When AWS will next rotate the key material, where AWS reports it.",
 			key: func(w *lines, k *model.Key) {
 				if k.Rotation != nil {
-					w.keyTime("kms_key_next_rotation_timestamp_seconds", k, k.Rotation.NextRotation)
+					w.keyTime("kms_key_next_rotation_timestamp_seconds", k.Rotation.NextRotation)
 				}
 			}},
 		{name: "kms_key_rotation_enabled", help: "Whether automatic rotation of the key material is enabled (1) or not (0); present only where GetKeyRotationStatus was read.",
 			key: func(w *lines, k *model.Key) {
 				if k.Rotation != nil {
-					w.key("kms_key_rotation_enabled", k)
+					w.key("kms_key_rotation_enabled")
 					w.value(boolValue(k.Rotation.Enabled))
 				}
 			}},
 		{name: "kms_key_rotation_exemption_expiry_timestamp_seconds", help: "When the key's rotation exemption ends (the day after its -until tag date, 00:00 UTC).",
 			key: func(w *lines, k *model.Key) {
 				if k.Verdict.ExemptionReason != "" {
-					w.keyTime("kms_key_rotation_exemption_expiry_timestamp_seconds", k, k.Verdict.ExemptionExpiry)
+					w.keyTime("kms_key_rotation_exemption_expiry_timestamp_seconds", k.Verdict.ExemptionExpiry)
 				}
 			}},
 		{name: "kms_key_rotation_exemption_info", help: "Always 1 for a key carrying a rotation exemption tag; reason is the tag's text.",
@@ -102,7 +102,7 @@ func families(tagLabels []string) []family {
 		{name: "kms_key_rotation_period_seconds", help: "Automatic rotation period of the key, where AWS reports one.",
 			key: func(w *lines, k *model.Key) {
 				if k.Rotation != nil && k.Rotation.PeriodDays > 0 {
-					w.key("kms_key_rotation_period_seconds", k)
+					w.key("kms_key_rotation_period_seconds")
 					w.value(float64(k.Rotation.PeriodDays) * 86400)
 				}
 			}},
@@ -209,17 +209,17 @@ func (w *lines) open(name string) {
 }
 
 // key opens a series of a key, with its identifying labels (and no other).
-func (w *lines) key(name string, _ *model.Key) {
+func (w *lines) key(name string) {
 	w.open(name)
 	w.raw(w.ids)
 }
 
 // keyTime appends a per-key timestamp series, unless t is zero.
-func (w *lines) keyTime(name string, k *model.Key, t time.Time) {
+func (w *lines) keyTime(name string, t time.Time) {
 	if t.IsZero() {
 		return
 	}
-	w.key(name, k)
+	w.key(name)
 	ms := t.UnixMilli()
 	if ms < 0 {
 		w.value(seconds(t))
