@@ -1,10 +1,9 @@
 package collector
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
-
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -51,40 +50,48 @@ func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Han
 		size := own.size + body.size
 		pieces = append(pieces, finalBlock, trailer(crc32Combine(own.crc, body.crc, int64(body.size)), size))
 
-		h := w.Header()
-		h.Set("Content-Type", string(textFormat))
-		h.Add("Vary", "Accept-Encoding")
-		if !acceptsGzip(r.Header.Get("Accept-Encoding")) {
-			h.Set("Content-Length", strconv.Itoa(size))
-			if r.Method == http.MethodHead {
-				return
-			}
-			zr, err := gzip.NewReader((*net.Buffers)(&pieces))
-			if err == nil {
-				_, err = io.Copy(w, zr)
-			}
-			if err != nil {
-				logger.Debug("writing the metrics failed", "err", err)
-			}
-			return
-		}
 		zsize := 0
 		for _, p := range pieces {
 			zsize += len(p)
 		}
-		h.Set("Content-Encoding", "gzip")
-		h.Set("Content-Length", strconv.Itoa(zsize))
+
+		h := w.Header()
+		h.Set("Content-Type", string(textFormat))
+		h.Add("Vary", "Accept-Encoding")
+		gz := acceptsGzip(r.Header.Get("Accept-Encoding"))
+		if gz {
+			h.Set("Content-Encoding", "gzip")
+			h.Set("Content-Length", strconv.Itoa(zsize))
+		} else {
+			h.Set("Content-Length", strconv.Itoa(size))
+		}
 		if r.Method == http.MethodHead {
 			return
 		}
-		for _, p := range pieces {
-			if _, err := w.Write(p); err != nil {
-				logger.Debug("writing the metrics failed", "err", err)
-				return
+		// The pieces are thousands of a few KB each at a million keys: one
+		// write each costs a system call apiece, three times the time of
+		// the same bytes in large writes. They go out through a buffer of
+		// up to writeBuffer bytes instead.
+		out := bufio.NewWriterSize(w, min(max(zsize, size/8), writeBuffer))
+		if gz {
+			_, err = (*net.Buffers)(&pieces).WriteTo(out)
+		} else {
+			var zr *gzip.Reader
+			if zr, err = gzip.NewReader((*net.Buffers)(&pieces)); err == nil {
+				_, err = out.ReadFrom(zr)
 			}
+		}
+		if err == nil {
+			err = out.Flush()
+		}
+		if err != nil {
+			logger.Debug("writing the metrics failed", "err", err)
 		}
 	})
 }
+
+// writeBuffer bounds the buffer a scrape writes through.
+const writeBuffer = 1 << 20
 
 // acceptsGzip reads an Accept-Encoding header.
 func acceptsGzip(header string) bool {
