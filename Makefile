@@ -39,9 +39,16 @@ $(BIN)/gremlins: tools/go.mod tools/go.sum
 	mkdir -p $(BIN)
 	$(GO) build -C tools -o ../$(BIN)/gremlins github.com/go-gremlins/gremlins/cmd/gremlins
 
+# moto's server, the second AWS emulator of the tests (SQS, EventBridge, CloudFormation), at MOTO_VERSION
+# (internal/kmstest.MotoVersion): installed with pip only where python3 does not have that version.
+MOTO_VERSION := 5.2.1
+PYTHON    ?= python3
+
 # deps installs what the tests run: Debian packages (once), local-kms and toxiproxy at the versions pinned in tools/go.mod,
-# and helm at HELM_VERSION.
+# helm at HELM_VERSION and moto at MOTO_VERSION.
 deps: $(BIN)/local-kms $(BIN)/toxiproxy-server $(BIN)/helm
+	@$(PYTHON) -c 'import moto, sys; sys.exit(moto.__version__ != "$(MOTO_VERSION)")' 2>/dev/null || { \
+		echo "installing moto $(MOTO_VERSION)"; $(PYTHON) -m pip install -q 'moto[server]==$(MOTO_VERSION)'; }
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
