@@ -58,8 +58,12 @@ type Config struct {
 	Log             *promslog.Config
 	AWS             AWS
 	RefreshInterval time.Duration // --refresh.interval
-	// MaxStaleAge is --refresh.max-stale-age, three refresh intervals when
-	// not given.
+	// ResyncInterval is --refresh.resync-interval, RefreshInterval when not
+	// given: how often each known key is re-read.
+	ResyncInterval time.Duration
+	// MaxStaleAge is --refresh.max-stale-age; when not given, the resync
+	// interval plus two refresh intervals (three refresh intervals by
+	// default).
 	MaxStaleAge time.Duration
 	Policy      policy.Policy // --compliance.*
 	// TagLabels are the --metrics.tag-label values, each once, in order.
@@ -159,7 +163,8 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("aws.timeout", "Timeout of one AWS request attempt.").Default("10s").DurationVar(&c.AWS.Client.Timeout)
 
 	app.Flag("refresh.interval", "How often the inventory is refreshed from AWS; scrapes serve the latest refresh.").Default("5m").DurationVar(&c.RefreshInterval)
-	app.Flag("refresh.max-stale-age", "How long a key whose reads fail for a transient reason (throttling, 5xx, timeouts, connection errors) keeps the verdict of its last successful read (marked stale) before it is unknown; 0 = three times --refresh.interval.").Default("0s").DurationVar(&c.MaxStaleAge)
+	app.Flag("refresh.resync-interval", "How often each key already known is re-read (its rotation status, metadata and tags), spread evenly over the interval; every refresh still lists the keys, reads new ones and re-reads those whose last read failed. With --events.sqs-queue-url, changes are read when their events arrive and a long resync (24h) is the safety net; 0 = --refresh.interval: every key at every refresh.").Default("0s").DurationVar(&c.ResyncInterval)
+	app.Flag("refresh.max-stale-age", "How long after its last successful read a key whose reads fail for a transient reason (throttling, 5xx, timeouts, connection errors) keeps that read's verdict (marked stale) before it is unknown; 0 = --refresh.resync-interval plus two --refresh.interval (three --refresh.interval by default).").Default("0s").DurationVar(&c.MaxStaleAge)
 	app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").IntVar(&c.Policy.MaxRotationPeriodDays)
 	app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").StringVar(&c.Policy.ExemptionTag)
 	app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").StringsVar(&c.tagLabelValues)
@@ -272,6 +277,8 @@ func (c *Config) Validate() error {
 		return flagError("refresh.interval", "%s is shorter than 1s", c.RefreshInterval)
 	case slices.Contains(c.Remediation.AlertNames, ""):
 		return flagError("remediation.alert-name", "an alert name must not be empty")
+	case c.ResyncInterval != 0 && c.ResyncInterval < c.RefreshInterval:
+		return flagError("refresh.resync-interval", "%s is shorter than --refresh.interval (%s)", c.ResyncInterval, c.RefreshInterval)
 	case c.MaxStaleAge < 0:
 		return flagError("refresh.max-stale-age", "must not be negative")
 	case !policy.ValidRotationPeriod(maxPeriod):
@@ -297,8 +304,11 @@ func (c *Config) Validate() error {
 	case c.Command == CommandRemediate && (c.Remediate.KeyID == "") == !c.Remediate.AllNoncompliant:
 		return flagError("key-id", "give either --key-id or --all-noncompliant")
 	}
+	if c.ResyncInterval == 0 {
+		c.ResyncInterval = c.RefreshInterval
+	}
 	if c.MaxStaleAge == 0 {
-		c.MaxStaleAge = 3 * c.RefreshInterval
+		c.MaxStaleAge = c.ResyncInterval + 2*c.RefreshInterval
 	}
 	if c.Command == CommandServe {
 		return c.validateServe()

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"sort"
 	"strings"
@@ -60,6 +61,9 @@ type Auditor struct {
 	MaxStale time.Duration
 	// Now returns the time verdicts are decided at.
 	Now func() time.Time
+	// Resync is how often a refresh re-reads a key it already knows (see
+	// due); 0: at every refresh.
+	Resync time.Duration
 }
 
 // verdict decides a key's verdict from what was read: the one place a
@@ -109,7 +113,7 @@ func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys [
 	if err != nil {
 		return "", nil, err
 	}
-	keys, err = a.auditListed(ctx, t, l, nil)
+	keys, _, err = a.auditListed(ctx, t, l, nil, a.Now())
 	return l.accountID, keys, err
 }
 
@@ -135,133 +139,195 @@ func (a *Auditor) list(ctx context.Context, t Target) (*listing, error) {
 	return &listing{accountID: accountID, keys: listed, aliases: aliases}, nil
 }
 
-// auditListed reads every listed key and decides its verdict. last is the
-// target as last published (nil: none): a key read the same as then is kept
-// as the same *model.Key, and a key whose reads fail for a transient reason
-// keeps its last good verdict, marked stale, for up to MaxStale. The keys
-// returned are sorted by id; a key deleted since it was listed is left out.
-// The error is ReadErrors when reads failed for transient reasons (the
-// refresh of the target then did not succeed), or the context's error.
-func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *model.TargetState) ([]*model.Key, error) {
+// auditListed decides every listed key's state: it reads the keys that are
+// due (see due) and keeps the others as last published (last: the target's
+// last state, nil for none), aliases taken from the listing. A key read the
+// same as then is kept as the same *model.Key, and a key whose reads fail for
+// a transient reason keeps its last good verdict, marked stale, for up to
+// MaxStale after its last successful read. The keys returned are sorted by
+// id, with when each was last read successfully (model.TargetState.ReadAt);
+// a key deleted since it was listed is left out. attempt is when this
+// refresh started, by the auditor's clock. The error is ReadErrors when reads
+// failed for transient reasons (the refresh of the target then did not
+// succeed), or the context's error.
+func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *model.TargetState, attempt time.Time) ([]*model.Key, []int64, error) {
 	var prev []*model.Key
-	var prevReadAt time.Time
+	var prevAt []int64
+	var prevTick time.Time
 	if last != nil {
-		prev, prevReadAt = last.Keys, last.LastAttempt
+		prev, prevAt, prevTick = last.Keys, last.ReadAt, last.LastAttempt
 	}
-	// A key listed as before keeps the strings it was published with: the
-	// listing's copies are garbage at once instead of live through the
-	// whole refresh (a million keys' ARNs).
+	type result struct {
+		k  *model.Key
+		at int64
+	}
+	results := make([]result, len(l.keys))
+	var toRead []int
 	for i, lk := range l.keys {
-		if p := findKey(prev, lk.id); p != nil && p.ARN == lk.arn {
+		j := findKey(prev, lk.id)
+		if j < 0 {
+			toRead = append(toRead, i)
+			continue
+		}
+		p := prev[j]
+		// A key listed as before keeps the strings it was published with:
+		// the listing's copies are garbage at once instead of live through
+		// the whole refresh (a million keys' ARNs).
+		if p.ARN == lk.arn {
 			l.keys[i] = listedKey{p.ID, p.ARN}
 		}
+		if a.due(p, prevTick, attempt) {
+			toRead = append(toRead, i)
+			continue
+		}
+		if aliases := l.aliases[p.ID]; !slices.Equal(aliases, p.Aliases) {
+			k := *p
+			k.Aliases = aliases
+			p = &k
+		}
+		results[i] = result{p, readAtOf(prevAt, j)}
 	}
-	keys := make([]*model.Key, len(l.keys))
+
 	errs := ReadErrors{}
 	var errsMu sync.Mutex
 	work := make(chan int)
 	var wg sync.WaitGroup
-	for range max(1, min(a.Workers, len(l.keys))) {
+	for range max(1, min(a.Workers, len(toRead))) {
 		wg.Go(func() {
 			for i := range work {
 				id := l.keys[i].id
 				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
 				found, failed := a.auditKey(ctx, t.API, &k)
-				p := findKey(prev, id)
+				j := findKey(prev, id)
+				var p *model.Key
+				var pAt int64
+				if j >= 0 {
+					p, pAt = prev[j], readAtOf(prevAt, j)
+				}
 				switch {
 				case !found:
 				case failed.Code != "":
-					keys[i] = a.carry(k, p, prevReadAt, failed.Code)
+					results[i] = result{a.carry(k, p, pAt, failed.Code), pAt}
 					errsMu.Lock()
 					errs[failed]++
 					errsMu.Unlock()
 				case p != nil && k.Same(p):
-					keys[i] = p
+					results[i] = result{p, attempt.UnixNano()}
 				default:
-					keys[i] = compact(&k, p)
+					results[i] = result{compact(&k, p), attempt.UnixNano()}
 				}
 			}
 		})
 	}
-	for i := range l.keys {
+	for _, i := range toRead {
 		work <- i
 	}
 	close(work)
 	wg.Wait()
 
-	kept := keys[:0]
-	for _, k := range keys {
-		if k != nil {
-			kept = append(kept, k)
+	kept := results[:0]
+	for _, r := range results {
+		if r.k != nil {
+			kept = append(kept, r)
 		}
 	}
-	slices.SortFunc(kept, func(a, b *model.Key) int { return strings.Compare(a.ID, b.ID) })
+	slices.SortFunc(kept, func(a, b result) int { return strings.Compare(a.k.ID, b.k.ID) })
 	// A key listed twice (pages shifting while keys are created) is kept once.
-	kept = slices.CompactFunc(kept, func(a, b *model.Key) bool { return a.ID == b.ID })
-	clear(keys[len(kept):])
+	kept = slices.CompactFunc(kept, func(a, b result) bool { return a.k.ID == b.k.ID })
+	keys, readAt := make([]*model.Key, len(kept)), make([]int64, len(kept))
+	for i, r := range kept {
+		keys[i], readAt[i] = r.k, r.at
+	}
 	if err := ctx.Err(); err != nil {
-		return kept, err
+		return keys, readAt, err
 	}
 	if len(errs) > 0 {
-		return kept, errs
+		return keys, readAt, errs
 	}
-	return kept, nil
+	return keys, readAt, nil
 }
 
-// findKey returns the key with this id in keys sorted by id, or nil.
-func findKey(keys []*model.Key, id string) *model.Key {
+// due tells whether a refresh starting at now re-reads a key known from the
+// refresh that started at prevTick. Every key is re-read at least every
+// Resync, at an instant of its own (a hash of its id places it in the
+// interval), so that the reads of a large inventory are spread evenly over
+// the interval rather than made all at once; a key whose last read failed
+// is re-read at every refresh. Resync 0 (or a refresh Resync or more after
+// the last): every key is due.
+func (a *Auditor) due(k *model.Key, prevTick, now time.Time) bool {
+	r := a.Resync.Nanoseconds()
+	if k.ReadError != "" || r <= 0 || prevTick.IsZero() || now.Sub(prevTick) >= a.Resync {
+		return true
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(k.ID))
+	phase := int64(h.Sum64() % uint64(r))
+	// Due when an instant phase + n*Resync lies in (prevTick, now].
+	return floorDiv(now.UnixNano()-phase, r) > floorDiv(prevTick.UnixNano()-phase, r)
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b != 0 && (a < 0) != (b < 0) {
+		q--
+	}
+	return q
+}
+
+// readAtOf returns at[i], or 0 where a snapshot has no read times.
+func readAtOf(at []int64, i int) int64 {
+	if i < len(at) {
+		return at[i]
+	}
+	return 0
+}
+
+// findKey returns the index of the key with this id in keys sorted by id, or -1.
+func findKey(keys []*model.Key, id string) int {
 	i, ok := slices.BinarySearchFunc(keys, id, func(k *model.Key, id string) int { return strings.Compare(k.ID, id) })
 	if !ok {
-		return nil
+		return -1
 	}
-	return keys[i]
-}
-
-// lastRead is when prev, a key of the snapshot of a refresh that started at
-// readAt, was last read successfully.
-func lastRead(prev *model.Key, readAt time.Time) time.Time {
-	if prev.ReadError != "" {
-		return prev.LastRead
-	}
-	return readAt
+	return i
 }
 
 // carry decides what to publish for a key whose read failed with a transient
-// error code: its last good state (prev, of the snapshot of the refresh that
-// started at prevReadAt), marked stale, while that is younger than MaxStale;
-// otherwise the key as now read, unknown with the code. Listing is fresh
-// evidence, so the aliases are today's.
-func (a *Auditor) carry(now model.Key, prev *model.Key, prevReadAt time.Time, code string) *model.Key {
-	var last time.Time
-	if prev != nil {
-		last = lastRead(prev, prevReadAt)
-	}
-	if last.IsZero() || a.Now().Sub(last) > a.MaxStale {
+// error code: its last good state (prev, last read successfully at readAt,
+// Unix nanoseconds, 0: never), marked stale, while that is younger than
+// MaxStale; otherwise the key as now read, unknown with the code. Listing is
+// fresh evidence, so the aliases are today's.
+func (a *Auditor) carry(now model.Key, prev *model.Key, readAt int64, code string) *model.Key {
+	if prev == nil || readAt == 0 || a.Now().Sub(time.Unix(0, readAt)) > a.MaxStale {
 		now.Rotation, now.Tags, now.TagValues = nil, nil, nil
 		now.Verdict = policy.Verdict{Status: policy.Unknown, Reason: code}
-		now.LastRead, now.ReadError, now.Stale = last, code, false
+		now.ReadError, now.Stale = code, false
 		return &now
 	}
 	k := *prev
 	if !slices.Equal(k.Aliases, now.Aliases) {
 		k.Aliases = now.Aliases
 	}
-	k.LastRead, k.ReadError, k.Stale = last, code, true
+	k.ReadError, k.Stale = code, true
+	if k.Same(prev) {
+		return prev
+	}
 	return &k
 }
 
 // Age marks the keys of a target that could not be listed (last, as last
 // published): each keeps its last good state, stale with the listing's error
 // code, while that is younger than MaxStale; then it is unknown with that code.
-func (a *Auditor) Age(last *model.TargetState, code string) []*model.Key {
+func (a *Auditor) Age(last *model.TargetState, code string) ([]*model.Key, []int64) {
 	if last == nil {
-		return nil
+		return nil, nil
 	}
 	out := make([]*model.Key, len(last.Keys))
+	at := make([]int64, len(last.Keys))
 	for i, p := range last.Keys {
-		out[i] = a.carry(*p, p, last.LastAttempt, code)
+		at[i] = readAtOf(last.ReadAt, i)
+		out[i] = a.carry(*p, p, at[i], code)
 	}
-	return out
+	return out, at
 }
 
 // compact returns k ready to be kept for long: its strings share the

@@ -42,7 +42,7 @@ func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *
 			}
 			if out.Targets[i] == t { // copy on first write
 				cp := *t
-				cp.Keys = slices.Clone(t.Keys)
+				cp.Keys, cp.ReadAt = slices.Clone(t.Keys), slices.Clone(t.ReadAt)
 				out.Targets[i] = &cp
 			}
 			// Published keys are never modified: the change makes a new one.
@@ -50,7 +50,10 @@ func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *
 			rot := c.Rotation
 			k.Rotation = &rot
 			// A status read from AWS just now: the key is no longer stale.
-			k.LastRead, k.ReadError, k.Stale = time.Time{}, "", false
+			k.ReadError, k.Stale = "", false
+			if at := out.Targets[i].ReadAt; j < len(at) {
+				at[j] = c.At.UnixNano()
+			}
 			k.Verdict = r.auditor.verdict(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags})
 			out.Targets[i].Keys[j] = &k
 		}

@@ -260,9 +260,9 @@ func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, lis
 	}
 	err := listErr
 	if l != nil {
-		st.Keys, err = r.auditor.auditListed(ctx, t, l, last)
+		st.Keys, st.ReadAt, err = r.auditor.auditListed(ctx, t, l, last, attempt)
 	} else {
-		st.Keys = r.auditor.Age(last, awsclient.ErrorCode(listErr))
+		st.Keys, st.ReadAt = r.auditor.Age(last, awsclient.ErrorCode(listErr))
 	}
 	st.Duration = time.Since(start)
 	st.Success = err == nil

@@ -35,6 +35,11 @@ type TargetState struct {
 	// both: keys are never modified once published, and the exposition
 	// reuses what it encoded for an unchanged run of keys.
 	Keys []*Key
+	// ReadAt holds, for each of Keys (same index), when it was last read
+	// successfully, in Unix nanoseconds; 0: never. Keys are not all read at
+	// once: a refresh re-reads the keys that are due (see
+	// inventory.Refresher), an event re-reads one key.
+	ReadAt []int64
 	// Success tells whether the last refresh of this target succeeded; when
 	// it failed, Keys are still those of LastSuccess.
 	Success     bool
@@ -67,21 +72,17 @@ type Key struct {
 	// depends on them, or all customer keys with tag labels), else nil.
 	Tags    map[string]string
 	Verdict policy.Verdict
-	// LastRead is when the key was last read successfully, kept only while
-	// its reads fail (ReadError is set): zero then means it never was. A key
-	// without ReadError was read at its target's LastAttempt or later.
-	LastRead time.Time
 	// ReadError is the error code of the last read when it failed for a
 	// transient reason; "" when it succeeded.
 	ReadError string
 	// Stale: the last read failed (ReadError) and the key still shows what
-	// was read at LastRead, younger than the staleness bound.
+	// was read at its last successful read (TargetState.ReadAt), younger
+	// than the staleness bound.
 	Stale bool
 }
 
-// Same reports whether k and o show the same thing: every field but
-// LastRead, which only matters once a read fails. A refresh keeps the
-// earlier *Key when the new read is the Same.
+// Same reports whether k and o show the same thing, field by field. A
+// refresh keeps the earlier *Key when the new read is the Same.
 func (k *Key) Same(o *Key) bool {
 	return k.AccountID == o.AccountID && k.Region == o.Region && k.ID == o.ID && k.ARN == o.ARN &&
 		slices.Equal(k.Aliases, o.Aliases) && k.Meta == o.Meta &&
@@ -113,6 +114,15 @@ func (s *Snapshot) Counts() map[policy.Status]int {
 		}
 	}
 	return out
+}
+
+// ReadTime returns when the i-th key was last read successfully; zero:
+// never (or not recorded).
+func (t *TargetState) ReadTime(i int) time.Time {
+	if i >= len(t.ReadAt) || t.ReadAt[i] == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, t.ReadAt[i])
 }
 
 // Locate returns the key with this id (or ARN) in a region, with its target.
