@@ -320,7 +320,7 @@ func bareAudit(c *kms.Client) (map[string]int, error) {
 					fail(err)
 					continue
 				}
-				mine[slices.Index(policy.Statuses, policy.Decide(in, pol, now).Status)]++
+				mine[slices.Index(policy.Statuses[:], policy.Decide(in, pol, now).Status)]++
 			}
 			mu.Lock()
 			for i, s := range policy.Statuses {

@@ -55,7 +55,10 @@ type Collector struct {
 	keyFams []family // per-key families served, in order
 	tgtFams []family // per-target families served, in order
 	order   []int    // families served, by name: i < len(keyFams) per key, else per target
-	headers [][]byte
+	headers []piece  // each family's HELP and TYPE lines, compressed
+	// buffers keeps the text buffers of encodeBlocks' workers ([]lines, one
+	// per per-key family) between publishes.
+	buffers sync.Pool
 
 	mu      sync.Mutex // serialises Publish
 	current atomic.Pointer[published]
@@ -84,6 +87,9 @@ type block struct {
 	// need attention (its next rotation is due); zero: never. The block is
 	// encoded again from then.
 	until time.Time
+	// open: the block ends where the keys did, not where a cut ends one.
+	open  bool
+	tally tally
 }
 
 // New returns a Collector serving an empty snapshot.
@@ -116,7 +122,7 @@ func New(o Options, logger *slog.Logger) *Collector {
 	}
 	slices.SortFunc(c.order, func(a, b int) int { return strings.Compare(all[a].name, all[b].name) })
 	for _, f := range all {
-		c.headers = append(c.headers, f.header())
+		c.headers = append(c.headers, compressOnce(f.header(), 0))
 	}
 	c.current.Store(&published{snapshot: &model.Snapshot{TagLabels: o.TagLabels}})
 	return c
@@ -175,45 +181,47 @@ func (c *Collector) Publish(s *model.Snapshot) {
 
 	// Cut every target's keys into blocks; reuse what was encoded for a
 	// block of the same keys, encode the others in parallel.
-	var blocks []*block
-	var todo []*block
-	for _, t := range s.Targets {
-		for _, keys := range cut(t.Keys) {
-			if b, ok := prev.blocks[keys[0]]; ok && slices.Equal(b.keys, keys) && start.Before(b.until) {
-				blocks = append(blocks, b)
-				continue
-			}
-			b := &block{keys: keys}
-			blocks = append(blocks, b)
-			todo = append(todo, b)
-		}
+	var blocks, todo []*block
+	perTarget := make([][]*block, len(s.Targets))
+	for i, t := range s.Targets {
+		var fresh []*block
+		perTarget[i], fresh = prev.blocksOf(t.Keys, start)
+		blocks = append(blocks, perTarget[i]...)
+		todo = append(todo, fresh...)
 	}
 	c.encodeBlocks(todo, start)
 
-	comp := newCompressor()
+	comp := compressors.Get().(*compressor)
+	defer compressors.Put(comp)
 	next := &published{snapshot: s, blocks: make(map[*model.Key]*block, len(blocks))}
 	for _, b := range blocks {
 		next.blocks[b.keys[0]] = b
 	}
+	tallies := make([]tally, len(s.Targets))
+	for j := range s.Targets {
+		for _, b := range perTarget[j] {
+			tallies[j].sum(&b.tally)
+		}
+	}
+	next.body.pieces = make([]piece, 0, len(c.order)*(1+len(blocks)))
 	for _, i := range c.order {
-		var ps []piece
 		if i < len(c.keyFams) {
+			if !slices.ContainsFunc(blocks, func(b *block) bool { return b.pieces[i].lines > 0 }) {
+				continue // a family without series is not served
+			}
+			next.body.add(c.headers[i])
 			for _, b := range blocks {
-				ps = append(ps, b.pieces[i])
+				next.body.add(b.pieces[i])
 			}
-		} else {
-			w := lines{}
-			for _, t := range s.Targets {
-				c.tgtFams[i-len(c.keyFams)].target(&w, t)
-			}
-			ps = append(ps, comp.compress(w.b, w.n))
+			continue
 		}
-		if !slices.ContainsFunc(ps, func(p piece) bool { return p.lines > 0 }) {
-			continue // a family without series is not served
+		w := lines{}
+		for j, t := range s.Targets {
+			c.tgtFams[i-len(c.keyFams)].target(&w, t, &tallies[j])
 		}
-		next.body.add(comp.compress(c.headers[i], 0))
-		for _, p := range ps {
-			next.body.add(p)
+		if w.n > 0 {
+			next.body.add(c.headers[i])
+			next.body.add(comp.compress(w.b, w.n))
 		}
 	}
 	c.current.Store(next)
@@ -223,27 +231,74 @@ func (c *Collector) Publish(s *model.Snapshot) {
 // Average and most keys in a block. Where a block ends depends on the key
 // ids only (a key whose id hashes to a multiple of blockMean ends one), so a
 // key created or deleted changes the block it is in and no other.
+// The smaller the blocks, the less a change costs to publish (a block of 128
+// keys encodes in about half a millisecond), and the more pieces a body has
+// (each with its own Huffman tables).
 const (
-	blockMean = 512
+	blockMean = 128
 	blockMax  = 4 * blockMean
 )
 
 var blockSeed = maphash.MakeSeed()
 
-// cut splits keys into blocks.
-func cut(keys []*model.Key) [][]*model.Key {
-	var out [][]*model.Key
-	start := 0
+// blocksOf cuts a target's keys into blocks: those of the last publish (p)
+// where the same keys follow one another as then, new ones elsewhere (fresh,
+// to encode). The cost is a comparison of pointers per key and a hash per
+// key of a new block: a publish after one key changed hashes one block.
+func (p *published) blocksOf(keys []*model.Key, now time.Time) (blocks, fresh []*block) {
+	for i := 0; i < len(keys); {
+		// Each block starts where a cut of keys from the first would start
+		// one; so does an earlier block of the same keys, provided it ended
+		// as a cut ends one (not at the end of the keys, unless it still does).
+		if b, ok := p.blocks[keys[i]]; ok && i+len(b.keys) <= len(keys) && (!b.open || i+len(b.keys) == len(keys)) &&
+			slices.Equal(b.keys, keys[i:i+len(b.keys)]) && now.Before(b.until) {
+			blocks = append(blocks, b)
+			i += len(b.keys)
+			continue
+		}
+		n, open := blockLen(keys[i:])
+		b := &block{keys: keys[i : i+n], open: open}
+		blocks = append(blocks, b)
+		fresh = append(fresh, b)
+		i += n
+	}
+	return blocks, fresh
+}
+
+// blockLen returns how many of keys the block starting at keys[0] holds,
+// and whether it ends because keys do (else at a key whose id ends blocks,
+// or at blockMax keys).
+func blockLen(keys []*model.Key) (n int, open bool) {
 	for i, k := range keys {
-		if n := i + 1 - start; n >= blockMax || maphash.String(blockSeed, k.ID)%blockMean == 0 {
-			out = append(out, keys[start:i+1])
-			start = i + 1
+		if i+1 >= blockMax || maphash.String(blockSeed, k.ID)%blockMean == 0 {
+			return i + 1, false
 		}
 	}
-	if start < len(keys) {
-		out = append(out, keys[start:])
+	return len(keys), true
+}
+
+// tally counts keys by verdict status and staleness: the per-target
+// families are sums of their blocks' tallies, so that a publish does not
+// visit every key.
+type tally struct {
+	status [len(policy.Statuses)]int // by index in policy.Statuses
+	stale  int
+}
+
+func (t *tally) add(k *model.Key) {
+	if i := slices.Index(policy.Statuses[:], k.Verdict.Status); i >= 0 {
+		t.status[i]++
 	}
-	return out
+	if k.Stale {
+		t.stale++
+	}
+}
+
+func (t *tally) sum(o *tally) {
+	for i, n := range o.status {
+		t.status[i] += n
+	}
+	t.stale += o.stale
 }
 
 // encodeBlocks encodes the series of the blocks, on every CPU.
@@ -252,8 +307,13 @@ func (c *Collector) encodeBlocks(todo []*block, now time.Time) {
 	var wg sync.WaitGroup
 	for range min(runtime.GOMAXPROCS(0), len(todo)) {
 		wg.Go(func() {
-			comp := newCompressor()
-			ws := make([]lines, len(c.keyFams))
+			comp := compressors.Get().(*compressor)
+			defer compressors.Put(comp)
+			ws, _ := c.buffers.Get().([]lines)
+			if ws == nil {
+				ws = make([]lines, len(c.keyFams))
+			}
+			defer c.buffers.Put(ws)
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= len(todo) {
@@ -265,6 +325,7 @@ func (c *Collector) encodeBlocks(todo []*block, now time.Time) {
 				}
 				b.until = never
 				for _, k := range b.keys {
+					b.tally.add(k)
 					if c.opts.PerKey == PerKeyAttention && !NeedsAttention(k, now) {
 						if next := nextRotation(k); next.Before(b.until) {
 							b.until = next

@@ -41,7 +41,7 @@ func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Han
 			}
 		}
 		body := &c.current.Load().body
-		own := newCompressor().compress(live.Bytes(), 0)
+		own := compressOnce(live.Bytes(), 0)
 		pieces := make([][]byte, 0, len(body.pieces)+4)
 		pieces = append(pieces, gzipHeader, own.data)
 		for _, p := range body.pieces {

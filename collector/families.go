@@ -20,7 +20,8 @@ const cached = " Cached: read from AWS at every refresh (--refresh.interval), no
 type family struct {
 	name, help string
 	key        func(w *lines, k *model.Key) // after w.identify(k)
-	target     func(w *lines, t *model.TargetState)
+	// target writes a target's series; n counts its keys.
+	target func(w *lines, t *model.TargetState, n *tally)
 }
 
 // families are the inventory's metric families in the order served (sorted
@@ -118,42 +119,32 @@ func families(tagLabels []string) []family {
 				}
 			}},
 		{name: "kms_keys", help: "Number of keys by verdict status.",
-			target: func(w *lines, t *model.TargetState) {
-				counts := map[policy.Status]int{}
-				for _, k := range t.Keys {
-					counts[k.Verdict.Status]++
-				}
-				for _, st := range policy.Statuses {
+			target: func(w *lines, t *model.TargetState, n *tally) {
+				for i, st := range policy.Statuses {
 					w.target("kms_keys", t)
 					w.label("status", string(st))
-					w.value(float64(counts[st]))
+					w.value(float64(n.status[i]))
 				}
 			}},
 		{name: "kms_keys_stale", help: "Number of keys showing the verdict of an earlier refresh because reading them (or listing the region) failed since; see kms_key_stale.",
-			target: func(w *lines, t *model.TargetState) {
-				n := 0
-				for _, k := range t.Keys {
-					if k.Stale {
-						n++
-					}
-				}
+			target: func(w *lines, t *model.TargetState, n *tally) {
 				w.target("kms_keys_stale", t)
-				w.value(float64(n))
+				w.value(float64(n.stale))
 			}},
 		{name: "kms_last_refresh_timestamp_seconds", help: "When the last successful refresh of this account and region started; the age of the data served.",
-			target: func(w *lines, t *model.TargetState) {
+			target: func(w *lines, t *model.TargetState, _ *tally) {
 				if !t.LastSuccess.IsZero() {
 					w.target("kms_last_refresh_timestamp_seconds", t)
 					w.value(seconds(t.LastSuccess))
 				}
 			}},
 		{name: "kms_refresh_duration_seconds", help: "How long the last refresh of this account and region took.",
-			target: func(w *lines, t *model.TargetState) {
+			target: func(w *lines, t *model.TargetState, _ *tally) {
 				w.target("kms_refresh_duration_seconds", t)
 				w.value(t.Duration.Seconds())
 			}},
 		{name: "kms_refresh_success", help: "Whether the last refresh of this account and region succeeded (1) or failed (0); on failure the last good data is still served.",
-			target: func(w *lines, t *model.TargetState) {
+			target: func(w *lines, t *model.TargetState, _ *tally) {
 				w.target("kms_refresh_success", t)
 				w.value(boolValue(t.Success))
 			}},

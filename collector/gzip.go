@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/crc32"
+	"sync"
 
 	"github.com/klauspost/compress/flate"
 )
@@ -29,6 +30,10 @@ type piece struct {
 	crc   uint32 // CRC-32 (IEEE) of the text
 	size  int    // length of the text
 	lines int    // series in the text
+	// shift is x^(8*size) modulo the CRC polynomial: what combining a CRC
+	// with this piece's multiplies it by (see crc32Combine), computed once
+	// so that putting a body together costs one multiplication per piece.
+	shift uint32
 }
 
 // compressor turns text into pieces; not safe for concurrent use.
@@ -49,6 +54,17 @@ func newCompressor() *compressor {
 	return c
 }
 
+// compressors keeps compressors between publishes and scrapes: each holds
+// about a megabyte of tables.
+var compressors = sync.Pool{New: func() any { return newCompressor() }}
+
+// compressOnce compresses text with a compressor of the pool.
+func compressOnce(text []byte, lines int) piece {
+	c := compressors.Get().(*compressor)
+	defer compressors.Put(c)
+	return c.compress(text, lines)
+}
+
 // compress returns text as a piece, its data in memory of its own.
 func (c *compressor) compress(text []byte, lines int) piece {
 	if len(text) == 0 {
@@ -58,7 +74,8 @@ func (c *compressor) compress(text []byte, lines int) piece {
 	c.fw.Reset(&c.buf)
 	_, _ = c.fw.Write(text) // writes to a bytes.Buffer do not fail
 	_ = c.fw.Flush()
-	return piece{data: bytes.Clone(c.buf.Bytes()), crc: crc32.ChecksumIEEE(text), size: len(text), lines: lines}
+	return piece{data: bytes.Clone(c.buf.Bytes()), crc: crc32.ChecksumIEEE(text), size: len(text), lines: lines,
+		shift: x2nModP(uint64(len(text)), 3)}
 }
 
 // stream is pieces in the order they are served, with their combined CRC.
@@ -75,7 +92,7 @@ func (s *stream) add(p piece) {
 		return
 	}
 	s.pieces = append(s.pieces, p)
-	s.crc = crc32Combine(s.crc, p.crc, int64(p.size))
+	s.crc = multModP(p.shift, s.crc) ^ p.crc // crc32Combine(s.crc, p.crc, p.size)
 	s.size += p.size
 	s.zsize += len(p.data)
 	s.lines += p.lines

@@ -24,7 +24,7 @@ const (
 )
 
 // Statuses lists every Status, in a stable order.
-var Statuses = []Status{Compliant, Noncompliant, NotApplicable, Unknown, Exempt}
+var Statuses = [...]Status{Compliant, Noncompliant, NotApplicable, Unknown, Exempt}
 
 // Reasons that go with a verdict. Unknown verdicts carry the AWS error code instead.
 const (
