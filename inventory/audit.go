@@ -123,7 +123,7 @@ func (a *Auditor) list(ctx context.Context, t Target) (*listing, error) {
 	if err != nil {
 		return nil, &listError{"ListKeys", err}
 	}
-	aliases, aliasAccount, err := listAliases(ctx, t.API)
+	aliases, aliasAccount, err := listAliases(ctx, t.API, nil)
 	if err != nil {
 		return nil, &listError{"ListAliases", err}
 	}
@@ -424,11 +424,12 @@ func listKeys(ctx context.Context, api KMS) ([]listedKey, string, error) {
 	return out, account, nil
 }
 
-// listAliases returns the sorted alias names per target key id.
-func listAliases(ctx context.Context, api KMS) (map[string][]string, string, error) {
+// listAliases returns the sorted alias names per target key id: of every
+// key, or of the key keyID names.
+func listAliases(ctx context.Context, api KMS, keyID *string) (map[string][]string, string, error) {
 	out := map[string][]string{}
 	account := ""
-	p := kms.NewListAliasesPaginator(api, &kms.ListAliasesInput{Limit: aws.Int32(100)})
+	p := kms.NewListAliasesPaginator(api, &kms.ListAliasesInput{KeyId: keyID, Limit: aws.Int32(100)})
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
@@ -541,6 +542,9 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 	}
 	if k.Meta.KeySpec == "" {
 		k.Meta.KeySpec = string(m.CustomerMasterKeySpec) //nolint:staticcheck // older responses carry only this field
+	}
+	if k.ARN == "" { // a key read before it was listed (see Refresher.Mark)
+		k.ARN = aws.ToString(m.Arn)
 	}
 	k.CreationDate = aws.ToTime(m.CreationDate)
 	k.DeletionDate = aws.ToTime(m.DeletionDate)

@@ -58,6 +58,8 @@ type Refresher struct {
 
 	metricsOnce  sync.Once
 	readFailures *prometheus.CounterVec
+
+	marks marks
 }
 
 // NewRefresher returns a Refresher that publishes to pub; nil: a
@@ -66,7 +68,8 @@ func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, pu
 	if pub == nil {
 		pub = model.NewLatest(auditor.TagLabels)
 	}
-	return &Refresher{source: source, auditor: auditor, logger: logger, pub: pub, ready: make(chan struct{})}
+	return &Refresher{source: source, auditor: auditor, logger: logger, pub: pub, ready: make(chan struct{}),
+		marks: marks{wake: make(chan struct{}, 1)}}
 }
 
 // Snapshot returns the current snapshot (empty before the first refresh ends).
@@ -84,23 +87,41 @@ func (r *Refresher) ReadyHandler() http.Handler {
 	})
 }
 
-// Run refreshes at once, then every interval, until ctx ends. After each
-// refresh the memory of the previous snapshot is returned to the operating
-// system at once, rather than over the next minutes: the exporter's resident
-// memory is then what the current snapshot needs (see the README's capacity
-// table).
+// Run refreshes at once, then every interval, until ctx ends; in between,
+// it re-reads the keys marked (see Mark) as they come. After each refresh
+// the memory of the previous snapshot is returned to the operating system at
+// once, rather than over the next minutes: the exporter's resident memory is
+// then what the current snapshot needs (see the README's capacity table).
 func (r *Refresher) Run(ctx context.Context, interval time.Duration) {
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
+	defer r.failMarks(ctx)
 	for {
 		r.Refresh(ctx)
 		debug.FreeOSMemory()
-		select {
-		case <-ctx.Done():
-			return
-		case <-ticker.C:
+		r.readMarked(ctx) // those that waited for the refresh
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+				break wait
+			case <-r.marks.wake:
+				r.readMarked(ctx)
+			}
 		}
 	}
+}
+
+// failMarks answers the marks left when Run ends.
+func (r *Refresher) failMarks(ctx context.Context) {
+	r.marks.mu.Lock()
+	defer r.marks.mu.Unlock()
+	for _, m := range r.marks.pending {
+		m.done <- fmt.Errorf("the refresher stopped: %w", context.Cause(ctx))
+	}
+	r.marks.pending = nil
 }
 
 // Refresh audits every target concurrently and publishes the new snapshot.
@@ -136,6 +157,7 @@ func (r *Refresher) Refresh(ctx context.Context) *model.Snapshot {
 		// Shutting down: keep what was published.
 		return r.pub.Snapshot()
 	}
+	r.setTargets(targetsByWhere(targets, states, chosen))
 	slices.SortStableFunc(states, func(a, b *model.TargetState) int {
 		return cmp.Or(strings.Compare(a.AccountID, b.AccountID), strings.Compare(a.Region, b.Region))
 	})

@@ -6,6 +6,7 @@
 package model
 
 import (
+	"errors"
 	"maps"
 	"slices"
 	"sync/atomic"
@@ -140,6 +141,13 @@ func (s *Snapshot) Locate(accountID, region, keyID string) (*TargetState, *Key) 
 	}
 	return nil, nil
 }
+
+// KeyRef names a key to re-read: its account, region and key id (never an
+// ARN or alias).
+type KeyRef struct{ AccountID, Region, KeyID string }
+
+// ErrNotAudited: the account and region are not audited by this exporter.
+var ErrNotAudited = errors.New("the account and region are not audited")
 
 // RotationChange is a rotation status read from AWS after the exporter changed it.
 type RotationChange struct {

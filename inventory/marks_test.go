@@ -1,0 +1,134 @@
+package inventory_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
+	"github.com/kms-exporter/kms_exporter/policy"
+)
+
+// waitMark waits for a mark's outcome.
+func waitMark(t *testing.T, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("a mark was not answered within 10s")
+		return nil
+	}
+}
+
+// TestMarkReadsAKeyAtOnce: with a resync of a day and an hour between
+// refreshes, a marked key is re-read and published within moments, and so
+// is a key created since the last refresh; a key gone is dropped; a key whose
+// read fails stays as it was (stale) and its mark learns the error; a key of
+// an account or region not audited is refused.
+func TestMarkReadsAKeyAtOnce(t *testing.T) {
+	ctx, cancel := context.WithCancel(ctxT(t))
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	proxy := kmstest.NewProxy(t, srv.URL)
+	a := newAuditor()
+	a.Resync, a.MaxStale = 24*time.Hour, 25*time.Hour
+	f := newFactory(proxy.URL)
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, a, discard(), nil)
+
+	// A mark made before the first refresh ends waits for it.
+	early, err := r.Mark(ctx, model.KeyRef{AccountID: kmstest.DefaultAccount, Region: "eu-west-1", KeyID: ids["payments"]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { r.Run(ctx, time.Hour); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	if err := waitMark(t, early); err != nil {
+		t.Fatalf("a mark made before the first refresh: %v", err)
+	}
+
+	keyOf := func(id string) *model.Key {
+		_, k := r.Snapshot().Locate(kmstest.DefaultAccount, "eu-west-1", id)
+		return k
+	}
+	mark := func(id string) error {
+		t.Helper()
+		ch, err := r.Mark(ctx, model.KeyRef{AccountID: kmstest.DefaultAccount, Region: "eu-west-1", KeyID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return waitMark(t, ch)
+	}
+
+	// A rotation disabled shows once its key is marked, not before.
+	id := ids["payments"]
+	if _, err := srv.Client().DisableKeyRotation(ctx, &kms.DisableKeyRotationInput{KeyId: aws.String(id)}); err != nil {
+		t.Fatal(err)
+	}
+	others := r.Snapshot().Targets[0].Keys
+	if k := keyOf(id); k.Verdict.Status != policy.Compliant {
+		t.Fatalf("before the mark: %s", k.Verdict.Status)
+	}
+	if err := mark(id); err != nil {
+		t.Fatal(err)
+	}
+	if k := keyOf(id); k.Verdict.Status != policy.Noncompliant {
+		t.Fatalf("after the mark: %s, want noncompliant", k.Verdict.Status)
+	}
+	for i, k := range r.Snapshot().Targets[0].Keys {
+		if k.ID != id && k != others[i] {
+			t.Errorf("key %s, not marked, changed", k.ID)
+		}
+	}
+
+	// A key created since the refresh, and its alias.
+	created, err := srv.Client().CreateKey(ctx, &kms.CreateKeyInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newID := aws.ToString(created.KeyMetadata.KeyId)
+	if _, err := srv.Client().CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String("alias/new"), TargetKeyId: &newID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mark(newID); err != nil {
+		t.Fatal(err)
+	}
+	k := keyOf(newID)
+	if k == nil || k.Verdict.Status != policy.Noncompliant || k.ARN != aws.ToString(created.KeyMetadata.Arn) || len(k.Aliases) != 1 || k.Aliases[0] != "alias/new" {
+		t.Fatalf("a created key, marked: %+v", k)
+	}
+
+	// A read that fails for a transient reason keeps the key, stale.
+	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: newID, Code: "ThrottlingException"})
+	if err := mark(newID); err == nil {
+		t.Fatal("a mark whose read was throttled reported success")
+	}
+	if k := keyOf(newID); k == nil || !k.Stale || k.Verdict.Status != policy.Noncompliant {
+		t.Fatalf("a key whose read failed: %+v, want its last verdict, stale", k)
+	}
+	proxy.ClearFaults()
+
+	// A key gone (AWS answers NotFound) is dropped.
+	proxy.AddFault(&kmstest.Fault{KeyID: newID, Code: "NotFoundException"})
+	if err := mark(newID); err != nil {
+		t.Fatal(err)
+	}
+	if k := keyOf(newID); k != nil {
+		t.Fatalf("a key AWS no longer knows is still published: %+v", k)
+	}
+	proxy.ClearFaults()
+
+	if _, err := r.Mark(ctx, model.KeyRef{AccountID: kmstest.DefaultAccount, Region: "us-west-2", KeyID: id}); !errors.Is(err, model.ErrNotAudited) {
+		t.Errorf("a mark in a region not audited: %v, want ErrNotAudited", err)
+	}
+	if _, err := r.Mark(ctx, model.KeyRef{AccountID: "999999999999", Region: "eu-west-1", KeyID: id}); !errors.Is(err, model.ErrNotAudited) {
+		t.Errorf("a mark in an account not audited: %v, want ErrNotAudited", err)
+	}
+}
