@@ -258,32 +258,45 @@ func isAlias(s string) bool {
 }
 
 // resolve turns key ids and key ARNs into refs, skipping empty values and
-// repeats. aliasOnly tells that a value was an alias name or alias ARN. A
-// value that is neither a key nor an alias, or a ref without a valid
-// account or region, makes the event malformed.
+// repeats. A key ARN says where the key is; a bare id is in the event's
+// account and region, unless an ARN of the event already named it. aliasOnly
+// tells that a value was an alias name or alias ARN. A value that is neither a
+// key nor an alias, or a ref without a valid account or region, makes the
+// event malformed.
 func resolve(ids []string, o origin) (refs []KeyRef, aliasOnly bool, err error) {
+	var bare []string
+	add := func(ref KeyRef) error {
+		if err := check(ref); err != nil {
+			return err
+		}
+		if !slices.Contains(refs, ref) {
+			refs = append(refs, ref)
+		}
+		return nil
+	}
 	for _, id := range ids {
-		var ref KeyRef
 		switch {
 		case id == "":
-			continue
 		case isAlias(id):
 			aliasOnly = true
-			continue
 		case strings.HasPrefix(id, "arn:"):
 			a, perr := arn.Parse(id)
 			if perr != nil || a.Service != "kms" || !strings.HasPrefix(a.Resource, "key/") {
 				return nil, false, malformed("%q is not a KMS key ARN", id)
 			}
-			ref = KeyRef{AccountID: a.AccountID, Region: a.Region, KeyID: strings.TrimPrefix(a.Resource, "key/")}
+			if err := add(KeyRef{AccountID: a.AccountID, Region: a.Region, KeyID: strings.TrimPrefix(a.Resource, "key/")}); err != nil {
+				return nil, false, err
+			}
 		default:
-			ref = KeyRef{AccountID: o.account, Region: o.region, KeyID: id}
+			bare = append(bare, id)
 		}
-		if err := check(ref); err != nil {
+	}
+	for _, id := range bare {
+		if slices.ContainsFunc(refs, func(r KeyRef) bool { return r.KeyID == id }) {
+			continue
+		}
+		if err := add(KeyRef{AccountID: o.account, Region: o.region, KeyID: id}); err != nil {
 			return nil, false, err
-		}
-		if !slices.Contains(refs, ref) {
-			refs = append(refs, ref)
 		}
 	}
 	return refs, aliasOnly, nil
@@ -369,4 +382,29 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// EventPattern returns the pattern of the EventBridge rule that sends the
+// events the consumer acts on to its queue: the KMS service events, and the
+// CloudTrail records of the calls in APICallNames (not the far more numerous
+// Encrypt, Decrypt, GenerateDataKey, ...).
+func EventPattern() string {
+	pattern := map[string]any{
+		"source": []string{"aws.kms"},
+		"$or": []any{
+			map[string]any{"detail-type": ServiceEventTypes},
+			map[string]any{
+				"detail-type": []string{DetailTypeAPICall},
+				"detail": map[string]any{
+					"eventSource": []string{"kms.amazonaws.com"},
+					"eventName":   APICallNames,
+				},
+			},
+		},
+	}
+	b, err := json.Marshal(pattern)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
 }

@@ -109,6 +109,11 @@ func TestParseWhere(t *testing.T) {
 			`{"detail-type":"AWS API Call via CloudTrail","source":"aws.kms","account":"111122223333","region":"eu-west-1",
 			 "detail":{"eventSource":"kms.amazonaws.com","eventName":"DisableKey","requestParameters":{"keyId":"` + key1 + `"}}}`,
 			ref(key1)},
+		// moto's EventBridge leaves the account out of the envelope.
+		"service event without envelope account": {
+			`{"detail-type":"KMS CMK Rotation","source":"aws.kms","region":"eu-west-1",
+			 "resources":["arn:aws:kms:eu-west-1:111122223333:key/` + key1 + `"],"detail":{"key-id":"` + key1 + `"}}`,
+			ref(key1)},
 		"service event without resources": {
 			`{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1","detail":{"key-id":"` + key1 + `"}}`,
 			ref(key1)},
