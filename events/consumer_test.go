@@ -290,16 +290,23 @@ kms_exporter_events_malformed_total 1
 	}
 }
 
+// rotationOnce queues one KMS CMK Rotation event of key1 on a queue of the
+// test's own and runs a consumer of it with a sink that fail and hold set up.
+func (m *motoSQS) rotationOnce(t *testing.T, visibility, maxReceives, fail, hold int) (c *Consumer, sink *fakeSink, url, dlq string) {
+	url, dlq = m.queue(t, testQueue(t), visibility, maxReceives)
+	m.send(t, url, fixture(t, "service-rotation.json"))
+	sink = newSink()
+	sink.fail[ref(key1)], sink.hold[ref(key1)] = fail, hold
+	c = m.consumer(t, sink, &harness.Buffer{}, url)
+	run(t, c)
+	return c, sink, url, dlq
+}
+
 // consumerRetriesFailedRead: a message whose read fails stays on the
 // queue, comes back after its visibility timeout, and is deleted once the
 // read succeeds.
 func consumerRetriesFailedRead(t *testing.T, m *motoSQS) {
-	url, _ := m.queue(t, testQueue(t), 1, 5)
-	m.send(t, url, fixture(t, "service-rotation.json"))
-	sink := newSink()
-	sink.fail[ref(key1)] = 1
-	c := m.consumer(t, sink, &harness.Buffer{}, url)
-	run(t, c)
+	c, sink, url, _ := m.rotationOnce(t, 1, 5, 1, 0)
 	waitHandled(t, c, 1, 1)
 	if got := sink.Marks(); !slices.Equal(got, []KeyRef{ref(key1), ref(key1)}) {
 		t.Errorf("marks %v, want key1 twice (failed, then read)", got)
@@ -316,12 +323,7 @@ func consumerRetriesFailedRead(t *testing.T, m *motoSQS) {
 // up before the queue hands the message out again, so one message is never
 // held twice at once.
 func consumerWaitsLessThanVisibility(t *testing.T, m *motoSQS) {
-	url, _ := m.queue(t, testQueue(t), 2, 5)
-	m.send(t, url, fixture(t, "service-rotation.json"))
-	sink := newSink()
-	sink.hold[ref(key1)] = 1
-	c := m.consumer(t, sink, &harness.Buffer{}, url)
-	run(t, c)
+	c, sink, _, _ := m.rotationOnce(t, 2, 5, 0, 1)
 	waitHandled(t, c, 1, 1)
 	sink.mu.Lock()
 	defer sink.mu.Unlock()
@@ -333,12 +335,7 @@ func consumerWaitsLessThanVisibility(t *testing.T, m *motoSQS) {
 // consumerDeadLetter: a message whose read keeps failing goes to the
 // queue's dead-letter queue after maxReceiveCount receives, never deleted.
 func consumerDeadLetter(t *testing.T, m *motoSQS) {
-	url, dlq := m.queue(t, testQueue(t), 1, 2)
-	m.send(t, url, fixture(t, "service-rotation.json"))
-	sink := newSink()
-	sink.fail[ref(key1)] = 100
-	c := m.consumer(t, sink, &harness.Buffer{}, url)
-	run(t, c)
+	c, _, _, dlq := m.rotationOnce(t, 1, 2, 100, 0)
 	harness.Poll(t, 15*time.Second, func() string {
 		if h := m.held(t, dlq); h != "1 visible, 0 in flight" {
 			return "dead-letter queue: " + h

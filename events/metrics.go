@@ -36,46 +36,35 @@ type metrics struct {
 }
 
 func newMetrics(queueURLs []string) *metrics {
-	m := &metrics{
-		received: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kms_exporter_events_received_total",
-			Help: "KMS events received from the SQS queues, by type: the CloudTrail event name of an API call, the detail-type of a KMS service event, or other.",
-		}, []string{"type"}),
-		ignored: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kms_exporter_events_ignored_total",
-			Help: "Events received that named no key to read again, by reason: unrelated, alias_only, no_key, not_audited.",
-		}, []string{"reason"}),
+	return &metrics{
+		received: counterVec("kms_exporter_events_received_total",
+			"KMS events received from the SQS queues, by type: the CloudTrail event name of an API call, the detail-type of a KMS service event, or other.", "type", Types),
+		ignored: counterVec("kms_exporter_events_ignored_total",
+			"Events received that named no key to read again, by reason: unrelated, alias_only, no_key, not_audited.", "reason", IgnoreReasons),
 		malformed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "kms_exporter_events_malformed_total",
 			Help: "SQS messages that were not a readable EventBridge event (deleted).",
 		}),
-		receiveErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kms_exporter_event_receive_errors_total",
-			Help: "Failed SQS ReceiveMessage calls, by queue URL.",
-		}, []string{"queue"}),
-		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "kms_exporter_event_messages_total",
-			Help: "SQS messages handled, by result: deleted, retried (a read failed: left for redelivery), delete_failed.",
-		}, []string{"result"}),
+		receiveErrors: counterVec("kms_exporter_event_receive_errors_total",
+			"Failed SQS ReceiveMessage calls, by queue URL.", "queue", queueURLs),
+		messages: counterVec("kms_exporter_event_messages_total",
+			"SQS messages handled, by result: deleted, retried (a read failed: left for redelivery), delete_failed.", "result", Results),
 		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "kms_exporter_event_lag_seconds",
 			Help:    "Time from a KMS event (its CloudTrail eventTime, else its EventBridge time) to a snapshot holding the key as read after it being published.",
 			Buckets: LagBuckets,
 		}),
 	}
-	for _, t := range Types {
-		m.received.WithLabelValues(t)
+}
+
+// counterVec returns a counter of one label with every known value at 0, so
+// that dashboards and alerts see 0 rather than nothing.
+func counterVec(name, help, label string, values []string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label})
+	for _, v := range values {
+		c.WithLabelValues(v)
 	}
-	for _, r := range IgnoreReasons {
-		m.ignored.WithLabelValues(r)
-	}
-	for _, q := range queueURLs {
-		m.receiveErrors.WithLabelValues(q)
-	}
-	for _, r := range Results {
-		m.messages.WithLabelValues(r)
-	}
-	return m
+	return c
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
