@@ -81,8 +81,9 @@ type Consumer struct {
 type queue struct {
 	Queue
 	client SQSAPI
-	// visibility is the queue's VisibilityTimeout once read.
+	// visibility is the queue's VisibilityTimeout once read (known).
 	visibility time.Duration
+	known      bool
 }
 
 // New checks the options and returns a Consumer; it calls no AWS API.
@@ -143,7 +144,7 @@ func (c *Consumer) poll(ctx context.Context, q *queue) {
 	logger := c.logger.With("queue", q.URL)
 	backoff := time.Duration(0)
 	for ctx.Err() == nil {
-		if q.visibility == 0 {
+		if !q.known {
 			c.readVisibility(ctx, q, logger)
 		}
 		out, err := q.client.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{
@@ -202,10 +203,9 @@ func (c *Consumer) readVisibility(ctx context.Context, q *queue, logger *slog.Lo
 	s, err := strconv.Atoi(out.Attributes[string(visibilityAttribute)])
 	if err != nil || s < 0 {
 		logger.Warn("the queue's visibility timeout is not a number of seconds; assuming 30s", "value", out.Attributes[string(visibilityAttribute)])
-		q.visibility = defaultVisibility
-		return
+		s = int(defaultVisibility / time.Second)
 	}
-	q.visibility = time.Duration(s) * time.Second
+	q.visibility, q.known = time.Duration(s)*time.Second, true
 }
 
 // markBound is how long the marks of a message may take from its receipt:
@@ -213,7 +213,7 @@ func (c *Consumer) readVisibility(ctx context.Context, q *queue, logger *slog.Lo
 // again while it is still held.
 func (q *queue) markBound() time.Duration {
 	v := q.visibility
-	if v == 0 {
+	if !q.known {
 		v = defaultVisibility
 	}
 	return max(v-min(5*time.Second, v/5), 100*time.Millisecond)

@@ -92,6 +92,14 @@ type Event struct {
 // consumer can read.
 var ErrMalformed = errors.New("malformed event")
 
+// clip shortens a value quoted in an error: a message can hold anything.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
 func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
 }
@@ -282,7 +290,7 @@ func resolve(ids []string, o origin) (refs []KeyRef, aliasOnly bool, err error) 
 		case strings.HasPrefix(id, "arn:"):
 			a, perr := arn.Parse(id)
 			if perr != nil || a.Service != "kms" || !strings.HasPrefix(a.Resource, "key/") {
-				return nil, false, malformed("%q is not a KMS key ARN", id)
+				return nil, false, malformed("%q is not a KMS key ARN", clip(id))
 			}
 			if err := add(KeyRef{AccountID: a.AccountID, Region: a.Region, KeyID: strings.TrimPrefix(a.Resource, "key/")}); err != nil {
 				return nil, false, err
@@ -305,11 +313,11 @@ func resolve(ids []string, o origin) (refs []KeyRef, aliasOnly bool, err error) 
 func check(ref KeyRef) error {
 	switch {
 	case !ValidKeyID(ref.KeyID):
-		return malformed("%q is not a KMS key id", ref.KeyID)
+		return malformed("%q is not a KMS key id", clip(ref.KeyID))
 	case !awsclient.ValidAccountID(ref.AccountID):
-		return malformed("%q is not an account id", ref.AccountID)
+		return malformed("%q is not an account id", clip(ref.AccountID))
 	case !awsclient.ValidRegion(ref.Region):
-		return malformed("%q is not a region", ref.Region)
+		return malformed("%q is not a region", clip(ref.Region))
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -179,5 +180,15 @@ func TestParseUnrelated(t *testing.T) {
 				t.Errorf("got %+v, %v; want ignored as unrelated", ev, err)
 			}
 		})
+	}
+}
+
+// TestParseMalformedErrorShort: the error of a malformed message, which is
+// logged, quotes at most a short piece of it.
+func TestParseMalformedErrorShort(t *testing.T) {
+	long := strings.Repeat("x", 10000)
+	_, err := Parse([]byte(`{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1","detail":{"key-id":"` + long + `"}}`))
+	if !errors.Is(err, ErrMalformed) || len(err.Error()) > 200 {
+		t.Errorf("error of %d bytes: %.300v", len(err.Error()), err)
 	}
 }
