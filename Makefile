@@ -62,7 +62,7 @@ lint:
 # Fuzz targets of every parser of outside input, as package:Target; `make test` runs each briefly.
 FUZZ      := policy:FuzzParseExemptionUntil remediate:FuzzParseRequest remediate:FuzzParseAlertmanager \
              awsclient:FuzzParseRole awsclient:FuzzParseRegions inventory:FuzzParseShard \
-             collector:FuzzLabelValue collector:FuzzCRC32Combine
+             collector:FuzzLabelValue collector:FuzzCRC32Combine events:FuzzParse
 FUZZTIME  ?= 10s
 
 # test runs the whole suite: lint, race detector, integration tests against local-kms, and a short fuzz run.

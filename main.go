@@ -24,6 +24,7 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/config"
+	"github.com/kms-exporter/kms_exporter/events"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/remediate"
 	"github.com/kms-exporter/kms_exporter/report"
@@ -121,6 +122,15 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 		refresher.ReadyHandler(), api)
 	if err != nil {
 		return 0, err
+	}
+	if len(cfg.EventQueueURLs) > 0 {
+		consumer, err := events.New(events.Options{QueueURLs: cfg.EventQueueURLs, Clients: events.NewSQSClients(awsConfig),
+			Sink: refresher, Logger: logger.With("component", "events")})
+		if err != nil {
+			return 0, err
+		}
+		registry.MustRegister(consumer)
+		go consumer.Run(ctx)
 	}
 	go refresher.Run(ctx, cfg.RefreshInterval)
 	return serve(ctx, stop, mux, api, cfg.Web, logger)

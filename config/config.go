@@ -25,6 +25,7 @@ import (
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/collector"
+	"github.com/kms-exporter/kms_exporter/events"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
 	"github.com/kms-exporter/kms_exporter/remediate"
@@ -72,10 +73,13 @@ type Config struct {
 	// --metrics.per-key and the metric family lists.
 	Metrics     collector.Options
 	Remediation Remediation
-	Shard       int // --shard, as a number
-	TotalShards int // --total-shards
-	Audit       Audit
-	Remediate   remediate.CommandOptions
+	// EventQueueURLs are the --events.sqs-queue-url values: SQS queues of
+	// KMS events whose keys are re-read at once.
+	EventQueueURLs []string
+	Shard          int // --shard, as a number
+	TotalShards    int // --total-shards
+	Audit          Audit
+	Remediate      remediate.CommandOptions
 
 	app *kingpin.Application
 	// The raw values Validate parses into the fields above.
@@ -164,6 +168,7 @@ func New(app *kingpin.Application) *Config {
 
 	app.Flag("refresh.interval", "How often the inventory is refreshed from AWS; scrapes serve the latest refresh.").Default("5m").DurationVar(&c.RefreshInterval)
 	app.Flag("refresh.resync-interval", "How often each key already known is re-read (its rotation status, metadata and tags), spread evenly over the interval; every refresh still lists the keys, reads new ones and re-reads those whose last read failed. With --events.sqs-queue-url, changes are read when their events arrive and a long resync (24h) is the safety net; 0 = --refresh.interval: every key at every refresh.").Default("0s").DurationVar(&c.ResyncInterval)
+	app.Flag("events.sqs-queue-url", "SQS queue fed by an EventBridge rule with KMS events (CloudTrail API calls and KMS's own events, see docs/events.md): the keys they name are re-read at once, and a message is deleted once their new state is published; repeatable. Needs sqs:ReceiveMessage, sqs:DeleteMessage and sqs:GetQueueAttributes on the queue.").Envar("KMS_EXPORTER_EVENTS_SQS_QUEUE_URL").StringsVar(&c.EventQueueURLs)
 	app.Flag("refresh.max-stale-age", "How long after its last successful read a key whose reads fail for a transient reason (throttling, 5xx, timeouts, connection errors) keeps that read's verdict (marked stale) before it is unknown; 0 = --refresh.resync-interval plus two --refresh.interval (three --refresh.interval by default).").Default("0s").DurationVar(&c.MaxStaleAge)
 	app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").IntVar(&c.Policy.MaxRotationPeriodDays)
 	app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").StringVar(&c.Policy.ExemptionTag)
@@ -333,6 +338,11 @@ func (c *Config) validateServe() error {
 	}
 	if err := web.Validate(*c.Web.Flags.WebConfigFile); err != nil {
 		return &Error{Name: "--web.config.file", Err: err}
+	}
+	for _, u := range c.EventQueueURLs {
+		if _, err := events.ParseQueueURL(u); err != nil {
+			return &Error{Name: "--events.sqs-queue-url", Err: err}
+		}
 	}
 	if !c.Remediation.Enabled {
 		return nil

@@ -16,11 +16,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/model"
 )
 
 // ErrNotAudited is returned by Sink.Mark for an account or region the
 // exporter does not audit.
-var ErrNotAudited = errors.New("account or region not audited")
+var ErrNotAudited = model.ErrNotAudited
 
 // Sink re-reads keys; the inventory implements it. Mark asks for ref to be
 // re-read as soon as possible; the channel receives nil once a snapshot
@@ -270,6 +271,10 @@ func (c *Consumer) handle(ctx context.Context, q *queue, m types.Message, deadli
 		case err = <-p.ch:
 		case <-markCtx.Done():
 			err = markCtx.Err()
+		}
+		if errors.Is(err, ErrNotAudited) { // known only once the first refresh ended
+			logger.Debug("event about a key not audited", "key", p.ref.String())
+			continue
 		}
 		if err != nil {
 			logger.Warn("reading a key again failed; the message stays on the queue", "key", p.ref.String(), "err", err)

@@ -245,7 +245,7 @@ func consumeAll(t *testing.T, m *motoSQS) {
 		want = append(want, ref(key1))
 	}
 	want = append(want, ref(key2), ref(key2), ref(key2), ref(mrk), ref(mrk),
-		KeyRef{account, "us-east-1", mrk}, KeyRef{account, "us-east-1", mrk})
+		KeyRef{AccountID: account, Region: "us-east-1", KeyID: mrk}, KeyRef{AccountID: account, Region: "us-east-1", KeyID: mrk})
 	if got := sorted(sink.Marks()); !slices.Equal(got, sorted(want)) {
 		t.Errorf("marks\n%v\nwant\n%v", got, sorted(want))
 	}

@@ -13,13 +13,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/arn"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/model"
 )
 
-// KeyRef names a key an event is about. KeyID is the key id (a UUID, or
-// mrk-... for multi-Region keys), never an ARN or alias.
-type KeyRef struct{ AccountID, Region, KeyID string }
-
-func (r KeyRef) String() string { return r.AccountID + "/" + r.Region + "/" + r.KeyID }
+// KeyRef names a key an event is about (the inventory's model.KeyRef): its
+// KeyID is a key id (a UUID, or mrk- and 32 hex digits), never an ARN or alias.
+type KeyRef = model.KeyRef
 
 // The detail-types of the events the consumer reads.
 const (

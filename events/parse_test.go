@@ -18,7 +18,7 @@ const (
 	mrk     = "mrk-1234abcd12ab34cd56ef1234567890ab"
 )
 
-func ref(id string) KeyRef { return KeyRef{account, region, id} }
+func ref(id string) KeyRef { return KeyRef{AccountID: account, Region: region, KeyID: id} }
 
 func fixture(t testing.TB, name string) []byte {
 	t.Helper()
@@ -55,9 +55,9 @@ func TestParseFixtures(t *testing.T) {
 		{"cloudtrail-delete-alias.json", "DeleteAlias", "2024-06-12T13:30:00Z", []KeyRef{ref(key1)}, ""},
 		{"cloudtrail-delete-alias-no-key.json", "DeleteAlias", "2024-06-12T13:31:00Z", nil, ReasonAliasOnly},
 		{"cloudtrail-replicate-key.json", "ReplicateKey", "2024-06-12T14:00:00Z",
-			[]KeyRef{ref(mrk), {account, "us-east-1", mrk}}, ""},
+			[]KeyRef{ref(mrk), {AccountID: account, Region: "us-east-1", KeyID: mrk}}, ""},
 		{"cloudtrail-update-primary-region.json", "UpdatePrimaryRegion", "2024-06-12T15:00:00Z",
-			[]KeyRef{ref(mrk), {account, "us-east-1", mrk}}, ""},
+			[]KeyRef{ref(mrk), {AccountID: account, Region: "us-east-1", KeyID: mrk}}, ""},
 		{"cloudtrail-decrypt.json", TypeOther, "2024-06-12T09:14:03Z", nil, ReasonUnrelated},
 		{"service-rotation.json", DetailTypeRotation, "2024-06-13T00:00:12Z", []KeyRef{ref(key1)}, ""},
 		{"service-deletion.json", DetailTypeDeletion, "2024-07-12T00:03:41Z", []KeyRef{ref(key1)}, ""},
@@ -100,7 +100,7 @@ func TestParseWhere(t *testing.T) {
 			`{"detail-type":"AWS API Call via CloudTrail","source":"aws.kms","account":"111122223333","region":"eu-west-1",
 			 "detail":{"eventSource":"kms.amazonaws.com","eventName":"EnableKey","awsRegion":"eu-west-1","recipientAccountId":"111122223333",
 			 "requestParameters":{"keyId":"arn:aws:kms:us-west-2:444455556666:key/` + key1 + `"}}}`,
-			KeyRef{"444455556666", "us-west-2", key1}},
+			KeyRef{AccountID: "444455556666", Region: "us-west-2", KeyID: key1}},
 		"bare id: the record's account and region": {
 			`{"detail-type":"AWS API Call via CloudTrail","source":"aws.kms","account":"999999999999","region":"eu-central-1",
 			 "detail":{"eventSource":"kms.amazonaws.com","eventName":"EnableKey","awsRegion":"eu-west-1","recipientAccountId":"111122223333",

@@ -146,6 +146,8 @@ func (s *Snapshot) Locate(accountID, region, keyID string) (*TargetState, *Key) 
 // ARN or alias).
 type KeyRef struct{ AccountID, Region, KeyID string }
 
+func (r KeyRef) String() string { return r.AccountID + "/" + r.Region + "/" + r.KeyID }
+
 // ErrNotAudited: the account and region are not audited by this exporter.
 var ErrNotAudited = errors.New("the account and region are not audited")
 

@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -461,18 +459,10 @@ func TestRemediateVerifiesAndUpdatesSnapshot(t *testing.T) {
 // TestAWSCLISeesRemediation: Debian's AWS CLI, asking local-kms itself,
 // agrees with the answers.
 func TestAWSCLISeesRemediation(t *testing.T) {
-	cli := harness.Tool(t, "aws")
 	e := setup(t, nil)
 	rotating := func(id string) bool {
 		t.Helper()
-		cmd := exec.Command(cli, "--endpoint-url", e.srv.URL, "--region", region, "--output", "json",
-			"kms", "get-key-rotation-status", "--key-id", id)
-		cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_CONFIG_FILE=/dev/null",
-			"AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true", "AWS_PAGER=")
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("aws kms get-key-rotation-status: %v %s", err, out)
-		}
+		out := harness.AWSCLI(t, e.srv.URL, region, "kms", "get-key-rotation-status", "--key-id", id)
 		var st struct{ KeyRotationEnabled bool }
 		if err := json.Unmarshal(out, &st); err != nil {
 			t.Fatalf("aws output %q: %v", out, err)

@@ -173,3 +173,18 @@ func Keys(keys ...model.Key) []*model.Key {
 	}
 	return out
 }
+
+// AWSCLI runs the AWS CLI (Debian's awscli) against endpoint with static
+// test credentials and no shared files, and returns its JSON output; a
+// failure fails the test.
+func AWSCLI(t testing.TB, endpoint, region string, args ...string) []byte {
+	t.Helper()
+	cmd := exec.Command(Tool(t, "aws"), append([]string{"--endpoint-url", endpoint, "--region", region, "--output", "json"}, args...)...)
+	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_CONFIG_FILE=/dev/null",
+		"AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true", "AWS_PAGER=")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("aws %s: %v %s", strings.Join(args, " "), err, out)
+	}
+	return out
+}

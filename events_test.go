@@ -1,0 +1,63 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kms-exporter/kms_exporter/internal/eventstest"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+)
+
+// TestServeWithEvents runs the binary with --events.sqs-queue-url on moto's
+// SQS, fed by an EventBridge rule, a resync of a day and an hour between
+// refreshes: a rotation disabled with the AWS CLI shows on /metrics within
+// seconds of its CloudTrail event reaching the bus, the message is deleted
+// once it does, and the metrics of the event path say so.
+func TestServeWithEvents(t *testing.T) {
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	bus := eventstest.NewBus(t, "eu-west-1")
+	p := launch(t, []string{"--refresh.interval=1h", "--refresh.resync-interval=24h", "--events.sqs-queue-url=" + bus.QueueURL},
+		testEnv(srv.URL, "AWS_ENDPOINT_URL_SQS="+bus.Moto.URL))
+	p.waitReady(t)
+	metrics := "http://" + p.addr + "/metrics"
+	id := ids["payments"]
+	if _, body := get(t, metrics); !strings.Contains(body, complianceLine(id, "compliant", "rotation_enabled")) {
+		t.Fatalf("before: %s is not compliant", id)
+	}
+
+	harness.AWSCLI(t, srv.URL, "eu-west-1", "kms", "disable-key-rotation", "--key-id", id)
+	// Without an event nothing would show before the next refresh, an hour away.
+	time.Sleep(time.Second)
+	if _, body := get(t, metrics); !strings.Contains(body, complianceLine(id, "compliant", "rotation_enabled")) {
+		t.Fatalf("%s changed without an event", id)
+	}
+	arn := fmt.Sprintf("arn:aws:kms:eu-west-1:%s:key/%s", kmstest.DefaultAccount, id)
+	sent := time.Now()
+	bus.APICall(t, "DisableKeyRotation", kmstest.DefaultAccount, "eu-west-1", arn, sent)
+	harness.Poll(t, 10*time.Second, func() string {
+		if _, body := get(t, metrics); !strings.Contains(body, complianceLine(id, "noncompliant", "rotation_disabled")) {
+			return id + " is not noncompliant yet"
+		}
+		return ""
+	})
+	t.Logf("DisableKeyRotation event to noncompliant on /metrics: %v", time.Since(sent).Round(time.Millisecond))
+	harness.Poll(t, 10*time.Second, func() string {
+		if h := bus.Held(t); h != "0 visible, 0 in flight" {
+			return "queue: " + h
+		}
+		return ""
+	})
+	_, body := get(t, metrics)
+	for _, want := range []string{
+		`kms_exporter_events_received_total{type="DisableKeyRotation"} 1`,
+		`kms_exporter_event_messages_total{result="deleted"} 1`,
+		`kms_exporter_event_lag_seconds_count 1`,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+}

@@ -1,0 +1,109 @@
+// Package eventstest runs the event path of the exporter on real parts for
+// tests and benchmarks: moto's SQS and EventBridge, a queue with its
+// dead-letter queue, and the rule of events.EventPattern sending KMS events
+// to it, as deploy/events sets them up in AWS. What CloudTrail does in AWS
+// (record a KMS call and hand its event to EventBridge) the test does with
+// PutEvents, in the shape AWS documents (see events/testdata).
+package eventstest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/eventbridge"
+	ebtypes "github.com/aws/aws-sdk-go-v2/service/eventbridge/types"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
+
+	"github.com/kms-exporter/kms_exporter/events"
+	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+)
+
+// Bus is moto with a KMS event queue behind an EventBridge rule.
+type Bus struct {
+	Moto     *kmstest.Moto
+	QueueURL string
+	DLQURL   string
+	sqs      *sqs.Client
+	eb       *eventbridge.Client
+}
+
+// NewBus starts moto for a test and sets up the queue (visibility 30 s, a
+// dead-letter queue after 5 receives) and the rule.
+func NewBus(t testing.TB, region string) *Bus {
+	t.Helper()
+	m := kmstest.StartMoto(t)
+	cfg := aws.Config{Region: region, BaseEndpoint: aws.String(m.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("test", "test", "")}
+	b := &Bus{Moto: m, sqs: sqs.NewFromConfig(cfg), eb: eventbridge.NewFromConfig(cfg)}
+	ctx := context.Background()
+	dlq, err := b.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("kms-events-dlq")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.DLQURL = aws.ToString(dlq.QueueUrl)
+	q, err := b.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("kms-events"), Attributes: map[string]string{
+		"VisibilityTimeout": "30",
+		"RedrivePolicy":     fmt.Sprintf(`{"deadLetterTargetArn":%q,"maxReceiveCount":"5"}`, b.attr(t, b.DLQURL, sqstypes.QueueAttributeNameQueueArn)),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.QueueURL = aws.ToString(q.QueueUrl)
+	if _, err := b.eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String("kms-exporter"), EventPattern: aws.String(events.EventPattern())}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.eb.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: aws.String("kms-exporter"), Targets: []ebtypes.Target{
+		{Id: aws.String("queue"), Arn: aws.String(b.attr(t, b.QueueURL, sqstypes.QueueAttributeNameQueueArn))}}}); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (b *Bus) attr(t testing.TB, url string, name sqstypes.QueueAttributeName) string {
+	t.Helper()
+	out, err := b.sqs.GetQueueAttributes(context.Background(), &sqs.GetQueueAttributesInput{
+		QueueUrl: aws.String(url), AttributeNames: []sqstypes.QueueAttributeName{name}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out.Attributes[string(name)]
+}
+
+// Held says how many messages the queue holds, visible and in flight.
+func (b *Bus) Held(t testing.TB) string {
+	return b.attr(t, b.QueueURL, sqstypes.QueueAttributeNameApproximateNumberOfMessages) + " visible, " +
+		b.attr(t, b.QueueURL, sqstypes.QueueAttributeNameApproximateNumberOfMessagesNotVisible) + " in flight"
+}
+
+// APICall puts on the bus the event CloudTrail records for a KMS API call
+// on a key (its ARN), made at the given time: an EventBridge "AWS API Call
+// via CloudTrail" event whose detail is the CloudTrail record.
+func (b *Bus) APICall(t testing.TB, eventName, account, region, keyARN string, at time.Time) {
+	t.Helper()
+	detail, err := json.Marshal(map[string]any{
+		"eventVersion": "1.08",
+		"userIdentity": map[string]any{"type": "IAMUser", "accountId": account, "arn": "arn:aws:iam::" + account + ":user/tester"},
+		"eventTime":    at.UTC().Format(time.RFC3339), "eventSource": "kms.amazonaws.com", "eventName": eventName,
+		"awsRegion": region, "sourceIPAddress": "192.0.2.0", "userAgent": "aws-cli",
+		"requestParameters": map[string]any{"keyId": keyARN}, "responseElements": nil,
+		"requestID": "81f5b794-452b-4d6a-932b-68c188165273", "eventID": "fefc43a7-8e06-419f-bcab-b3bf18d6a401",
+		"readOnly": false, "resources": []map[string]any{{"accountId": account, "type": "AWS::KMS::Key", "ARN": keyARN}},
+		"eventType": "AwsApiCall", "managementEvent": true, "recipientAccountId": account, "eventCategory": "Management",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.eb.PutEvents(context.Background(), &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+		Source: aws.String("aws.kms"), DetailType: aws.String(events.DetailTypeAPICall), Time: aws.Time(at),
+		Detail: aws.String(string(detail)),
+	}}})
+	if err != nil || out.FailedEntryCount != 0 {
+		t.Fatalf("PutEvents: %v, %+v", err, out)
+	}
+}
