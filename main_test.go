@@ -23,6 +23,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/kms-exporter/kms_exporter/collector"
+	"github.com/kms-exporter/kms_exporter/internal/eventstest"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/policy"
@@ -607,11 +608,17 @@ const token = "s3cret-token"
 // startWithRemediation starts the exporter with the remediation API enabled.
 func startWithRemediation(t *testing.T, endpoint string, args ...string) *process {
 	t.Helper()
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+	return start(t, endpoint, append([]string{"--remediation.enabled", "--remediation.token-file=" + tokenFile(t)}, args...)...)
+}
+
+// tokenFile writes the remediation token to a file of the test's.
+func tokenFile(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return start(t, endpoint, append([]string{"--remediation.enabled", "--remediation.token-file=" + tokenFile}, args...)...)
+	return path
 }
 
 // postRemediation asks the API to remediate a key in eu-west-1 and returns the
@@ -767,5 +774,58 @@ func TestSecondSignal(t *testing.T) {
 	}
 	if code := p.waitExit(t, 5*time.Second); code != -1 {
 		t.Errorf("exit code %d after a second SIGTERM, want the signal's end (-1)", code)
+	}
+}
+
+// TestReadmeDocumentsEveryFlagAndMetric: every flag the binary's --help
+// lists has a row in the README's flags table, and every metric the
+// exporter serves (its own and the inventory's) a row in the metrics table.
+func TestReadmeDocumentsEveryFlagAndMetric(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := func(title string) string {
+		s := string(readme)
+		i := strings.Index(s, "\n## "+title+"\n")
+		if i < 0 {
+			t.Fatalf("README has no section %q", title)
+		}
+		s = s[i+len(title)+5:]
+		if j := strings.Index(s, "\n## "); j >= 0 {
+			s = s[:j]
+		}
+		return s
+	}
+	out, _ := exec.Command(binary, "--help").CombinedOutput()
+	flags := regexp.MustCompile(`(?m)^\s+(?:-\w, )?--(?:\[no-\])?([a-z0-9-]+(?:\.[a-z0-9-]+)*)(?:=|\s|$)`).FindAllStringSubmatch(string(out), -1)
+	if len(flags) < 20 {
+		t.Fatalf("--help lists %d flags:\n%s", len(flags), out)
+	}
+	table := section("Flags")
+	for _, f := range flags {
+		if f[1] == "help" || f[1] == "help-long" || f[1] == "version" {
+			continue
+		}
+		if !strings.Contains(table, "\n| `--"+f[1]+"`") && !strings.Contains(table, "\n| `--[no-]"+f[1]+"`") {
+			t.Errorf("the README's flags table has no row for --%s", f[1])
+		}
+	}
+
+	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
+	bus := eventstest.NewBus(t, "eu-west-1")
+	p := launch(t, []string{"--remediation.enabled", "--remediation.token-file=" + tokenFile(t), "--events.sqs-queue-url=" + bus.QueueURL},
+		testEnv(srv.URL, "AWS_ENDPOINT_URL_SQS="+bus.Moto.URL))
+	p.waitReady(t)
+	_, body := get(t, "http://"+p.addr+"/metrics")
+	metrics := section("Metrics")
+	for _, name := range parseExposition(t, body).names() {
+		if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") || strings.HasPrefix(name, "promhttp_") {
+			continue
+		}
+		base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_count"), "_sum")
+		if !strings.Contains(metrics, "`"+name+"`") && !strings.Contains(metrics, "`"+base+"`") {
+			t.Errorf("the README's metrics table has no row for %s", name)
+		}
 	}
 }
