@@ -1,10 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -20,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
 
@@ -27,6 +32,8 @@ const (
 	queueTemplate     = "deploy/events/cloudformation/kms-events-queue.yaml"
 	forwarderTemplate = "deploy/events/cloudformation/kms-events-forwarder.yaml"
 	eventsPolicyFile  = "deploy/iam/kms-exporter-events.json"
+	terraformDir      = "deploy/events/terraform"
+	terraformPattern  = terraformDir + "/kms-event-pattern.json"
 )
 
 // kmsEventNames are the CloudTrail-recorded KMS API calls after which the
@@ -58,9 +65,9 @@ func eventPatterns(t *testing.T, path string) map[string]any {
 }
 
 // TestEventPatternsAreOne: the three rules of the two templates (central
-// default bus, central custom bus, member forwarder) carry one pattern.
-// CloudFormation has no YAML anchors, so the text is repeated and held
-// equal here.
+// default bus, central custom bus, member forwarder) and the pattern file
+// of the Terraform modules carry one pattern. CloudFormation has no YAML
+// anchors, so the text is repeated and held equal here.
 func TestEventPatternsAreOne(t *testing.T) {
 	all := map[string]any{}
 	for _, path := range []string{queueTemplate, forwarderTemplate} {
@@ -69,18 +76,21 @@ func TestEventPatternsAreOne(t *testing.T) {
 		}
 	}
 	if len(all) != 3 {
-		t.Fatalf("want 3 rules (2 central, 1 forwarder), found %v", slices.Sorted(func(yield func(string) bool) {
-			for k := range all {
-				if !yield(k) {
-					return
-				}
-			}
-		}))
+		t.Fatalf("want 3 rules (2 central, 1 forwarder), found %v", slices.Sorted(maps.Keys(all)))
 	}
 	ref := eventPatterns(t, queueTemplate)["KmsEventsRule"]
 	if ref == nil {
 		t.Fatal("no KmsEventsRule in " + queueTemplate)
 	}
+	raw, err := os.ReadFile(terraformPattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tf any
+	if err := json.Unmarshal(raw, &tf); err != nil {
+		t.Fatalf("%s: %v", terraformPattern, err)
+	}
+	all[terraformPattern] = tf
 	for where, p := range all {
 		if !reflect.DeepEqual(p, ref) {
 			t.Errorf("%s: pattern differs from KmsEventsRule's:\n%v\nwant\n%v", where, p, ref)
@@ -527,5 +537,43 @@ func TestEventsTemplatePolicies(t *testing.T) {
 	target := dig(forwarder, "ForwardKmsEventsRule", "Properties", "Targets", 0)
 	if dig(target, "Arn") != "CentralEventBusArn" || dig(target, "RoleArn") != "ForwardRole.Arn" {
 		t.Errorf("forwarding target %v", target)
+	}
+}
+
+// TestEventsTerraform checks the Terraform modules offline: terraform fmt,
+// then init from the local provider mirror and validate, on a copy (init
+// writes a lock file and .terraform/). Set KMS_EXPORTER_TF_PLUGIN_DIR to a
+// provider mirror holding hashicorp/aws (default /opt/tf-plugins).
+// An apply on moto works too (docs/events.md) but takes minutes: the AWS
+// provider waits for SQS attributes to settle.
+func TestEventsTerraform(t *testing.T) {
+	tf := harness.Tool(t, "terraform")
+	plugins := cmp.Or(os.Getenv("KMS_EXPORTER_TF_PLUGIN_DIR"), "/opt/tf-plugins")
+	if _, err := os.Stat(filepath.Join(plugins, "registry.terraform.io/hashicorp/aws")); err != nil {
+		msg := "no hashicorp/aws provider in " + plugins + " (KMS_EXPORTER_TF_PLUGIN_DIR)"
+		if harness.RequireTools(t) {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	terraform := func(dir string, args ...string) {
+		t.Helper()
+		cmd := exec.Command(tf, args...)
+		cmd.Dir = dir
+		// No version check over the network, no user configuration.
+		cmd.Env = append(os.Environ(), "CHECKPOINT_DISABLE=1", "TF_IN_AUTOMATION=1", "TF_CLI_CONFIG_FILE=/dev/null")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("terraform %s in %s: %v\n%s", strings.Join(args, " "), dir, err, out)
+		}
+	}
+	terraform(terraformDir, "fmt", "-check", "-recursive", "-diff")
+	copyDir := t.TempDir()
+	if err := os.CopyFS(copyDir, os.DirFS(terraformDir)); err != nil {
+		t.Fatal(err)
+	}
+	for _, module := range []string{"central", "forwarder"} {
+		dir := filepath.Join(copyDir, module)
+		terraform(dir, "init", "-backend=false", "-input=false", "-no-color", "-plugin-dir="+plugins)
+		terraform(dir, "validate", "-no-color")
 	}
 }
