@@ -238,9 +238,12 @@ type motoClients struct {
 
 func clientsFor(url, region string) motoClients {
 	cfg := aws.Config{
-		Region:           region,
-		Credentials:      credentials.NewStaticCredentialsProvider("test", "test", ""),
-		BaseEndpoint:     aws.String(url),
+		Region:       region,
+		Credentials:  credentials.NewStaticCredentialsProvider("test", "test", ""),
+		BaseEndpoint: aws.String(url),
+		// One attempt: moto answers a failed CreateStack with a 500 after
+		// creating part of the stack, and a retry then reports only
+		// AlreadyExists.
 		RetryMaxAttempts: 1,
 	}
 	return motoClients{cloudformation.NewFromConfig(cfg), eventbridge.NewFromConfig(cfg), sqs.NewFromConfig(cfg)}
