@@ -280,3 +280,85 @@ func TestShardedStatefulSet(t *testing.T) {
 		t.Error("pods are not selected by the ServiceMonitor's labels")
 	}
 }
+
+// stringsIn collects the strings of a decoded YAML or JSON tree: the
+// actions of a policy, what !Ref and !GetAtt name.
+func stringsIn(v any) []string {
+	switch v := v.(type) {
+	case string:
+		return []string{v}
+	case []any:
+		var out []string
+		for _, e := range v {
+			out = append(out, stringsIn(e)...)
+		}
+		return out
+	case map[string]any:
+		var out []string
+		for _, e := range v {
+			out = append(out, stringsIn(e)...)
+		}
+		return out
+	}
+	return nil
+}
+
+// unscopedActions are the only calls allowed on Resource "*": they act on no
+// resource IAM can name.
+var unscopedActions = []string{"kms:ListKeys", "kms:ListAliases", "organizations:ListAccounts", "account:ListRegions"}
+
+// TestIAMPoliciesLeastPrivilege holds every shipped policy to the same
+// rules: Allow only, named actions (no wildcard), and a resource wherever
+// the action takes one.
+func TestIAMPoliciesLeastPrivilege(t *testing.T) {
+	files, err := filepath.Glob("deploy/iam/*.json")
+	if err != nil || len(files) < 5 {
+		t.Fatalf("deploy/iam: %v %v", files, err)
+	}
+	for _, path := range files {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p struct {
+			Version   string
+			Statement []struct {
+				Effect    string
+				Principal any
+				Action    any
+				Resource  any
+			}
+		}
+		if err := json.Unmarshal(raw, &p); err != nil || p.Version != "2012-10-17" || len(p.Statement) == 0 {
+			t.Errorf("%s: not a policy (%v, Version %q)", path, err, p.Version)
+			continue
+		}
+		for i, s := range p.Statement {
+			actions, resources := stringsIn(s.Action), stringsIn(s.Resource)
+			if s.Effect != "Allow" || len(actions) == 0 {
+				t.Errorf("%s statement %d: Effect %q, actions %v", path, i, s.Effect, actions)
+			}
+			for _, a := range actions {
+				if strings.Contains(a, "*") {
+					t.Errorf("%s statement %d: wildcard action %q", path, i, a)
+				}
+			}
+			if s.Principal != nil { // a trust policy: the role it sits on is the resource
+				continue
+			}
+			if len(resources) == 0 {
+				t.Errorf("%s statement %d: no Resource", path, i)
+			}
+			for _, r := range resources {
+				if r != "*" {
+					continue
+				}
+				for _, a := range actions {
+					if !slices.Contains(unscopedActions, a) {
+						t.Errorf("%s statement %d: %s on Resource \"*\"; scope it", path, i, a)
+					}
+				}
+			}
+		}
+	}
+}
