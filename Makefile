@@ -42,6 +42,8 @@ $(BIN)/gremlins: tools/go.mod tools/go.sum
 # moto's server, the second AWS emulator of the tests (SQS, EventBridge, CloudFormation), at MOTO_VERSION
 # (internal/kmstest.MotoVersion): installed with pip only where python3 does not have that version.
 MOTO_VERSION := 5.2.1
+# cfn-lint checks deploy/events' CloudFormation templates against the resource schemas.
+CFN_LINT_VERSION := 1.51.0
 PYTHON    ?= python3
 
 # deps installs what the tests run: Debian packages (once), local-kms and toxiproxy at the versions pinned in tools/go.mod,
@@ -49,6 +51,8 @@ PYTHON    ?= python3
 deps: $(BIN)/local-kms $(BIN)/toxiproxy-server $(BIN)/helm
 	@$(PYTHON) -c 'import moto, sys; sys.exit(moto.__version__ != "$(MOTO_VERSION)")' 2>/dev/null || { \
 		echo "installing moto $(MOTO_VERSION)"; $(PYTHON) -m pip install -q 'moto[server]==$(MOTO_VERSION)'; }
+	@cfn-lint --version 2>/dev/null | grep -q ' $(CFN_LINT_VERSION)$$' || { \
+		echo "installing cfn-lint $(CFN_LINT_VERSION)"; $(PYTHON) -m pip install -q 'cfn-lint==$(CFN_LINT_VERSION)'; }
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
