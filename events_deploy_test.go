@@ -24,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
+	"github.com/kms-exporter/kms_exporter/events"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
@@ -37,18 +38,12 @@ const (
 )
 
 // kmsEventNames are the CloudTrail-recorded KMS API calls after which the
-// exporter re-reads the key they name (issue 11): the event rules must let
-// exactly these through.
-var kmsEventNames = []string{
-	"EnableKeyRotation", "DisableKeyRotation", "RotateKeyOnDemand", "CreateKey",
-	"ScheduleKeyDeletion", "CancelKeyDeletion", "EnableKey", "DisableKey",
-	"TagResource", "UntagResource", "ReplicateKey", "UpdatePrimaryRegion",
-	"ImportKeyMaterial", "DeleteImportedKeyMaterial", "PutKeyPolicy",
-	"CreateAlias", "UpdateAlias", "DeleteAlias",
-}
-
-// kmsServiceDetailTypes are the events KMS itself sends (source aws.kms).
-var kmsServiceDetailTypes = []string{"KMS CMK Rotation", "KMS CMK Deletion", "KMS Imported Key Material Expiration"}
+// exporter re-reads the key they name: the event rules must let exactly
+// these through, and kmsServiceDetailTypes, the events KMS itself sends.
+var (
+	kmsEventNames         = events.APICallNames
+	kmsServiceDetailTypes = events.ServiceEventTypes
+)
 
 // eventPatterns returns the EventPattern of every AWS::Events::Rule of a
 // template, by logical id.
@@ -148,8 +143,14 @@ func TestEventsPolicy(t *testing.T) {
 		t.Fatalf("%d statements", len(p.Statement))
 	}
 	s := p.Statement[0]
-	if s.Effect != "Allow" || !slices.Equal(s.Action, []string{"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"}) {
-		t.Errorf("statement %+v", s)
+	// Exactly the calls the consumer can make: the methods of events.SQSAPI.
+	var calls []string
+	api := reflect.TypeFor[events.SQSAPI]()
+	for i := range api.NumMethod() {
+		calls = append(calls, "sqs:"+api.Method(i).Name)
+	}
+	if s.Effect != "Allow" || !slices.Equal(slices.Sorted(slices.Values(s.Action)), calls) {
+		t.Errorf("statement %+v, want Allow of %v", s, calls)
 	}
 	queueName := fmt.Sprint(dig(readYAML(t, queueTemplate)[0], "Parameters", "QueueName", "Default"))
 	if !strings.HasPrefix(s.Resource, "arn:aws:sqs:") || !strings.HasSuffix(s.Resource, ":"+queueName) || strings.Contains(s.Resource, "*") {
