@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/kms-exporter/kms_exporter/events"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 
@@ -219,7 +220,7 @@ func TestComposeStack(t *testing.T) {
 	run(t, ".", "amtool", "check-config", dir+"/alertmanager.yml")
 	compose := readYAML(t, dir+"/docker-compose.yml")[0]
 	services, _ := compose["services"].(map[string]any)
-	for _, s := range []string{"local-kms", "kms-exporter", "prometheus", "alertmanager", "grafana"} {
+	for _, s := range []string{"local-kms", "moto", "events-setup", "kms-exporter", "prometheus", "alertmanager", "grafana"} {
 		if services[s] == nil {
 			t.Errorf("compose stack lacks %s", s)
 		}
@@ -244,6 +245,49 @@ func TestComposeStack(t *testing.T) {
 	if dig(prom, "rule_files", 0) != "/etc/prometheus/rules/kms-rotation.rules.yml" ||
 		dig(prom, "scrape_configs", 0, "job_name") != "kms-exporter" {
 		t.Errorf("compose prometheus.yml: %v", prom)
+	}
+}
+
+// TestComposeEvents runs the compose stack's events-setup.sh (with Debian's
+// AWS CLI) on moto: a KMS event put on the bus lands in the queue the
+// exporter of the stack is told to poll, and an unrelated one does not.
+func TestComposeEvents(t *testing.T) {
+	const dir = "deploy/compose"
+	moto := kmstest.StartMoto(t)
+	cmd := exec.Command("sh", filepath.Join(dir, "events-setup.sh"))
+	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL="+moto.URL, "AWS_DEFAULT_REGION=eu-west-1", "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x",
+		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_PAGER=",
+		"PATH="+filepath.Dir(harness.Tool(t, "aws"))+":"+os.Getenv("PATH"), "PATTERN="+filepath.Join("deploy", "events", "terraform", "kms-event-pattern.json"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("events-setup.sh: %v\n%s", err, out)
+	}
+	var flag string
+	for _, a := range dig(readYAML(t, dir+"/docker-compose.yml")[0], "services", "kms-exporter", "command").([]any) {
+		if v, ok := strings.CutPrefix(a.(string), "--events.sqs-queue-url="); ok {
+			flag = v
+		}
+	}
+	q, err := events.ParseQueueURL(flag)
+	if err != nil {
+		t.Fatalf("the stack's --events.sqs-queue-url: %v", err)
+	}
+	for _, name := range []string{"DisableKeyRotation", "Encrypt"} {
+		detail := fmt.Sprintf(`{"eventSource":"kms.amazonaws.com","eventName":%q,"awsRegion":"eu-west-1","recipientAccountId":"111122223333",`+
+			`"requestParameters":{"keyId":"arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"}}`, name)
+		entries, _ := json.Marshal([]map[string]string{{"Source": "aws.kms", "DetailType": events.DetailTypeAPICall, "Detail": detail}})
+		harness.AWSCLI(t, moto.URL, "eu-west-1", "events", "put-events", "--entries", string(entries))
+	}
+	out := harness.AWSCLI(t, moto.URL, "eu-west-1", "sqs", "get-queue-attributes", "--queue-url", moto.URL+"/"+q.AccountID+"/"+q.Name,
+		"--attribute-names", "ApproximateNumberOfMessages", "RedrivePolicy")
+	var attrs struct{ Attributes map[string]string }
+	if err := json.Unmarshal(out, &attrs); err != nil {
+		t.Fatal(err)
+	}
+	if n := attrs.Attributes["ApproximateNumberOfMessages"]; n != "1" {
+		t.Errorf("%s messages in the stack's queue, want the DisableKeyRotation event alone", n)
+	}
+	if !strings.Contains(attrs.Attributes["RedrivePolicy"], "kms-events-dlq") {
+		t.Errorf("the stack's queue has no dead-letter queue: %q", attrs.Attributes["RedrivePolicy"])
 	}
 }
 

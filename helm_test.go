@@ -84,7 +84,10 @@ aws:
   timeout: 5s
 refresh:
   interval: 10m
+  resyncInterval: 24h
   maxStaleAge: 1h
+events:
+  sqsQueueUrls: ["https://sqs.eu-west-1.amazonaws.com/111122223333/kms-events"]
 compliance:
   maxRotationPeriodDays: 180
   exemptionTag: rotation-exempt

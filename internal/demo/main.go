@@ -1,7 +1,8 @@
 // Command demo runs kms_exporter against an embedded default: local-kms
 // (pinned in tools/go.mod) seeded with a mixed sample inventory, behind the
 // test proxy that adds what only AWS has (rotation periods and dates, an
-// AWS-managed key, a multi-Region replica). `make demo` runs it.
+// AWS-managed key, a multi-Region replica), with events on: moto's SQS and
+// EventBridge, fed by the proxy as CloudTrail would be. `make demo` runs it.
 package main
 
 import (
@@ -16,10 +17,12 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kms-exporter/kms_exporter/internal/eventstest"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
 
@@ -49,6 +52,25 @@ func main() {
 	proxy := kmstest.StartProxy(srv.URL)
 	defer proxy.Close()
 
+	// Events on: moto's SQS and EventBridge with the queue and rule of
+	// deploy/events, and the proxy doing what CloudTrail does in AWS: each
+	// call that changes a key puts its event on the bus.
+	log.Printf("starting moto (SQS, EventBridge) for the events")
+	moto, err := kmstest.StartMotoServer()
+	if err != nil {
+		log.Fatalf("%v (make deps installs moto)", err)
+	}
+	defer moto.Close()
+	bus, err := eventstest.Setup(ctx, moto, *region)
+	if err != nil {
+		log.Fatal(err)
+	}
+	proxy.SetTrail(func(op, region, keyARN string) {
+		if err := bus.PutAPICall(context.Background(), op, kmstest.DefaultAccount, region, keyARN, time.Now()); err != nil {
+			log.Printf("putting the %s event on the bus: %v", op, err)
+		}
+	})
+
 	ids, err := kmstest.SeedMixed(ctx, srv.Client())
 	if err != nil {
 		log.Fatal(err)
@@ -76,8 +98,10 @@ func main() {
 	fmt.Printf("  %-34s %-38s expect %s (%s)\n", "(none)", "(multi-Region replica, from the proxy)", "noncompliant", "rotation_disabled")
 	fmt.Printf("\nExporter: http://%s/  metrics: http://%s/metrics\n", *listen, *listen)
 	fmt.Printf("Try:  curl -s http://%s/metrics | grep '^kms_key_compliance'\n", *listen)
-	fmt.Printf("Change a key and watch the next refresh (15s):\n  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws --endpoint-url %s --region %s kms enable-key-rotation --key-id %s\n\n",
-		srv.URL, *region, ids["legacy-billing"])
+	fmt.Printf("Change a key: its event reaches the exporter through EventBridge and SQS (moto), and /metrics shows it within a second\n"+
+		"(every key is also re-read once an hour, --refresh.resync-interval; the keys are listed every 15s):\n"+
+		"  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws --endpoint-url %s --region %s kms enable-key-rotation --key-id %s\n\n",
+		proxy.URL, *region, ids["legacy-billing"])
 
 	// Remediation on, with a token made for this run.
 	secret := make([]byte, 16)
@@ -97,8 +121,9 @@ func main() {
 	fmt.Printf("  AWS_ENDPOINT_URL_KMS=%s AWS_REGION=%s AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x %s remediate --all-noncompliant --dry-run\n\n", proxy.URL, *region, *exporter)
 
 	cmd := exec.CommandContext(ctx, *exporter, "--web.listen-address="+*listen, "--aws.region="+*region, "--refresh.interval=15s",
+		"--refresh.resync-interval=1h", "--events.sqs-queue-url="+bus.QueueURL,
 		"--remediation.enabled", "--remediation.token-file="+tokenFile)
-	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+proxy.URL, "AWS_REGION="+*region,
+	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+proxy.URL, "AWS_ENDPOINT_URL_SQS="+moto.URL, "AWS_REGION="+*region,
 		"AWS_ACCESS_KEY_ID=demo", "AWS_SECRET_ACCESS_KEY=demo", "AWS_EC2_METADATA_DISABLED=true")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }

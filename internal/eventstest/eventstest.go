@@ -33,46 +33,68 @@ type Bus struct {
 	eb       *eventbridge.Client
 }
 
-// NewBus starts moto for a test and sets up the queue (visibility 30 s, a
-// dead-letter queue after 5 receives) and the rule.
+// NewBus starts moto for a test and sets up the queue and the rule (see Setup).
 func NewBus(t testing.TB, region string) *Bus {
 	t.Helper()
 	m := kmstest.StartMoto(t)
-	cfg := aws.Config{Region: region, BaseEndpoint: aws.String(m.URL),
-		Credentials: credentials.NewStaticCredentialsProvider("test", "test", "")}
-	b := &Bus{Moto: m, sqs: sqs.NewFromConfig(cfg), eb: eventbridge.NewFromConfig(cfg)}
-	ctx := context.Background()
-	dlq, err := b.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("kms-events-dlq")})
+	b, err := Setup(context.Background(), m, region)
 	if err != nil {
-		t.Fatal(err)
-	}
-	b.DLQURL = aws.ToString(dlq.QueueUrl)
-	q, err := b.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("kms-events"), Attributes: map[string]string{
-		"VisibilityTimeout": "30",
-		"RedrivePolicy":     fmt.Sprintf(`{"deadLetterTargetArn":%q,"maxReceiveCount":"5"}`, b.attr(t, b.DLQURL, sqstypes.QueueAttributeNameQueueArn)),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.QueueURL = aws.ToString(q.QueueUrl)
-	if _, err := b.eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String("kms-exporter"), EventPattern: aws.String(events.EventPattern())}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.eb.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: aws.String("kms-exporter"), Targets: []ebtypes.Target{
-		{Id: aws.String("queue"), Arn: aws.String(b.attr(t, b.QueueURL, sqstypes.QueueAttributeNameQueueArn))}}}); err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
+// Setup creates, on a running moto, the queue (visibility 30 s, a
+// dead-letter queue after 5 receives) and the rule sending KMS events to it.
+func Setup(ctx context.Context, m *kmstest.Moto, region string) (*Bus, error) {
+	cfg := aws.Config{Region: region, BaseEndpoint: aws.String(m.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("test", "test", "")}
+	b := &Bus{Moto: m, sqs: sqs.NewFromConfig(cfg), eb: eventbridge.NewFromConfig(cfg)}
+	dlq, err := b.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("kms-events-dlq")})
+	if err != nil {
+		return nil, err
+	}
+	b.DLQURL = aws.ToString(dlq.QueueUrl)
+	dlqARN, err := b.attribute(ctx, b.DLQURL, sqstypes.QueueAttributeNameQueueArn)
+	if err != nil {
+		return nil, err
+	}
+	q, err := b.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("kms-events"), Attributes: map[string]string{
+		"VisibilityTimeout": "30",
+		"RedrivePolicy":     fmt.Sprintf(`{"deadLetterTargetArn":%q,"maxReceiveCount":"5"}`, dlqARN),
+	}})
+	if err != nil {
+		return nil, err
+	}
+	b.QueueURL = aws.ToString(q.QueueUrl)
+	queueARN, err := b.attribute(ctx, b.QueueURL, sqstypes.QueueAttributeNameQueueArn)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.eb.PutRule(ctx, &eventbridge.PutRuleInput{Name: aws.String("kms-exporter"), EventPattern: aws.String(events.EventPattern())}); err != nil {
+		return nil, err
+	}
+	_, err = b.eb.PutTargets(ctx, &eventbridge.PutTargetsInput{Rule: aws.String("kms-exporter"), Targets: []ebtypes.Target{
+		{Id: aws.String("queue"), Arn: aws.String(queueARN)}}})
+	return b, err
+}
+
+func (b *Bus) attribute(ctx context.Context, url string, name sqstypes.QueueAttributeName) (string, error) {
+	out, err := b.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+		QueueUrl: aws.String(url), AttributeNames: []sqstypes.QueueAttributeName{name}})
+	if err != nil {
+		return "", err
+	}
+	return out.Attributes[string(name)], nil
+}
+
 func (b *Bus) attr(t testing.TB, url string, name sqstypes.QueueAttributeName) string {
 	t.Helper()
-	out, err := b.sqs.GetQueueAttributes(context.Background(), &sqs.GetQueueAttributesInput{
-		QueueUrl: aws.String(url), AttributeNames: []sqstypes.QueueAttributeName{name}})
+	v, err := b.attribute(context.Background(), url, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out.Attributes[string(name)]
+	return v
 }
 
 // Held says how many messages the queue holds, visible and in flight.
@@ -82,10 +104,17 @@ func (b *Bus) Held(t testing.TB) string {
 }
 
 // APICall puts on the bus the event CloudTrail records for a KMS API call
-// on a key (its ARN), made at the given time: an EventBridge "AWS API Call
-// via CloudTrail" event whose detail is the CloudTrail record.
+// on a key (its ARN) made at the given time; see PutAPICall.
 func (b *Bus) APICall(t testing.TB, eventName, account, region, keyARN string, at time.Time) {
 	t.Helper()
+	if err := b.PutAPICall(context.Background(), eventName, account, region, keyARN, at); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// PutAPICall puts on the bus an EventBridge "AWS API Call via CloudTrail"
+// event whose detail is the CloudTrail record of a KMS call on a key.
+func (b *Bus) PutAPICall(ctx context.Context, eventName, account, region, keyARN string, at time.Time) error {
 	detail, err := json.Marshal(map[string]any{
 		"eventVersion": "1.08",
 		"userIdentity": map[string]any{"type": "IAMUser", "accountId": account, "arn": "arn:aws:iam::" + account + ":user/tester"},
@@ -97,13 +126,14 @@ func (b *Bus) APICall(t testing.TB, eventName, account, region, keyARN string, a
 		"eventType": "AwsApiCall", "managementEvent": true, "recipientAccountId": account, "eventCategory": "Management",
 	})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	out, err := b.eb.PutEvents(context.Background(), &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+	out, err := b.eb.PutEvents(ctx, &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
 		Source: aws.String("aws.kms"), DetailType: aws.String(events.DetailTypeAPICall), Time: aws.Time(at),
 		Detail: aws.String(string(detail)),
 	}}})
-	if err != nil || out.FailedEntryCount != 0 {
-		t.Fatalf("PutEvents: %v, %+v", err, out)
+	if err == nil && out.FailedEntryCount != 0 {
+		err = fmt.Errorf("PutEvents: %d entries failed", out.FailedEntryCount)
 	}
+	return err
 }

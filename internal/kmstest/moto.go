@@ -49,6 +49,10 @@ func StartMoto(t testing.TB) *Moto {
 	return m
 }
 
+// StartMotoServer runs moto's server outside a test (the demo): python3
+// from PATH, with moto installed (`make deps`).
+func StartMotoServer() (*Moto, error) { return startMoto("python3") }
+
 func startMoto(python string) (*Moto, error) {
 	// Port 0: the server picks a free port and prints it, so that two
 	// never race for one.

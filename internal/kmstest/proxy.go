@@ -37,6 +37,21 @@ type Proxy struct {
 	faults  []*Fault
 	calls   map[string]int
 	roles   map[string]bool
+	trail   func(op, region, keyARN string)
+}
+
+// trailed are the calls SetTrail reports: those that change a key.
+var trailed = map[string]bool{"EnableKeyRotation": true, "DisableKeyRotation": true, "CreateKey": true,
+	"ScheduleKeyDeletion": true, "CancelKeyDeletion": true, "EnableKey": true, "DisableKey": true,
+	"TagResource": true, "UntagResource": true, "CreateAlias": true, "UpdateAlias": true, "PutKeyPolicy": true}
+
+// SetTrail makes the proxy do what CloudTrail does for the calls that change
+// a key: after each that succeeds, trail is told the operation, the region
+// and the key's ARN (not for a key named by an alias).
+func (p *Proxy) SetTrail(trail func(op, region, keyARN string)) {
+	p.mu.Lock()
+	p.trail = trail
+	p.mu.Unlock()
 }
 
 // fakeID names a fake key: a multi-Region primary and its replicas share an id.
@@ -253,6 +268,34 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 	w.WriteHeader(status)
 	_, _ = w.Write(out)
+	p.mu.Lock()
+	trail := p.trail
+	p.mu.Unlock()
+	if trail != nil && status == http.StatusOK && trailed[op] {
+		if arn := trailedKey(signedRegion(r), op, req, out); arn != "" {
+			trail(op, signedRegion(r), arn)
+		}
+	}
+}
+
+// trailedKey is the ARN of the key a call changed, as CloudTrail names it.
+func trailedKey(region, op string, req map[string]any, out []byte) string {
+	if op == "CreateKey" {
+		var created struct{ KeyMetadata struct{ Arn string } }
+		_ = json.Unmarshal(out, &created)
+		return created.KeyMetadata.Arn
+	}
+	id, _ := req["KeyId"].(string)
+	if target, ok := req["TargetKeyId"].(string); ok {
+		id = target
+	}
+	switch {
+	case strings.HasPrefix(id, "arn:"):
+		return id
+	case id == "" || strings.HasPrefix(id, "alias/"):
+		return ""
+	}
+	return "arn:aws:kms:" + region + ":" + DefaultAccount + ":key/" + id
 }
 
 // misbehave applies a fault; it returns true when the call was answered

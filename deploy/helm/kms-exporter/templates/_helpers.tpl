@@ -98,7 +98,11 @@ printed as integers (1e+06 would be refused by an integer flag). */}}
 {{- $flags = append $flags (list "aws.max-attempts" $v.aws.maxAttempts) }}
 {{- $flags = append $flags (list "aws.timeout" $v.aws.timeout) }}
 {{- $flags = append $flags (list "refresh.interval" $v.refresh.interval) }}
+{{- $flags = append $flags (list "refresh.resync-interval" $v.refresh.resyncInterval) }}
 {{- $flags = append $flags (list "refresh.max-stale-age" $v.refresh.maxStaleAge) }}
+{{- range $v.events.sqsQueueUrls }}
+{{- $flags = append $flags (list "events.sqs-queue-url" .) }}
+{{- end }}
 {{- $flags = append $flags (list "compliance.max-rotation-period-days" $v.compliance.maxRotationPeriodDays) }}
 {{- $flags = append $flags (list "compliance.exemption-tag" $v.compliance.exemptionTag) }}
 {{- range $v.metrics.tagLabels }}
