@@ -55,7 +55,7 @@ func goldenSnapshot() *model.Snapshot {
 		Verdict: policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}}
 
 	replica := key("us-east-1", "mrk-1", symMeta("Enabled"), policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
-	replica.MultiRegionType = "REPLICA"
+	replica.MultiRegion = &model.MultiRegion{Type: "REPLICA"}
 	replica.Rotation = &policy.Rotation{Enabled: true}
 	// Its region could not be listed since: it shows its last good verdict.
 	replica.ReadError, replica.Stale = "RequestTimeout", true

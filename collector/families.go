@@ -59,7 +59,7 @@ func families(tagLabels []string) []family {
 				w.label("key_spec", k.Meta.KeySpec)
 				w.label("key_state", k.Meta.KeyState)
 				w.label("key_usage", k.Meta.KeyUsage)
-				w.label("multi_region_type", k.MultiRegionType)
+				w.label("multi_region_type", k.MultiRegionType())
 				w.label("origin", k.Meta.Origin)
 				w.label("region", k.Region)
 				for _, i := range tagOrder {

@@ -356,8 +356,15 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 		}
 	}
 	m := &k.Meta
-	for _, s := range []*string{&m.KeyManager, &m.KeySpec, &m.KeyUsage, &m.KeyState, &m.Origin, &k.MultiRegionType, &k.PrimaryRegion} {
+	for _, s := range []*string{&m.KeyManager, &m.KeySpec, &m.KeyUsage, &m.KeyState, &m.Origin} {
 		*s = intern(*s)
+	}
+	if mr := k.MultiRegion; mr != nil {
+		if prev != nil && prev.MultiRegion != nil && *prev.MultiRegion == *mr {
+			k.MultiRegion = prev.MultiRegion
+		} else {
+			mr.Type, mr.PrimaryRegion, mr.PrimaryARN = intern(mr.Type), intern(mr.PrimaryRegion), strings.Clone(mr.PrimaryARN)
+		}
 	}
 	return k
 }
@@ -549,10 +556,10 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 	k.CreationDate = aws.ToTime(m.CreationDate)
 	k.DeletionDate = aws.ToTime(m.DeletionDate)
 	if mrc := m.MultiRegionConfiguration; aws.ToBool(m.MultiRegion) && mrc != nil {
-		k.MultiRegionType = string(mrc.MultiRegionKeyType)
+		k.MultiRegion = &model.MultiRegion{Type: string(mrc.MultiRegionKeyType)}
 		if mrc.PrimaryKey != nil {
-			k.PrimaryARN = aws.ToString(mrc.PrimaryKey.Arn)
-			k.PrimaryRegion = aws.ToString(mrc.PrimaryKey.Region)
+			k.MultiRegion.PrimaryARN = aws.ToString(mrc.PrimaryKey.Arn)
+			k.MultiRegion.PrimaryRegion = aws.ToString(mrc.PrimaryKey.Region)
 		}
 	}
 }

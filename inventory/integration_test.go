@@ -332,8 +332,8 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 	if k := check("aws managed, status denied", managedDenied, policy.NotApplicable, policy.ReasonAWSManaged); k.Rotation != nil {
 		t.Errorf("denied status must not be shown: %+v", k.Rotation)
 	}
-	if k := check("replica", replica, policy.Noncompliant, policy.ReasonRotationDisabled); k.MultiRegionType != "REPLICA" ||
-		k.PrimaryRegion != "us-east-1" || k.PrimaryARN == "" {
+	if k := check("replica", replica, policy.Noncompliant, policy.ReasonRotationDisabled); k.MultiRegionType() != "REPLICA" ||
+		k.PrimaryRegion() != "us-east-1" || k.MultiRegion.PrimaryARN == "" {
 		t.Errorf("replica metadata: %+v", k)
 	}
 	check("status denied", ids["payments"], policy.Unknown, "AccessDeniedException")

@@ -57,14 +57,13 @@ type Key struct {
 	ID        string
 	ARN       string
 	// Aliases are the alias names pointing at the key, sorted.
-	Aliases         []string
-	Meta            policy.Meta
-	CreationDate    time.Time
-	DeletionDate    time.Time
-	MultiRegionType string
-	// PrimaryARN and PrimaryRegion name a multi-Region key's primary.
-	PrimaryARN    string
-	PrimaryRegion string
+	Aliases      []string
+	Meta         policy.Meta
+	CreationDate time.Time
+	DeletionDate time.Time
+	// MultiRegion places a multi-Region key; nil for a single-Region key
+	// (most keys: apart, so that they do not carry its fields).
+	MultiRegion *MultiRegion
 	// Rotation is nil when the rotation status was not read.
 	Rotation *policy.Rotation
 	// TagValues holds the values of Snapshot.TagLabels, in that order.
@@ -88,10 +87,40 @@ func (k *Key) Same(o *Key) bool {
 	return k.AccountID == o.AccountID && k.Region == o.Region && k.ID == o.ID && k.ARN == o.ARN &&
 		slices.Equal(k.Aliases, o.Aliases) && k.Meta == o.Meta &&
 		k.CreationDate.Equal(o.CreationDate) && k.DeletionDate.Equal(o.DeletionDate) &&
-		k.MultiRegionType == o.MultiRegionType && k.PrimaryARN == o.PrimaryARN && k.PrimaryRegion == o.PrimaryRegion &&
+		sameMultiRegion(k.MultiRegion, o.MultiRegion) &&
 		sameRotation(k.Rotation, o.Rotation) && slices.Equal(k.TagValues, o.TagValues) && maps.Equal(k.Tags, o.Tags) &&
 		(k.Tags == nil) == (o.Tags == nil) && sameVerdict(k.Verdict, o.Verdict) &&
 		k.ReadError == o.ReadError && k.Stale == o.Stale
+}
+
+// MultiRegion is what a multi-Region key is: PRIMARY or REPLICA, and its
+// primary (PrimaryARN, PrimaryRegion).
+type MultiRegion struct {
+	Type                      string
+	PrimaryARN, PrimaryRegion string
+}
+
+// MultiRegionType is PRIMARY or REPLICA for a multi-Region key, else "".
+func (k *Key) MultiRegionType() string {
+	if k.MultiRegion == nil {
+		return ""
+	}
+	return k.MultiRegion.Type
+}
+
+// PrimaryRegion is the region of a multi-Region key's primary, else "".
+func (k *Key) PrimaryRegion() string {
+	if k.MultiRegion == nil {
+		return ""
+	}
+	return k.MultiRegion.PrimaryRegion
+}
+
+func sameMultiRegion(a, b *MultiRegion) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
 }
 
 func sameRotation(a, b *policy.Rotation) bool {

@@ -12,7 +12,7 @@ func sample() Key {
 	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	return Key{AccountID: "111122223333", Region: "eu-west-1", ID: "k1", ARN: "arn:aws:kms:eu-west-1:111122223333:key/k1",
 		Aliases: []string{"alias/a"}, Meta: policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled"},
-		CreationDate: at, DeletionDate: at.Add(time.Hour), MultiRegionType: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1",
+		CreationDate: at, DeletionDate: at.Add(time.Hour), MultiRegion: &MultiRegion{Type: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"},
 		Rotation: &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: at}, TagValues: []string{"t"},
 		Tags: map[string]string{"team": "t"}, Verdict: policy.Verdict{Status: policy.Exempt, Reason: "r", ExemptionReason: "e", ExemptionExpiry: at},
 		ReadError: "ThrottlingException", Stale: true}
@@ -23,23 +23,23 @@ func sample() Key {
 // of Key has a row here: a field added to Key fails the test until it has.
 func TestSame(t *testing.T) {
 	differ := map[string]func(k *Key){
-		"AccountID":       func(k *Key) { k.AccountID = "444455556666" },
-		"Region":          func(k *Key) { k.Region = "us-east-1" },
-		"ID":              func(k *Key) { k.ID = "k2" },
-		"ARN":             func(k *Key) { k.ARN += "x" },
-		"Aliases":         func(k *Key) { k.Aliases = append(k.Aliases, "alias/b") },
-		"Meta":            func(k *Key) { k.Meta.KeyState = "Disabled" },
-		"CreationDate":    func(k *Key) { k.CreationDate = k.CreationDate.Add(time.Millisecond) },
-		"DeletionDate":    func(k *Key) { k.DeletionDate = time.Time{} },
-		"MultiRegionType": func(k *Key) { k.MultiRegionType = "REPLICA" },
-		"PrimaryARN":      func(k *Key) { k.PrimaryARN = "arn:q" },
-		"PrimaryRegion":   func(k *Key) { k.PrimaryRegion = "eu-west-1" },
-		"Rotation":        func(k *Key) { r := *k.Rotation; r.PeriodDays = 90; k.Rotation = &r },
-		"TagValues":       func(k *Key) { k.TagValues = []string{"u"} },
-		"Tags":            func(k *Key) { k.Tags = nil },
-		"Verdict":         func(k *Key) { k.Verdict.ExemptionExpiry = time.Time{} },
-		"ReadError":       func(k *Key) { k.ReadError = "" },
-		"Stale":           func(k *Key) { k.Stale = false },
+		"AccountID":    func(k *Key) { k.AccountID = "444455556666" },
+		"Region":       func(k *Key) { k.Region = "us-east-1" },
+		"ID":           func(k *Key) { k.ID = "k2" },
+		"ARN":          func(k *Key) { k.ARN += "x" },
+		"Aliases":      func(k *Key) { k.Aliases = append(k.Aliases, "alias/b") },
+		"Meta":         func(k *Key) { k.Meta.KeyState = "Disabled" },
+		"CreationDate": func(k *Key) { k.CreationDate = k.CreationDate.Add(time.Millisecond) },
+		"DeletionDate": func(k *Key) { k.DeletionDate = time.Time{} },
+		"MultiRegion": func(k *Key) {
+			k.MultiRegion = &MultiRegion{Type: "REPLICA", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"}
+		},
+		"Rotation":  func(k *Key) { r := *k.Rotation; r.PeriodDays = 90; k.Rotation = &r },
+		"TagValues": func(k *Key) { k.TagValues = []string{"u"} },
+		"Tags":      func(k *Key) { k.Tags = nil },
+		"Verdict":   func(k *Key) { k.Verdict.ExemptionExpiry = time.Time{} },
+		"ReadError": func(k *Key) { k.ReadError = "" },
+		"Stale":     func(k *Key) { k.Stale = false },
 	}
 	fields := reflect.TypeFor[Key]().NumField()
 	if len(differ) != fields {

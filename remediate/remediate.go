@@ -428,7 +428,7 @@ func (r *Remediator) eligibility(k *model.Key) *Result {
 	if len(r.AllowTags)+len(r.AllowAliasPrefixes) > 0 && !hasTag(k, r.AllowTags) && !hasAliasPrefix(k, r.AllowAliasPrefixes) {
 		return refuse(OutcomeIneligible, "not in the remediation allow-list (--remediation.allow-tag, --remediation.allow-alias-prefix)", false)
 	}
-	if k.MultiRegionType == policy.MultiRegionReplica && k.PrimaryRegion == "" {
+	if k.MultiRegionType() == policy.MultiRegionReplica && k.PrimaryRegion() == "" {
 		return refuse(OutcomeIneligible, "multi-Region replica whose primary is unknown", true)
 	}
 	return nil
@@ -445,9 +445,9 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 			res.AccountID, res.Region, res.KeyID, res.Aliases, dryRun, res.Verdict
 		return *refusal, nil
 	}
-	if k.MultiRegionType == policy.MultiRegionReplica {
+	if k.MultiRegionType() == policy.MultiRegionReplica {
 		// Rotation of a multi-Region key is set on its primary, in the primary's region.
-		res.ActedOnRegion = k.PrimaryRegion
+		res.ActedOnRegion = k.PrimaryRegion()
 	}
 	if dryRun {
 		res.Outcome, res.Reason = OutcomeDryRun, fmt.Sprintf("would enable rotation every %d days", days)

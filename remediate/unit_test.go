@@ -320,9 +320,9 @@ func TestVerificationFailures(t *testing.T) {
 func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 	const mrk = "mrk-0123456789abcdef0123456789abcdef"
 	primary, replica := noncompliant(mrk), noncompliant(mrk)
-	primary.Region, primary.MultiRegionType = "us-east-1", "PRIMARY"
+	primary.Region, primary.MultiRegion = "us-east-1", &model.MultiRegion{Type: "PRIMARY"}
 	primary.ARN = "arn:aws:kms:us-east-1:" + unitAccount + ":key/" + mrk
-	replica.MultiRegionType, replica.PrimaryRegion = policy.MultiRegionReplica, "us-east-1"
+	replica.MultiRegion = &model.MultiRegion{Type: policy.MultiRegionReplica, PrimaryRegion: "us-east-1"}
 	inv := &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{
 		{AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: harness.Keys(replica)},
 		{AccountID: unitAccount, Region: "us-east-1", Success: true, Keys: harness.Keys(primary)},

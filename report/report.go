@@ -115,7 +115,7 @@ func WriteAudit(w io.Writer, s *model.Snapshot, format string) error {
 func record(k *model.Key) KeyRecord {
 	r := KeyRecord{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, KeyARN: k.ARN, Aliases: k.Aliases,
 		KeyManager: k.Meta.KeyManager, KeySpec: k.Meta.KeySpec, KeyState: k.Meta.KeyState, Origin: k.Meta.Origin,
-		MultiRegionType: k.MultiRegionType, Status: string(k.Verdict.Status), Reason: k.Verdict.Reason,
+		MultiRegionType: k.MultiRegionType(), Status: string(k.Verdict.Status), Reason: k.Verdict.Reason,
 		ExemptionReason: k.Verdict.ExemptionReason, RotationView: model.ViewRotation(k.Rotation)}
 	if r.Aliases == nil {
 		r.Aliases = []string{}
