@@ -8,8 +8,6 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -531,7 +529,7 @@ func TestRotationChangeVerdicts(t *testing.T) {
 
 // TestRotationChangesCLI disables and enables rotation with Debian's AWS CLI.
 func TestRotationChangesCLI(t *testing.T) {
-	debianAWS(t)
+	DebianAWSCLI(t)
 	s, _ := start(t, 1000)
 	id := KeyID(first(rotating))
 	enabled := func() bool {
@@ -552,16 +550,6 @@ func TestRotationChangesCLI(t *testing.T) {
 	if calls := s.Calls(); calls["EnableKeyRotation"] != 1 || calls["DisableKeyRotation"] != 1 {
 		t.Errorf("calls counted: %v", calls)
 	}
-}
-
-// debianAWS makes harness.AWSCLI run Debian's AWS CLI, /usr/bin/aws, whatever
-// comes first in PATH (a pyenv shim, a pip-installed version 1).
-func debianAWS(t testing.TB) {
-	dir := t.TempDir()
-	if err := os.Symlink("/usr/bin/aws", filepath.Join(dir, "aws")); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
 }
 
 // discard is a ResponseWriter that keeps nothing.
