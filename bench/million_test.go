@@ -93,11 +93,8 @@ type millionFigures struct {
 // figures next to the targets of issue 10. Scrapes are taken while the
 // exporter's next refresh runs, as they would be in production.
 func BenchmarkMillion(b *testing.B) {
-	sizes := millionSizes(b)
-	bin := filepath.Join(b.TempDir(), "kms_exporter")
-	if out, err := exec.Command("go", "build", "-o", bin, kmstest.RepoRoot()).CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
+	sizes := benchSizes(b, "KMS_BENCH_SIZES", "10000,100000,300000,1000000")
+	bin := buildExporter(b)
 	var all []millionFigures
 	for _, n := range sizes {
 		b.Run(fmt.Sprintf("keys=%d", n), func(b *testing.B) {
@@ -120,20 +117,31 @@ func BenchmarkMillion(b *testing.B) {
 	printMillion(all)
 }
 
-func millionSizes(b *testing.B) []int {
-	v := os.Getenv("KMS_BENCH_SIZES")
+// benchSizes reads the inventory sizes from the environment variable env
+// (numbers of keys, comma-separated), def when it is not set.
+func benchSizes(b *testing.B, env, def string) []int {
+	v := os.Getenv(env)
 	if v == "" {
-		v = "10000,100000,300000,1000000"
+		v = def
 	}
 	var sizes []int
 	for _, s := range strings.Split(v, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
-			b.Fatalf("KMS_BENCH_SIZES=%q: %q is not a number of keys", v, s)
+			b.Fatalf("%s=%q: %q is not a number of keys", env, v, s)
 		}
 		sizes = append(sizes, n)
 	}
 	return sizes
+}
+
+// buildExporter builds the kms_exporter binary for a benchmark.
+func buildExporter(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "kms_exporter")
+	if out, err := exec.Command("go", "build", "-o", bin, kmstest.RepoRoot()).CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 func totalCalls(c map[string]int64) int64 {
@@ -665,6 +673,28 @@ var kmsKeysLine = regexp.MustCompile(`^kms_keys\{.*\bstatus="([^"]*)".*\} (\S+)$
 func readExposition(b *testing.B, url string) (series int, counts map[string]int) {
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}}
 	defer client.CloseIdleConnections()
+	counts = map[string]int{}
+	scanExposition(b, client, url, func(l []byte) bool {
+		line := string(l)
+		if line == "" || line[0] == '#' {
+			return true
+		}
+		series++
+		if m := kmsKeysLine.FindStringSubmatch(line); m != nil {
+			v, err := strconv.ParseFloat(m[2], 64)
+			if err != nil {
+				b.Fatalf("kms_keys sample %q", line)
+			}
+			counts[m[1]] += int(v)
+		}
+		return true
+	})
+	return series, counts
+}
+
+// scanExposition scrapes url once with client (gzip, decompressed here) and
+// hands the lines of the body to line, until it returns false.
+func scanExposition(b *testing.B, client *http.Client, url string, line func([]byte) bool) {
 	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	req.Header.Set("Accept-Encoding", "gzip")
 	resp, err := client.Do(req)
@@ -676,27 +706,36 @@ func readExposition(b *testing.B, url string) (series int, counts map[string]int
 	if err != nil {
 		b.Fatal(err)
 	}
-	counts = map[string]int{}
 	s := bufio.NewScanner(body)
 	s.Buffer(make([]byte, 64*1024), 1024*1024)
 	for s.Scan() {
-		line := s.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		series++
-		if m := kmsKeysLine.FindStringSubmatch(line); m != nil {
-			v, err := strconv.ParseFloat(m[2], 64)
-			if err != nil {
-				b.Fatalf("kms_keys sample %q", line)
-			}
-			counts[m[1]] += int(v)
+		if !line(s.Bytes()) {
+			return
 		}
 	}
 	if err := s.Err(); err != nil {
 		b.Fatal(err)
 	}
-	return series, counts
+}
+
+// verdict says whether a figure meets its target.
+func verdict(ok bool) string {
+	if ok {
+		return "meets"
+	}
+	return "MISSES"
+}
+
+// tableRow returns what writes a row of a table on w: a name, then a cell
+// per figures of all.
+func tableRow[F any](w io.Writer, all []F) func(name string, cell func(f F) string) {
+	return func(name string, cell func(f F) string) {
+		fmt.Fprint(w, name+"\t")
+		for _, f := range all {
+			fmt.Fprint(w, cell(f)+"\t")
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 // printMillion prints the figures of every size next to the targets, which
@@ -704,12 +743,6 @@ func readExposition(b *testing.B, url string) (series int, counts map[string]int
 func printMillion(all []millionFigures) {
 	if len(all) == 0 {
 		return
-	}
-	verdict := func(ok bool) string {
-		if ok {
-			return "meets"
-		}
-		return "MISSES"
 	}
 	// The memory, publish and scrape targets are set at a million keys.
 	at1M := func(f millionFigures, ok bool) string {
@@ -720,13 +753,7 @@ func printMillion(all []millionFigures) {
 	}
 	mb := func(v float64) float64 { return v / (1 << 20) }
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	row := func(name string, cell func(f millionFigures) string) {
-		fmt.Fprint(w, name+"\t")
-		for _, f := range all {
-			fmt.Fprint(w, cell(f)+"\t")
-		}
-		fmt.Fprintln(w)
-	}
+	row := tableRow(w, all)
 	fmt.Printf("\nkms_exporter against internal/fastkms on %d CPUs: the fake in the benchmark's process, the bare client (%d workers) "+
 		"and the exporter (%d requests in flight) each in a process of its own; memory after a refresh and scrapes of an exporter "+
 		"that refreshed once; peak memory over %d refreshes back to back (--refresh.interval=1s):\n", runtime.NumCPU(), workers, workers, millionRefreshes-1)

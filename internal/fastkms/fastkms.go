@@ -34,6 +34,14 @@
 // next rotation date for rotating keys; the kept setting for disabled keys;
 // false for keys pending deletion; UnsupportedOperationException for
 // asymmetric keys (as emulators do) and EXTERNAL keys.
+//
+// EnableKeyRotation and DisableKeyRotation change the rotation setting of a
+// customer key that can rotate (enabled, symmetric, AWS_KMS origin), kept
+// per key in a small map over the generated one; for the other keys they
+// fail as AWS does: UnsupportedOperationException (asymmetric, EXTERNAL),
+// DisabledException (disabled), KMSInvalidStateException (pending deletion),
+// AccessDeniedException (AWS-managed). Expected counts the inventory as
+// generated, before any such change.
 package fastkms
 
 import (
@@ -66,7 +74,8 @@ type Options struct {
 }
 
 // Operations the fake answers, in the order of Calls.
-var Operations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags"}
+var Operations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags",
+	"EnableKeyRotation", "DisableKeyRotation"}
 
 const (
 	opListKeys = iota
@@ -74,6 +83,8 @@ const (
 	opDescribeKey
 	opGetKeyRotationStatus
 	opListResourceTags
+	opEnableKeyRotation
+	opDisableKeyRotation
 	opOther
 	numOps
 )
@@ -89,6 +100,20 @@ type Handler struct {
 	span      uint64  // creation dates fall in [created, created+span)
 	until     string  // the future exemption date
 	calls     [numOps]atomic.Int64
+
+	// The rotation settings changed by EnableKeyRotation and
+	// DisableKeyRotation, by key index; changed is set once one is, so
+	// that GetKeyRotationStatus takes no lock until then.
+	settingsMu sync.Mutex
+	settings   map[int]setting
+	changed    atomic.Bool
+}
+
+// setting is a key's rotation setting as last changed.
+type setting struct {
+	enabled bool
+	period  int     // days, when enabled
+	next    float64 // next rotation date, epoch seconds, when enabled
 }
 
 // New returns the handler of an inventory of n keys.
@@ -128,6 +153,11 @@ func (h *Handler) Calls() map[string]int64 {
 
 // ARN is the ARN of key i.
 func (h *Handler) ARN(i int) string { return h.keyPrefix + KeyID(i) }
+
+// Rotating says whether key i is of the most common class: a customer
+// symmetric key rotating every 365 days, compliant until its rotation is
+// disabled.
+func Rotating(i int) bool { return classOf(i) == rotating }
 
 // The kinds of key, one per slot of the 100-key cycle.
 type class uint8
@@ -356,9 +386,10 @@ func (h *Handler) nextAlias(pos int) (int, bool) {
 
 // request is every field of the requests the fake reads.
 type request struct {
-	KeyID  string `json:"KeyId"`
-	Limit  *int   `json:"Limit"`
-	Marker string `json:"Marker"`
+	KeyID                string `json:"KeyId"`
+	Limit                *int   `json:"Limit"`
+	Marker               string `json:"Marker"`
+	RotationPeriodInDays *int   `json:"RotationPeriodInDays"`
 }
 
 var bufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -401,6 +432,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "ListResourceTags":
 		h.calls[opListResourceTags].Add(1)
 		out, fault = h.listResourceTags(out, req)
+	case "EnableKeyRotation":
+		h.calls[opEnableKeyRotation].Add(1)
+		fault = h.setRotation(req, true)
+	case "DisableKeyRotation":
+		h.calls[opDisableKeyRotation].Add(1)
+		fault = h.setRotation(req, false)
 	default:
 		h.calls[opOther].Add(1)
 		fault = &apiError{"UnknownOperationException", "operation " + strconv.Quote(op) + " is not supported by fastkms"}
@@ -728,13 +765,16 @@ func (h *Handler) rotationStatus(b []byte, req request) ([]byte, *apiError) {
 		return b, notFound(req.KeyID)
 	}
 	c := classOf(i)
-	switch c {
-	case rsaEncrypt, rsaSign, eccSign, eccK1Sign, external:
-		return b, &apiError{"UnsupportedOperationException", h.ARN(i) + " origin or key spec does not support automatic key rotation"}
+	if cannotRotate(c) {
+		return b, h.unsupported(i)
 	}
 	enabled, period := rotation(c)
 	if c == pendingDeletion {
 		enabled = false
+	}
+	next := 0.0
+	if s, ok := h.setting(i); ok {
+		enabled, period, next = s.enabled, s.period, s.next
 	}
 	b = append(b, `{"KeyId":`...)
 	b = h.appendARN(b, i)
@@ -742,13 +782,96 @@ func (h *Handler) rotationStatus(b []byte, req request) ([]byte, *apiError) {
 	b = strconv.AppendBool(b, enabled)
 	if enabled {
 		if c != disabledRotating { // a disabled key does not rotate
+			if next == 0 {
+				next = h.nextRotation(h.creation(i), period)
+			}
 			b = append(b, `,"NextRotationDate":`...)
-			b = appendEpoch(b, h.nextRotation(h.creation(i), period))
+			b = appendEpoch(b, next)
 		}
 		b = append(b, `,"RotationPeriodInDays":`...)
 		b = strconv.AppendInt(b, int64(period), 10)
 	}
 	return append(b, '}'), nil
+}
+
+// cannotRotate says whether keys of class c cannot rotate automatically
+// (their key spec or origin does not allow it).
+func cannotRotate(c class) bool {
+	switch c {
+	case rsaEncrypt, rsaSign, eccSign, eccK1Sign, external:
+		return true
+	}
+	return false
+}
+
+func (h *Handler) unsupported(i int) *apiError {
+	return &apiError{"UnsupportedOperationException", h.ARN(i) + " origin or key spec does not support automatic key rotation"}
+}
+
+// setting returns key i's rotation setting if it was changed.
+func (h *Handler) setting(i int) (setting, bool) {
+	if !h.changed.Load() {
+		return setting{}, false
+	}
+	h.settingsMu.Lock()
+	defer h.settingsMu.Unlock()
+	s, ok := h.settings[i]
+	return s, ok
+}
+
+// Rotation periods EnableKeyRotation accepts, in days.
+const (
+	minPeriod     = 90
+	maxPeriod     = 2560
+	defaultPeriod = 365
+)
+
+// setRotation is EnableKeyRotation (enable) or DisableKeyRotation. Enabling
+// sets the period (365 days when the request has none, as AWS does) and the
+// next rotation date one period from now, also on a key that was rotating.
+// They answer nothing on success: an empty body, as AWS does.
+func (h *Handler) setRotation(req request, enable bool) *apiError {
+	period := defaultPeriod
+	if p := req.RotationPeriodInDays; enable && p != nil {
+		if *p < minPeriod || *p > maxPeriod {
+			return &apiError{"ValidationException", "1 validation error detected: Value '" + strconv.Itoa(*p) +
+				"' at 'rotationPeriodInDays' failed to satisfy constraint: Member must have value between " +
+				strconv.Itoa(minPeriod) + " and " + strconv.Itoa(maxPeriod)}
+		}
+		period = *p
+	}
+	i, ok := h.index(req.KeyID)
+	if !ok {
+		return notFound(req.KeyID)
+	}
+	switch c := classOf(i); {
+	case cannotRotate(c):
+		return h.unsupported(i)
+	case c == disabledRotating || c == disabledOff:
+		return &apiError{"DisabledException", h.ARN(i) + " is disabled."}
+	case c == pendingDeletion:
+		return &apiError{"KMSInvalidStateException", h.ARN(i) + " is pending deletion."}
+	case c == awsManaged:
+		op := "kms:DisableKeyRotation"
+		if enable {
+			op = "kms:EnableKeyRotation"
+		}
+		return &apiError{"AccessDeniedException", "User: arn:aws:iam::" + Account + ":user/fastkms is not authorized to perform: " +
+			op + " on resource: " + h.ARN(i) + " because no resource-based policy allows the " + op + " action"}
+	}
+	s := setting{enabled: enable}
+	if enable {
+		s.period = period
+		s.next = float64(time.Now().AddDate(0, 0, period).UnixMilli()) / 1000
+	}
+	h.settingsMu.Lock()
+	if h.settings == nil {
+		h.settings = map[int]setting{}
+	}
+	h.settings[i] = s
+	h.settingsMu.Unlock()
+	h.changed.Store(true)
+	return nil
 }
 
 func (h *Handler) listResourceTags(b []byte, req request) ([]byte, *apiError) {

@@ -2,6 +2,7 @@ package fastkms
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"maps"
@@ -20,7 +21,9 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/inventory"
+	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
@@ -181,6 +184,14 @@ func TestListAliases(t *testing.T) {
 	out, err := c.ListAliases(context.Background(), &kms.ListAliasesInput{KeyId: aws.String(KeyID(i))})
 	if err != nil || len(out.Aliases) != 1 || aws.ToString(out.Aliases[0].AliasName) != string(appendAliasName(nil, i)) {
 		t.Errorf("aliases of key %d: %+v, %v", i, out, err)
+	}
+	out, err = c.ListAliases(context.Background(), &kms.ListAliasesInput{KeyId: aws.String(s.ARN(i + 1))})
+	if err != nil || len(out.Aliases) != 0 || out.Truncated {
+		t.Errorf("aliases of key %d, which has none: %+v, %v", i+1, out, err)
+	}
+	var nf *types.NotFoundException
+	if _, err = c.ListAliases(context.Background(), &kms.ListAliasesInput{KeyId: aws.String(KeyID(n))}); !errors.As(err, &nf) {
+		t.Errorf("aliases of a key not in the inventory: %v, want NotFoundException", err)
 	}
 }
 
@@ -344,6 +355,24 @@ func TestTags(t *testing.T) {
 func TestAudit(t *testing.T) {
 	const n = 5000
 	s, _ := start(t, n)
+	got := map[string]int{}
+	for _, st := range policy.Statuses {
+		got[string(st)] = 0
+	}
+	for _, k := range audit(t, s) {
+		got[string(k.Verdict.Status)]++
+	}
+	if want := Expected(n); !maps.Equal(got, want) {
+		t.Errorf("audit of %d keys: %v, want %v", n, got, want)
+	}
+	if other := s.Calls()["other"]; other != 0 {
+		t.Errorf("%d calls of operations the fake does not know", other)
+	}
+}
+
+// audit runs the exporter's audit of the fake's keys, by id.
+func audit(t *testing.T, s *Server) map[string]*model.Key {
+	t.Helper()
 	f := awsclient.NewFactory(aws.Config{Region: region, BaseEndpoint: aws.String(s.URL),
 		Credentials: credentials.NewStaticCredentialsProvider("x", "x", "")},
 		awsclient.Options{MaxConcurrency: 16, MaxAttempts: 3, Timeout: 30 * time.Second})
@@ -355,18 +384,171 @@ func TestAudit(t *testing.T) {
 	if account != Account {
 		t.Errorf("account %q, want %q", account, Account)
 	}
-	got := map[string]int{}
-	for _, st := range policy.Statuses {
-		got[string(st)] = 0
-	}
+	byID := make(map[string]*model.Key, len(keys))
 	for _, k := range keys {
-		got[string(k.Verdict.Status)]++
+		byID[k.ID] = k
 	}
-	if want := Expected(n); !maps.Equal(got, want) {
-		t.Errorf("audit of %d keys: %v, want %v", n, got, want)
+	return byID
+}
+
+// rotationOf reads a key's rotation status through the SDK.
+func rotationOf(t *testing.T, c *kms.Client, key string) (enabled bool, period int32, next time.Time) {
+	t.Helper()
+	out, err := c.GetKeyRotationStatus(context.Background(), &kms.GetKeyRotationStatusInput{KeyId: aws.String(key)})
+	if err != nil {
+		t.Fatalf("GetKeyRotationStatus %s: %v", key, err)
 	}
-	if other := s.Calls()["other"]; other != 0 {
-		t.Errorf("%d calls of operations the fake does not know", other)
+	return out.KeyRotationEnabled, aws.ToInt32(out.RotationPeriodInDays), aws.ToTime(out.NextRotationDate)
+}
+
+// changeRotation calls EnableKeyRotation (enable, with the period if not
+// nil) or DisableKeyRotation.
+func changeRotation(c *kms.Client, enable bool, key string, period *int32) error {
+	ctx := context.Background()
+	if enable {
+		_, err := c.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String(key), RotationPeriodInDays: period})
+		return err
+	}
+	_, err := c.DisableKeyRotation(ctx, &kms.DisableKeyRotationInput{KeyId: aws.String(key)})
+	return err
+}
+
+// TestRotationChanges: EnableKeyRotation and DisableKeyRotation change the
+// setting of the key they name (by id or ARN) and no other; enabling sets the
+// period asked for, 365 days without one, and the next rotation a period
+// from now.
+func TestRotationChanges(t *testing.T) {
+	s, c := start(t, 1000)
+	i, off := first(rotating), first(rotationOff)
+	if err := changeRotation(c, false, KeyID(i), nil); err != nil {
+		t.Fatal(err)
+	}
+	if on, period, next := rotationOf(t, c, KeyID(i)); on || period != 0 || !next.IsZero() {
+		t.Errorf("after DisableKeyRotation: enabled %v, period %d, next %s", on, period, next)
+	}
+	if on, period, _ := rotationOf(t, c, KeyID(i+100)); !on || period != 365 {
+		t.Errorf("key %d of the same class changed too: enabled %v, period %d", i+100, on, period)
+	}
+	for _, tc := range []struct {
+		key    string
+		period *int32
+		want   int32
+	}{
+		{s.ARN(i), aws.Int32(180), 180},
+		{KeyID(i), nil, 365},
+		{KeyID(off), aws.Int32(2560), 2560},
+	} {
+		if err := changeRotation(c, true, tc.key, tc.period); err != nil {
+			t.Fatalf("EnableKeyRotation %s: %v", tc.key, err)
+		}
+		on, period, next := rotationOf(t, c, tc.key)
+		want := time.Now().AddDate(0, 0, int(tc.want))
+		if !on || period != tc.want || next.Before(want.Add(-time.Minute)) || next.After(want) {
+			t.Errorf("after EnableKeyRotation %s (period %v): enabled %v, period %d, next %s; want %d days, next about %s",
+				tc.key, aws.ToInt32(tc.period), on, period, next, tc.want, want)
+		}
+	}
+	calls := s.Calls()
+	if calls["EnableKeyRotation"] != 3 || calls["DisableKeyRotation"] != 1 || calls["other"] != 0 {
+		t.Errorf("calls counted: %v, want 3 EnableKeyRotation and 1 DisableKeyRotation", calls)
+	}
+}
+
+// TestRotationChangeErrors: keys that cannot have their rotation changed
+// answer as AWS does, and keep their setting.
+func TestRotationChangeErrors(t *testing.T) {
+	const n = 1000
+	_, c := start(t, n)
+	change := func(enable bool, key string, period *int32) error { return changeRotation(c, enable, key, period) }
+	for _, tc := range []struct {
+		key  string
+		code string
+	}{
+		{KeyID(first(rsaEncrypt)), "UnsupportedOperationException"},
+		{KeyID(first(eccK1Sign)), "UnsupportedOperationException"},
+		{KeyID(first(external)), "UnsupportedOperationException"},
+		{KeyID(first(disabledRotating)), "DisabledException"},
+		{KeyID(first(disabledOff)), "DisabledException"},
+		{KeyID(first(pendingDeletion)), "KMSInvalidStateException"},
+		{KeyID(first(awsManaged)), "AccessDeniedException"},
+		{KeyID(n), "NotFoundException"},
+		{"6f1f8a52-0c1e-4d0a-9b6e-0123456789ab", "NotFoundException"},
+	} {
+		for _, enable := range []bool{true, false} {
+			err := change(enable, tc.key, nil)
+			var ae smithy.APIError
+			if !errors.As(err, &ae) || ae.ErrorCode() != tc.code {
+				t.Errorf("enable %v of %s: %v, want %s", enable, tc.key, err, tc.code)
+			}
+		}
+	}
+	// The SDK's types for the codes it knows.
+	var de *types.DisabledException
+	if err := change(true, KeyID(first(disabledOff)), nil); !errors.As(err, &de) {
+		t.Errorf("EnableKeyRotation of a disabled key: %v, want DisabledException", err)
+	}
+	var ise *types.KMSInvalidStateException
+	if err := change(false, KeyID(first(pendingDeletion)), nil); !errors.As(err, &ise) {
+		t.Errorf("DisableKeyRotation of a key pending deletion: %v, want KMSInvalidStateException", err)
+	}
+	i := first(rotating)
+	for _, p := range []int32{89, 2561} {
+		var ae smithy.APIError
+		if err := change(true, KeyID(i), aws.Int32(p)); !errors.As(err, &ae) || ae.ErrorCode() != "ValidationException" {
+			t.Errorf("EnableKeyRotation with a period of %d days: %v, want ValidationException", p, err)
+		}
+	}
+	if on, period, _ := rotationOf(t, c, KeyID(i)); !on || period != 365 {
+		t.Errorf("a refused period changed the setting: enabled %v, period %d", on, period)
+	}
+	if on, period, _ := rotationOf(t, c, KeyID(first(disabledRotating))); !on || period != 365 {
+		t.Errorf("a refused change of a disabled key changed it: enabled %v, period %d", on, period)
+	}
+}
+
+// TestRotationChangeVerdicts: the exporter's audit sees the changes.
+func TestRotationChangeVerdicts(t *testing.T) {
+	s, c := start(t, 1000)
+	on, off := first(rotating), first(rotationOff)
+	if err := changeRotation(c, false, KeyID(on), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := changeRotation(c, true, KeyID(off), nil); err != nil {
+		t.Fatal(err)
+	}
+	keys := audit(t, s)
+	for _, tc := range []struct {
+		i      int
+		status policy.Status
+	}{{on, policy.Noncompliant}, {off, policy.Compliant}, {on + 100, policy.Compliant}, {off + 100, policy.Noncompliant}} {
+		if k := keys[KeyID(tc.i)]; k == nil || k.Verdict.Status != tc.status {
+			t.Errorf("key %d: %+v, want %s", tc.i, k, tc.status)
+		}
+	}
+}
+
+// TestRotationChangesCLI disables and enables rotation with Debian's AWS CLI.
+func TestRotationChangesCLI(t *testing.T) {
+	DebianAWSCLI(t)
+	s, _ := start(t, 1000)
+	id := KeyID(first(rotating))
+	enabled := func() bool {
+		var out struct{ KeyRotationEnabled *bool }
+		if err := json.Unmarshal(harness.AWSCLI(t, s.URL, region, "kms", "get-key-rotation-status", "--key-id", id), &out); err != nil || out.KeyRotationEnabled == nil {
+			t.Fatalf("get-key-rotation-status: %+v, %v", out, err)
+		}
+		return *out.KeyRotationEnabled
+	}
+	harness.AWSCLI(t, s.URL, region, "kms", "disable-key-rotation", "--key-id", id)
+	if enabled() {
+		t.Error("rotation still enabled after aws kms disable-key-rotation")
+	}
+	harness.AWSCLI(t, s.URL, region, "kms", "enable-key-rotation", "--key-id", s.ARN(first(rotating)))
+	if !enabled() {
+		t.Error("rotation still disabled after aws kms enable-key-rotation")
+	}
+	if calls := s.Calls(); calls["EnableKeyRotation"] != 1 || calls["DisableKeyRotation"] != 1 {
+		t.Errorf("calls counted: %v", calls)
 	}
 }
 
