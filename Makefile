@@ -113,11 +113,15 @@ demo: build $(BIN)/local-kms
 # in-process fake KMS (internal/fastkms) at KMS_BENCH_SIZES keys (default 10000,100000,300000,1000000, about
 # an hour; `KMS_BENCH_SIZES=100000 make bench` for a quick run) next to a bare client: refresh, publish,
 # memory after a refresh and at its peak, scrapes, series in both --metrics.per-key modes (the capacity
-# table of the README).
+# table of the README); publishing one changed key at 100,000 keys (BenchmarkPublishOneChange); events
+# (BenchmarkEvents): a rotation disabled with the AWS CLI to noncompliant on /metrics through moto's
+# EventBridge and SQS at 10,000 and 100,000 keys, and KMS calls per day with and without events.
 bench: $(BIN)/local-kms
 	@command -v wrk >/dev/null || ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk >/dev/null)
 	LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -run '^$$' -bench 'Refresh|Scrape' -benchtime 3x -timeout 60m ./bench/
 	LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms $(GO) test -run '^$$' -bench 'Budget|Load' -benchtime 1x -timeout 60m ./bench/
+	$(GO) test -run '^$$' -bench 'PublishOneChange' -benchtime 50x ./collector/
+	$(GO) test -run '^$$' -bench 'Events' -benchtime 1x -timeout 60m ./bench/
 	$(GO) test -run '^$$' -bench 'Million' -benchtime 1x -timeout 120m ./bench/
 
 clean:

@@ -257,7 +257,7 @@ func TestComposeEvents(t *testing.T) {
 	cmd := exec.Command("sh", filepath.Join(dir, "events-setup.sh"))
 	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL="+moto.URL, "AWS_DEFAULT_REGION=eu-west-1", "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x",
 		"AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_PAGER=",
-		"PATH="+filepath.Dir(harness.Tool(t, "aws"))+":"+os.Getenv("PATH"), "PATTERN="+filepath.Join("deploy", "events", "terraform", "kms-event-pattern.json"))
+		"PATH="+filepath.Dir(harness.AWSCLIPath(t))+":"+os.Getenv("PATH"), "PATTERN="+filepath.Join("deploy", "events", "terraform", "kms-event-pattern.json"))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("events-setup.sh: %v\n%s", err, out)
 	}

@@ -124,7 +124,11 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 		return 0, err
 	}
 	if len(cfg.EventQueueURLs) > 0 {
-		consumer, err := events.New(events.Options{QueueURLs: cfg.EventQueueURLs, Clients: events.NewSQSClients(awsConfig),
+		sqsConfig := awsConfig.Copy()
+		if sqsConfig.Region == "" && len(cfg.AWS.Regions) > 0 {
+			sqsConfig.Region = cfg.AWS.Regions[0] // for a queue URL naming no region (an emulator's)
+		}
+		consumer, err := events.New(events.Options{QueueURLs: cfg.EventQueueURLs, Clients: events.NewSQSClients(sqsConfig),
 			Sink: refresher, Logger: logger.With("component", "events")})
 		if err != nil {
 			return 0, err

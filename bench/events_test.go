@@ -118,7 +118,6 @@ func readCalls(c map[string]int64) int64 {
 // rotation of eventRounds keys one after the other, then of allRounds more
 // with every key's series served.
 func eventsLatency(b *testing.B, bin string, n int) eventFigures {
-	fastkms.DebianAWSCLI(b)
 	srv, err := fastkms.Start(n, fastkms.Options{Region: region})
 	if err != nil {
 		b.Fatal(err)

@@ -529,7 +529,6 @@ func TestRotationChangeVerdicts(t *testing.T) {
 
 // TestRotationChangesCLI disables and enables rotation with Debian's AWS CLI.
 func TestRotationChangesCLI(t *testing.T) {
-	DebianAWSCLI(t)
 	s, _ := start(t, 1000)
 	id := KeyID(first(rotating))
 	enabled := func() bool {

@@ -174,12 +174,24 @@ func Keys(keys ...model.Key) []*model.Key {
 	return out
 }
 
+// debianAWSCLI is where Debian's awscli puts the AWS CLI (`make deps`).
+const debianAWSCLI = "/usr/bin/aws"
+
+// AWSCLIPath returns Debian's AWS CLI where it is installed, whatever PATH puts
+// first (another Python's aws-cli may come before it), else aws from PATH.
+func AWSCLIPath(t testing.TB) string {
+	if _, err := os.Stat(debianAWSCLI); err == nil {
+		return debianAWSCLI
+	}
+	return Tool(t, "aws")
+}
+
 // AWSCLI runs the AWS CLI (Debian's awscli) against endpoint with static
 // test credentials and no shared files, and returns its JSON output; a
 // failure fails the test.
 func AWSCLI(t testing.TB, endpoint, region string, args ...string) []byte {
 	t.Helper()
-	cmd := exec.Command(Tool(t, "aws"), append([]string{"--endpoint-url", endpoint, "--region", region, "--output", "json"}, args...)...)
+	cmd := exec.Command(AWSCLIPath(t), append([]string{"--endpoint-url", endpoint, "--region", region, "--output", "json"}, args...)...)
 	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=x", "AWS_SECRET_ACCESS_KEY=x", "AWS_CONFIG_FILE=/dev/null",
 		"AWS_SHARED_CREDENTIALS_FILE=/dev/null", "AWS_EC2_METADATA_DISABLED=true", "AWS_PAGER=")
 	out, err := cmd.Output()
