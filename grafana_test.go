@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,10 +20,12 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	"github.com/prometheus/client_golang/prometheus"
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/events"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/remediate"
 )
@@ -51,17 +54,32 @@ func exposedMetricNames(t *testing.T) map[string]bool {
 	factory := awsclient.NewFactory(aws.Config{Region: "eu-west-1"}, awsclient.Options{MaxConcurrency: 1, MaxAttempts: 1, Timeout: time.Second})
 	factory.KMS(awsclient.Role{}, "eu-west-1")
 	rem := &remediate.Remediator{Logger: slog.Default()}
+	consumer, err := events.New(events.Options{QueueURLs: []string{"https://sqs.eu-west-1.amazonaws.com/111122223333/kms-events"},
+		Clients: func(string) events.SQSAPI { return nil }, Sink: noSink{}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(factory, rem.Metrics(), versioncollector.NewCollector("kms_exporter"))
+	reg.MustRegister(factory, rem.Metrics(), versioncollector.NewCollector("kms_exporter"), consumer)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
 		names[mf.GetName()] = true
+		if mf.GetType() == dto.MetricType_HISTOGRAM {
+			for _, suffix := range []string{"_bucket", "_count", "_sum"} {
+				names[mf.GetName()+suffix] = true
+			}
+		}
 	}
 	return names
 }
+
+// noSink is a Sink of events never asked to mark anything.
+type noSink struct{}
+
+func (noSink) Mark(context.Context, events.KeyRef) (<-chan error, error) { return nil, nil }
 
 var metricName = regexp.MustCompile(`\bkms_[a-z_]+\b`)
 
