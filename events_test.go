@@ -61,3 +61,63 @@ func TestServeWithEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestEventsSurviveARestart kills the exporter while it holds a message
+// (its re-read of the key hangs), turns the change back, and starts a new
+// exporter: the message comes back after the queue's visibility timeout and
+// is handled and deleted by the new one (no event lost), and the late
+// DisableKeyRotation event does not make the key noncompliant: the key shows
+// what KMS says now (an event applied again is a read again, never its
+// content).
+func TestEventsSurviveARestart(t *testing.T) {
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	proxy := kmstest.NewProxy(t, srv.URL)
+	bus := eventstest.NewBusVisibility(t, "eu-west-1", 5)
+	args := []string{"--refresh.interval=1h", "--refresh.resync-interval=24h", "--events.sqs-queue-url=" + bus.QueueURL}
+	env := testEnv(proxy.URL, "AWS_ENDPOINT_URL_SQS="+bus.Moto.URL)
+	id := ids["payments"]
+	arn := fmt.Sprintf("arn:aws:kms:eu-west-1:%s:key/%s", kmstest.DefaultAccount, id)
+	counter := func(p *process, series string) string {
+		_, body := get(t, "http://"+p.addr+"/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				return v
+			}
+		}
+		return "none"
+	}
+
+	first := launch(t, args, env)
+	first.waitReady(t)
+	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: id, Delay: time.Minute})
+	harness.AWSCLI(t, srv.URL, "eu-west-1", "kms", "disable-key-rotation", "--key-id", id)
+	bus.APICall(t, "DisableKeyRotation", kmstest.DefaultAccount, "eu-west-1", arn, time.Now())
+	harness.Poll(t, 10*time.Second, func() string {
+		if v := counter(first, `kms_exporter_events_received_total{type="DisableKeyRotation"}`); v != "1" {
+			return "events received by the first exporter: " + v
+		}
+		return ""
+	})
+	_ = first.cmd.Process.Kill() // while its re-read of the key hangs
+	<-first.exited
+	if h := bus.Held(t); h != "0 visible, 1 in flight" {
+		t.Fatalf("queue when the first exporter died: %s, want the message in flight", h)
+	}
+
+	harness.AWSCLI(t, srv.URL, "eu-west-1", "kms", "enable-key-rotation", "--key-id", id)
+	proxy.ClearFaults()
+	second := launch(t, args, env)
+	second.waitReady(t)
+	harness.Poll(t, time.Minute, func() string {
+		if v := counter(second, `kms_exporter_event_messages_total{result="deleted"}`); v != "1" {
+			return "messages deleted by the second exporter: " + v + "; queue: " + bus.Held(t)
+		}
+		return ""
+	})
+	if h := bus.Held(t); h != "0 visible, 0 in flight" {
+		t.Errorf("queue after the second exporter: %s, want empty", h)
+	}
+	if _, body := get(t, "http://"+second.addr+"/metrics"); !strings.Contains(body, complianceLine(id, "compliant", "rotation_enabled")) {
+		t.Errorf("the late DisableKeyRotation event made %s other than what KMS says (compliant)", id)
+	}
+}

@@ -61,7 +61,7 @@ func main() {
 		log.Fatalf("%v (make deps installs moto)", err)
 	}
 	defer moto.Close()
-	bus, err := eventstest.Setup(ctx, moto, *region)
+	bus, err := eventstest.Setup(ctx, moto, *region, 30)
 	if err != nil {
 		log.Fatal(err)
 	}

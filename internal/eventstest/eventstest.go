@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -33,20 +34,26 @@ type Bus struct {
 	eb       *eventbridge.Client
 }
 
-// NewBus starts moto for a test and sets up the queue and the rule (see Setup).
-func NewBus(t testing.TB, region string) *Bus {
+// NewBus starts moto for a test and sets up the queue, with a visibility
+// timeout of 30 s (SQS's default), and the rule (see Setup).
+func NewBus(t testing.TB, region string) *Bus { return NewBusVisibility(t, region, 30) }
+
+// NewBusVisibility is NewBus with the queue's visibility timeout in seconds:
+// how soon a message received and not deleted is delivered again.
+func NewBusVisibility(t testing.TB, region string, visibility int) *Bus {
 	t.Helper()
 	m := kmstest.StartMoto(t)
-	b, err := Setup(context.Background(), m, region)
+	b, err := Setup(context.Background(), m, region, visibility)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
 }
 
-// Setup creates, on a running moto, the queue (visibility 30 s, a
-// dead-letter queue after 5 receives) and the rule sending KMS events to it.
-func Setup(ctx context.Context, m *kmstest.Moto, region string) (*Bus, error) {
+// Setup creates, on a running moto, the queue (this visibility timeout in
+// seconds, a dead-letter queue after 5 receives) and the rule sending KMS
+// events to it.
+func Setup(ctx context.Context, m *kmstest.Moto, region string, visibility int) (*Bus, error) {
 	cfg := aws.Config{Region: region, BaseEndpoint: aws.String(m.URL),
 		Credentials: credentials.NewStaticCredentialsProvider("test", "test", "")}
 	b := &Bus{Moto: m, sqs: sqs.NewFromConfig(cfg), eb: eventbridge.NewFromConfig(cfg)}
@@ -60,7 +67,7 @@ func Setup(ctx context.Context, m *kmstest.Moto, region string) (*Bus, error) {
 		return nil, err
 	}
 	q, err := b.sqs.CreateQueue(ctx, &sqs.CreateQueueInput{QueueName: aws.String("kms-events"), Attributes: map[string]string{
-		"VisibilityTimeout": "30",
+		"VisibilityTimeout": strconv.Itoa(visibility),
 		"RedrivePolicy":     fmt.Sprintf(`{"deadLetterTargetArn":%q,"maxReceiveCount":"5"}`, dlqARN),
 	}})
 	if err != nil {
