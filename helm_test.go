@@ -86,8 +86,6 @@ refresh:
   interval: 10m
   resyncInterval: 24h
   maxStaleAge: 1h
-events:
-  sqsQueueUrls: ["https://sqs.eu-west-1.amazonaws.com/111122223333/kms-events"]
 compliance:
   maxRotationPeriodDays: 180
   exemptionTag: rotation-exempt
@@ -114,10 +112,13 @@ log:
   level: debug
   format: logfmt
 `
-	// valuesDenylist sets the flag valuesEveryFlag cannot.
+	// valuesDenylist sets the flags valuesEveryFlag cannot: the denylist
+	// (not with an allowlist) and events (not with sharding).
 	valuesDenylist = `
 metrics:
   denylist: [kms_key_info, "kms_key_rotation_.*"]
+events:
+  sqsQueueUrls: ["https://sqs.eu-west-1.amazonaws.com/111122223333/kms-events"]
 `
 	valuesRemediationExisting = `
 remediation:
@@ -1102,6 +1103,12 @@ data:
 	}
 	if strings.Contains(text, "No region is set") {
 		t.Errorf("the notes warn of no region with aws.region set:\n%s", text)
+	}
+	text = notesOf(renderChart(t, chart, "events: {sqsQueueUrls: [https://sqs.eu-west-1.amazonaws.com/111122223333/kms-events]}"))
+	for _, want := range []string{"deploy/iam/kms-exporter-events.json", "kms_exporter_event_receive_errors_total", "refresh.resyncInterval is not set"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("events notes lack %q:\n%s", want, text)
+		}
 	}
 }
 

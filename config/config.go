@@ -286,6 +286,8 @@ func (c *Config) Validate() error {
 		return flagError("refresh.resync-interval", "%s is shorter than --refresh.interval (%s)", c.ResyncInterval, c.RefreshInterval)
 	case c.MaxStaleAge < 0:
 		return flagError("refresh.max-stale-age", "must not be negative")
+	case len(c.EventQueueURLs) > 0 && c.TotalShards > 1:
+		return flagError("events.sqs-queue-url", "not with --total-shards=%d: every shard would poll the queue and drop the events of the others' accounts and regions as not audited", c.TotalShards)
 	case !policy.ValidRotationPeriod(maxPeriod):
 		return flagError("compliance.max-rotation-period-days", "%d is outside KMS's %d..%d", maxPeriod,
 			policy.MinRotationPeriodDays, policy.MaxRotationPeriodDays)

@@ -100,6 +100,9 @@ printed as integers (1e+06 would be refused by an integer flag). */}}
 {{- $flags = append $flags (list "refresh.interval" $v.refresh.interval) }}
 {{- $flags = append $flags (list "refresh.resync-interval" $v.refresh.resyncInterval) }}
 {{- $flags = append $flags (list "refresh.max-stale-age" $v.refresh.maxStaleAge) }}
+{{- if and $v.events.sqsQueueUrls (gt (int $v.sharding.shards) 1) }}
+{{- fail "events.sqsQueueUrls: not with sharding.shards > 1 (the exporter refuses --events.sqs-queue-url with --total-shards: each shard would drop the events of the others)" }}
+{{- end }}
 {{- range $v.events.sqsQueueUrls }}
 {{- $flags = append $flags (list "events.sqs-queue-url" .) }}
 {{- end }}
