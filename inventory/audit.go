@@ -251,12 +251,17 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 // refresh that started at prevTick. Every key is re-read at least every
 // Resync, at an instant of its own (a hash of its id places it in the
 // interval), so that the reads of a large inventory are spread evenly over
-// the interval rather than made all at once; a key whose last read failed
-// is re-read at every refresh. Resync 0 (or a refresh Resync or more after
-// the last): every key is due.
+// the interval rather than made all at once. A key is re-read at every
+// refresh while its last read failed or its verdict is unknown (an access
+// denied fixed in IAM makes no KMS event), and once its exemption has
+// ended (a date passing makes no event either). Resync 0 (or a refresh
+// Resync or more after the last): every key is due.
 func (a *Auditor) due(k *model.Key, prevTick, now time.Time) bool {
 	r := a.Resync.Nanoseconds()
-	if k.ReadError != "" || r <= 0 || prevTick.IsZero() || now.Sub(prevTick) >= a.Resync {
+	if k.ReadError != "" || k.Verdict.Status == policy.Unknown || r <= 0 || prevTick.IsZero() || now.Sub(prevTick) >= a.Resync {
+		return true
+	}
+	if v := k.Verdict; v.Status == policy.Exempt && !v.ExemptionExpiry.IsZero() && !now.Before(v.ExemptionExpiry) {
 		return true
 	}
 	h := fnv.New64a()

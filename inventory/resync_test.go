@@ -133,3 +133,38 @@ func TestResyncSeesChanges(t *testing.T) {
 		t.Fatal("a rotation enabled was not seen within the resync interval")
 	}
 }
+
+// TestResyncRereadsWhatNoEventAnnounces: with a resync of a day, a key whose
+// exemption ends is re-read at the next refresh (a date passing makes no KMS
+// event), and so is an unknown key (an access denied fixed in IAM makes none
+// either).
+func TestResyncRereadsWhatNoEventAnnounces(t *testing.T) {
+	ctx := ctxT(t)
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	proxy := kmstest.NewProxy(t, srv.URL)
+	// vendor-appliance is exempt until 2099-12-31: its exemption ends at 2100-01-01T00:00Z.
+	clk := &clock{now: time.Date(2099, 12, 31, 23, 59, 30, 0, time.UTC)}
+	a := newAuditor()
+	a.Now, a.Resync = clk.Now, 24*time.Hour
+	f := newFactory(proxy.URL)
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, a, discard(), nil)
+	denied := ids["payments"]
+	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: denied, Code: "AccessDeniedException"})
+	s := r.Refresh(ctx)
+	if _, k := s.Locate("", "eu-west-1", ids["vendor-appliance"]); k.Verdict.Status != policy.Exempt {
+		t.Fatalf("before its end: %s", k.Verdict.Status)
+	}
+	if _, k := s.Locate("", "eu-west-1", denied); k.Verdict.Status != policy.Unknown {
+		t.Fatalf("denied: %s", k.Verdict.Status)
+	}
+	proxy.ClearFaults()
+
+	clk.Add(time.Minute)
+	s = r.Refresh(ctx)
+	if _, k := s.Locate("", "eu-west-1", ids["vendor-appliance"]); k.Verdict.Status != policy.Noncompliant || k.Verdict.Reason != policy.ReasonExemptionExpired {
+		t.Errorf("a minute after its exemption ended: %s (%s), want noncompliant (exemption_expired)", k.Verdict.Status, k.Verdict.Reason)
+	}
+	if _, k := s.Locate("", "eu-west-1", denied); k.Verdict.Status != policy.Compliant {
+		t.Errorf("access allowed again: %s, want compliant at the next refresh", k.Verdict.Status)
+	}
+}
