@@ -3,6 +3,7 @@ package inventory
 import (
 	"context"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -102,6 +103,22 @@ func (r *Refresher) readMarked(ctx context.Context) {
 		}
 		byKey[mk.ref] = append(byKey[mk.ref], mk.done)
 	}
+	// A multi-Region key's rotation is one setting, kept in sync from the
+	// primary: the event of a change names one region, every copy changed.
+	cur := r.pub.Snapshot()
+	for ref := range maps.Clone(byKey) {
+		if !strings.HasPrefix(ref.KeyID, multiRegionPrefix) {
+			continue
+		}
+		for _, st := range cur.Targets {
+			other := model.KeyRef{AccountID: ref.AccountID, Region: st.Region, KeyID: ref.KeyID}
+			_, marked := byKey[other]
+			_, audited := targets[where{other.AccountID, other.Region}]
+			if !marked && audited && st.AccountID == ref.AccountID && findKey(st.Keys, ref.KeyID) >= 0 {
+				byKey[other] = nil
+			}
+		}
+	}
 	refs := make([]model.KeyRef, 0, len(byKey))
 	for ref := range byKey {
 		refs = append(refs, ref)
@@ -119,6 +136,10 @@ func (r *Refresher) readMarked(ctx context.Context) {
 	}
 	r.logger.Debug("marked keys re-read", "keys", len(refs), "duration", time.Since(start).Round(time.Millisecond))
 }
+
+// multiRegionPrefix starts the id of a multi-Region key (its primary and
+// replicas share it).
+const multiRegionPrefix = "mrk-"
 
 // keyRead is what re-reading a marked key found.
 type keyRead struct {

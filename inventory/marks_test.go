@@ -10,6 +10,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/model"
@@ -130,5 +131,53 @@ func TestMarkReadsAKeyAtOnce(t *testing.T) {
 	}
 	if _, err := r.Mark(ctx, model.KeyRef{AccountID: "999999999999", Region: "eu-west-1", KeyID: id}); !errors.Is(err, model.ErrNotAudited) {
 		t.Errorf("a mark in an account not audited: %v, want ErrNotAudited", err)
+	}
+}
+
+// TestMarkReadsEveryCopyOfAMultiRegionKey: rotation enabled on a
+// multi-Region primary (its event names the primary's region) shows on its
+// replica in another region too, once the primary is marked.
+func TestMarkReadsEveryCopyOfAMultiRegionKey(t *testing.T) {
+	ctx, cancel := context.WithCancel(ctxT(t))
+	srv := kmstest.StartT(t, kmstest.Options{Region: "eu-west-1"})
+	proxy := kmstest.NewProxy(t, srv.URL)
+	const id = "mrk-1234abcd12ab34cd56ef1234567890ab"
+	proxy.AddFake(kmstest.MultiRegionKey("us-east-1", "us-east-1", kmstest.DefaultAccount, id, false))
+	proxy.AddFake(kmstest.MultiRegionKey("eu-west-1", "us-east-1", kmstest.DefaultAccount, id, false))
+	a := newAuditor()
+	a.Resync, a.MaxStale = 24*time.Hour, 25*time.Hour
+	f := newFactory(proxy.URL)
+	r := inventory.NewRefresher(inventory.StaticTargets{
+		{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")},
+		{Region: "us-east-1", API: f.KMS(awsclient.Role{}, "us-east-1")},
+	}, a, discard(), nil)
+	done := make(chan struct{})
+	go func() { r.Run(ctx, time.Hour); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	status := func(region string) policy.Status {
+		_, k := r.Snapshot().Locate(kmstest.DefaultAccount, region, id)
+		if k == nil {
+			return "absent"
+		}
+		return k.Verdict.Status
+	}
+	harness.Poll(t, 10*time.Second, func() string {
+		if s := status("eu-west-1"); s != policy.Noncompliant {
+			return "replica before: " + string(s)
+		}
+		return ""
+	})
+	if _, err := kmstest.Client(proxy.URL, "us-east-1").EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String(id)}); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := r.Mark(ctx, model.KeyRef{AccountID: kmstest.DefaultAccount, Region: "us-east-1", KeyID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitMark(t, ch); err != nil {
+		t.Fatal(err)
+	}
+	if p, rep := status("us-east-1"), status("eu-west-1"); p != policy.Compliant || rep != policy.Compliant {
+		t.Errorf("after the primary's mark: primary %s, replica %s; want both compliant", p, rep)
 	}
 }

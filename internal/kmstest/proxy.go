@@ -417,6 +417,13 @@ func (p *Proxy) serveFake(w http.ResponseWriter, op string, k *FakeKey, req map[
 	switch op {
 	case "DescribeKey":
 		writeJSON(w, 200, map[string]any{"KeyMetadata": k.Metadata})
+	case "ListAliases": // with KeyId: the key's own
+		aliases := []map[string]any{}
+		for _, a := range k.Aliases {
+			aliases = append(aliases, map[string]any{"AliasName": a, "TargetKeyId": k.id(),
+				"AliasArn": strings.Replace(k.Metadata["Arn"].(string), "key/"+k.id(), a, 1)})
+		}
+		writeJSON(w, 200, map[string]any{"Aliases": aliases, "Truncated": false})
 	case "GetKeyRotationStatus":
 		if k.RotationError != "" {
 			writeError(w, 400, k.RotationError)
