@@ -36,6 +36,7 @@ type marks struct {
 	// region they reach; nil until the first refresh ends.
 	targets map[where]Target
 	wake    chan struct{}
+	reading sync.Mutex // one batch of marks is read at a time
 }
 
 // Mark asks for a key to be re-read as soon as possible. The channel
@@ -69,16 +70,25 @@ func (r *Refresher) Mark(_ context.Context, ref model.KeyRef) (<-chan error, err
 // setTargets records the targets of a refresh, by the account and region
 // they reach, for the marks to come.
 func (r *Refresher) setTargets(chosen map[where]Target) {
-	r.marks.mu.Lock()
-	r.marks.targets = chosen
-	r.marks.mu.Unlock()
+	m := &r.marks
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.targets = chosen
+	if len(m.pending) > 0 { // marks made before the first refresh ended
+		select {
+		case m.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // readMarked re-reads the keys marked since the last time and publishes
-// them. Refreshes wait meanwhile: they never overlap with it.
+// them at once, while a refresh may be running: the refresh applies these
+// reads over its own when it publishes (see withPending). One batch of marks
+// is read at a time.
 func (r *Refresher) readMarked(ctx context.Context) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.marks.reading.Lock()
+	defer r.marks.reading.Unlock()
 	m := &r.marks
 	m.mu.Lock()
 	todo, targets := m.pending, m.targets
@@ -93,7 +103,9 @@ func (r *Refresher) readMarked(ctx context.Context) {
 		m.mu.Unlock()
 		return
 	}
-	start := r.auditor.Now()
+	// started orders the reads with the refreshes and the remediation
+	// changes; start is when they were read, by the verdicts' clock.
+	started, start := time.Now(), r.auditor.Now()
 	// One read per key, however many marks name it.
 	byKey := map[model.KeyRef][]chan error{}
 	for _, mk := range todo {
@@ -126,8 +138,8 @@ func (r *Refresher) readMarked(ctx context.Context) {
 	reads := r.readKeys(ctx, targets, refs, start)
 
 	r.pubMu.Lock()
-	s := r.withReads(r.pub.Snapshot(), reads, start)
-	r.pub.Publish(s)
+	r.marked = append(r.marked, markedReads{started, reads})
+	r.pub.Publish(r.patched(applyReads(r.pub.Snapshot(), reads), r.changesSince(started)))
 	r.pubMu.Unlock()
 	for i, ref := range refs {
 		for _, done := range byKey[ref] {
@@ -218,10 +230,15 @@ func keyAliases(ctx context.Context, api KMS, keyID string) ([]string, error) {
 	return byKey[keyID], err
 }
 
-// withReads returns s with the keys re-read put in (new keys inserted in
-// order, keys gone removed), and the remediation changes made since start
-// applied again over them; s is not modified.
-func (r *Refresher) withReads(s *model.Snapshot, reads []keyRead, start time.Time) *model.Snapshot {
+// markedReads are keys re-read for marks, in a read that started at.
+type markedReads struct {
+	at    time.Time
+	reads []keyRead
+}
+
+// applyReads returns s with the keys re-read put in (new keys inserted in
+// order, keys gone removed); s is not modified.
+func applyReads(s *model.Snapshot, reads []keyRead) *model.Snapshot {
 	byTarget := map[where][]keyRead{}
 	for _, rd := range reads {
 		if !rd.keep {
@@ -254,13 +271,7 @@ func (r *Refresher) withReads(s *model.Snapshot, reads []keyRead, start time.Tim
 		}
 		out.Targets[i] = &cp
 	}
-	var since []model.RotationChange
-	for _, c := range r.pending {
-		if c.At.After(start) {
-			since = append(since, c)
-		}
-	}
-	return r.patched(out, since)
+	return out
 }
 
 // findTarget returns the state of an account and region in s, or nil.

@@ -181,3 +181,54 @@ func TestMarkReadsEveryCopyOfAMultiRegionKey(t *testing.T) {
 		t.Errorf("after the primary's mark: primary %s, replica %s; want both compliant", p, rep)
 	}
 }
+
+// TestMarkDuringARefresh: a key marked while a refresh is running (held up
+// by one slow key) is read and published at once, not after the refresh;
+// and the refresh, which read that key before it changed, does not publish
+// the older state over it.
+func TestMarkDuringARefresh(t *testing.T) {
+	ctx, cancel := context.WithCancel(ctxT(t))
+	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
+	proxy := kmstest.NewProxy(t, srv.URL)
+	a := newAuditor()
+	a.Resync, a.MaxStale = time.Nanosecond, time.Hour // every key at every refresh
+	f := newFactory(proxy.URL)
+	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, a, discard(), nil)
+	done := make(chan struct{})
+	go func() { r.Run(ctx, time.Hour); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	id := ids["payments"]
+	harness.Poll(t, 10*time.Second, func() string {
+		if _, k := r.Snapshot().Locate("", "eu-west-1", id); k == nil || k.Verdict.Status != policy.Compliant {
+			return "first refresh not published"
+		}
+		return ""
+	})
+
+	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: ids["legacy-billing"], Delay: 4 * time.Second, Times: 1})
+	refreshed := make(chan struct{})
+	go func() { r.Refresh(ctx); close(refreshed) }()
+	time.Sleep(time.Second) // the refresh has read the other keys, payments among them
+	if _, err := srv.Client().DisableKeyRotation(ctx, &kms.DisableKeyRotationInput{KeyId: aws.String(id)}); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := r.Mark(ctx, model.KeyRef{AccountID: kmstest.DefaultAccount, Region: "eu-west-1", KeyID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := waitMark(t, ch); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-refreshed:
+		t.Fatal("the mark was answered only after the refresh ended")
+	default:
+	}
+	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
+		t.Fatalf("during the refresh, after the mark: %s", k.Verdict.Status)
+	}
+	<-refreshed
+	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
+		t.Errorf("the refresh published its older read over the mark's: %s", k.Verdict.Status)
+	}
+}

@@ -61,15 +61,38 @@ func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *
 	return out
 }
 
-// withPending applies the changes made after a refresh started to its
-// result, and forgets those the refresh has seen. Callers hold pubMu.
+// withPending applies to a refresh's result what was read after it started
+// (remediation changes, keys re-read for marks), in the order it was read,
+// and forgets what the refresh has seen. Callers hold pubMu.
 func (r *Refresher) withPending(s *model.Snapshot, refreshStart time.Time) *model.Snapshot {
-	keep := r.pending[:0]
-	for _, c := range r.pending {
-		if c.At.After(refreshStart) {
-			keep = append(keep, c)
+	changes := r.changesSince(refreshStart)
+	r.pending = changes
+	marked := r.marked[:0]
+	for _, m := range r.marked {
+		if m.at.After(refreshStart) {
+			marked = append(marked, m)
 		}
 	}
-	r.pending = keep
-	return r.patched(s, keep)
+	clear(r.marked[len(marked):])
+	r.marked = marked
+	for _, m := range marked {
+		var before []model.RotationChange
+		for len(changes) > 0 && changes[0].At.Before(m.at) {
+			before, changes = append(before, changes[0]), changes[1:]
+		}
+		s = applyReads(r.patched(s, before), m.reads)
+	}
+	return r.patched(s, changes)
+}
+
+// changesSince returns the remediation changes made after t, in order.
+// Callers hold pubMu.
+func (r *Refresher) changesSince(t time.Time) []model.RotationChange {
+	var out []model.RotationChange
+	for _, c := range r.pending {
+		if c.At.After(t) {
+			out = append(out, c)
+		}
+	}
+	return out
 }

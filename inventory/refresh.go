@@ -48,10 +48,13 @@ type Refresher struct {
 	pub     Publisher
 
 	mu      sync.Mutex // serialises refreshes: they never overlap
-	pubMu   sync.Mutex // serialises publishing; guards pending
+	pubMu   sync.Mutex // serialises publishing; guards pending and marked
 	pending []model.RotationChange
-	ready   chan struct{}
-	once    sync.Once
+	// marked are the keys re-read for marks, kept until a refresh that
+	// started after them has published (it applies them over its own reads).
+	marked []markedReads
+	ready  chan struct{}
+	once   sync.Once
 
 	dupMu      sync.Mutex
 	duplicates map[[3]string]bool
@@ -87,29 +90,36 @@ func (r *Refresher) ReadyHandler() http.Handler {
 	})
 }
 
-// Run refreshes at once, then every interval, until ctx ends; in between,
-// it re-reads the keys marked (see Mark) as they come. After each refresh
-// the memory of the previous snapshot is returned to the operating system at
-// once, rather than over the next minutes: the exporter's resident memory is
-// then what the current snapshot needs (see the README's capacity table).
+// Run refreshes at once, then every interval, until ctx ends; meanwhile,
+// and during refreshes too, it re-reads the keys marked (see Mark) as they
+// come. After each refresh the memory of the previous snapshot is returned
+// to the operating system at once, rather than over the next minutes: the
+// exporter's resident memory is then what the current snapshot needs (see
+// the README's capacity table).
 func (r *Refresher) Run(ctx context.Context, interval time.Duration) {
-	ticker := time.NewTicker(interval)
-	defer ticker.Stop()
-	defer r.failMarks(ctx)
-	for {
-		r.Refresh(ctx)
-		debug.FreeOSMemory()
-		r.readMarked(ctx) // those that waited for the refresh
-	wait:
+	marks := make(chan struct{})
+	go func() {
+		defer close(marks)
 		for {
 			select {
 			case <-ctx.Done():
+				r.failMarks(ctx)
 				return
-			case <-ticker.C:
-				break wait
 			case <-r.marks.wake:
 				r.readMarked(ctx)
 			}
+		}
+	}()
+	defer func() { <-marks }()
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	for {
+		r.Refresh(ctx)
+		debug.FreeOSMemory()
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
 		}
 	}
 }
