@@ -107,7 +107,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	// its own): kmsCollector.Handler serves them, encoded once per refresh,
 	// after the registry's.
 	registry.MustRegister(
-		factory, remediator.Metrics(), resolver, refresher.Metrics(), kmsCollector,
+		factory, remediator.Metrics(), resolver, refresher, kmsCollector,
 		versioncollector.NewCollector("kms_exporter"),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

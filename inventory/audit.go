@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -113,7 +114,7 @@ func (a *Auditor) Audit(ctx context.Context, t Target) (accountID string, keys [
 	if err != nil {
 		return "", nil, err
 	}
-	keys, _, err = a.auditListed(ctx, t, l, nil, a.Now())
+	keys, _, _, err = a.auditListed(ctx, t, l, nil, a.Now())
 	return l.accountID, keys, err
 }
 
@@ -147,10 +148,11 @@ func (a *Auditor) list(ctx context.Context, t Target) (*listing, error) {
 // MaxStale after its last successful read. The keys returned are sorted by
 // id, with when each was last read successfully (model.TargetState.ReadAt);
 // a key deleted since it was listed is left out. attempt is when this
-// refresh started, by the auditor's clock. The error is ReadErrors when reads
-// failed for transient reasons (the refresh of the target then did not
-// succeed), or the context's error.
-func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *model.TargetState, attempt time.Time) ([]*model.Key, []int64, error) {
+// refresh started, by the auditor's clock. changed counts the keys a resync
+// found changed (with events on, each is a change whose event did not come).
+// The error is ReadErrors when reads failed for transient reasons (the
+// refresh of the target then did not succeed), or the context's error.
+func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *model.TargetState, attempt time.Time) (keys []*model.Key, readAt []int64, changed int, err error) {
 	var prev []*model.Key
 	var prevAt []int64
 	var prevTick time.Time
@@ -163,6 +165,8 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	}
 	results := make([]result, len(l.keys))
 	var toRead []int
+	resync := make([]bool, len(l.keys)) // due by its turn only: a change found is news
+	var changes atomic.Int64
 	for i, lk := range l.keys {
 		j := findKey(prev, lk.id)
 		if j < 0 {
@@ -178,6 +182,7 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 		}
 		if a.due(p, prevTick, attempt) {
 			toRead = append(toRead, i)
+			resync[i] = p.ReadError == "" && p.Verdict.Status != policy.Unknown && !exemptionEnded(p, attempt)
 			continue
 		}
 		if aliases := l.aliases[p.ID]; !slices.Equal(aliases, p.Aliases) {
@@ -215,6 +220,9 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 					results[i] = result{p, attempt.UnixNano()}
 				default:
 					results[i] = result{compact(&k, p), attempt.UnixNano()}
+					if resync[i] {
+						changes.Add(1)
+					}
 				}
 			}
 		})
@@ -234,17 +242,18 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	slices.SortFunc(kept, func(a, b result) int { return strings.Compare(a.k.ID, b.k.ID) })
 	// A key listed twice (pages shifting while keys are created) is kept once.
 	kept = slices.CompactFunc(kept, func(a, b result) bool { return a.k.ID == b.k.ID })
-	keys, readAt := make([]*model.Key, len(kept)), make([]int64, len(kept))
+	keys, readAt = make([]*model.Key, len(kept)), make([]int64, len(kept))
 	for i, r := range kept {
 		keys[i], readAt[i] = r.k, r.at
 	}
+	changed = int(changes.Load())
 	if err := ctx.Err(); err != nil {
-		return keys, readAt, err
+		return keys, readAt, changed, err
 	}
 	if len(errs) > 0 {
-		return keys, readAt, errs
+		return keys, readAt, changed, errs
 	}
-	return keys, readAt, nil
+	return keys, readAt, changed, nil
 }
 
 // due tells whether a refresh starting at now re-reads a key known from the
@@ -261,7 +270,7 @@ func (a *Auditor) due(k *model.Key, prevTick, now time.Time) bool {
 	if k.ReadError != "" || k.Verdict.Status == policy.Unknown || r <= 0 || prevTick.IsZero() || now.Sub(prevTick) >= a.Resync {
 		return true
 	}
-	if v := k.Verdict; v.Status == policy.Exempt && !v.ExemptionExpiry.IsZero() && !now.Before(v.ExemptionExpiry) {
+	if exemptionEnded(k, now) {
 		return true
 	}
 	h := fnv.New64a()
@@ -269,6 +278,13 @@ func (a *Auditor) due(k *model.Key, prevTick, now time.Time) bool {
 	phase := int64(h.Sum64() % uint64(r))
 	// Due when an instant phase + n*Resync lies in (prevTick, now].
 	return floorDiv(now.UnixNano()-phase, r) > floorDiv(prevTick.UnixNano()-phase, r)
+}
+
+// exemptionEnded tells whether k shows an exemption that has ended by now:
+// its verdict is due again.
+func exemptionEnded(k *model.Key, now time.Time) bool {
+	v := k.Verdict
+	return v.Status == policy.Exempt && !v.ExemptionExpiry.IsZero() && !now.Before(v.ExemptionExpiry)
 }
 
 func floorDiv(a, b int64) int64 {

@@ -46,7 +46,7 @@ func scrape(t *testing.T, s *model.Snapshot, r *inventory.Refresher) exposition 
 	c := collector.New(collector.Options{}, discard())
 	c.Publish(s)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(r.Metrics())
+	reg.MustRegister(r)
 	rec := httptest.NewRecorder()
 	c.Handler(reg, discard()).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	p := expfmt.NewTextParser(prommodel.UTF8Validation)

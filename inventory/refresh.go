@@ -59,8 +59,9 @@ type Refresher struct {
 	dupMu      sync.Mutex
 	duplicates map[[3]string]bool
 
-	metricsOnce  sync.Once
-	readFailures *prometheus.CounterVec
+	metricsOnce   sync.Once
+	readFailures  *prometheus.CounterVec
+	resyncChanges *prometheus.CounterVec
 
 	marks marks
 }
@@ -292,7 +293,12 @@ func (r *Refresher) refreshTarget(ctx context.Context, t Target, l *listing, lis
 	}
 	err := listErr
 	if l != nil {
-		st.Keys, st.ReadAt, err = r.auditor.auditListed(ctx, t, l, last, attempt)
+		var changed int
+		st.Keys, st.ReadAt, changed, err = r.auditor.auditListed(ctx, t, l, last, attempt)
+		if changed > 0 {
+			r.Metrics()
+			r.resyncChanges.WithLabelValues(account, t.Region).Add(float64(changed))
+		}
 	} else {
 		st.Keys, st.ReadAt = r.auditor.Age(last, awsclient.ErrorCode(listErr))
 	}
@@ -347,6 +353,23 @@ func (r *Refresher) Metrics() *prometheus.CounterVec {
 			Name: "kms_key_read_failures_total",
 			Help: "Keys whose reads failed for a transient reason (throttling past the retries, 5xx, timeouts, connection errors), by operation and error code, once per key and refresh; such a key keeps its last good verdict (stale) until --refresh.max-stale-age, then is unknown.",
 		}, []string{"account_id", "region", "operation", "error_code"})
+		r.resyncChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kms_key_resync_changes_total",
+			Help: "Keys a refresh found changed when it re-read them in their turn of --refresh.resync-interval (not for a failed read, an unknown verdict or an ended exemption). With --events.sqs-queue-url, each is a change whose event did not reach the exporter.",
+		}, []string{"account_id", "region"})
 	})
 	return r.readFailures
+}
+
+// Describe implements prometheus.Collector: kms_key_read_failures_total and
+// kms_key_resync_changes_total.
+func (r *Refresher) Describe(ch chan<- *prometheus.Desc) {
+	r.Metrics().Describe(ch)
+	r.resyncChanges.Describe(ch)
+}
+
+// Collect implements prometheus.Collector.
+func (r *Refresher) Collect(ch chan<- prometheus.Metric) {
+	r.Metrics().Collect(ch)
+	r.resyncChanges.Collect(ch)
 }

@@ -1,11 +1,14 @@
 package inventory_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/fastkms"
@@ -131,6 +134,18 @@ func TestResyncSeesChanges(t *testing.T) {
 	}
 	if !seen {
 		t.Fatal("a rotation enabled was not seen within the resync interval")
+	}
+	// The resync found one change (the key created was new, not a change).
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(r)
+	if n, err := testutil.GatherAndCount(reg, "kms_key_resync_changes_total"); err != nil || n != 1 {
+		t.Fatalf("kms_key_resync_changes_total: %d series, %v", n, err)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP kms_key_resync_changes_total Keys a refresh found changed when it re-read them in their turn of --refresh.resync-interval (not for a failed read, an unknown verdict or an ended exemption). With --events.sqs-queue-url, each is a change whose event did not reach the exporter.
+# TYPE kms_key_resync_changes_total counter
+kms_key_resync_changes_total{account_id="111122223333",region="eu-west-1"} 1
+`), "kms_key_resync_changes_total"); err != nil {
+		t.Error(err)
 	}
 }
 
