@@ -62,8 +62,9 @@ func TestServeWithEvents(t *testing.T) {
 	}
 }
 
-// TestEventsSurviveARestart kills the exporter while it holds a message
-// (its re-read of the key hangs), turns the change back, and starts a new
+// TestEventsSurviveARestart kills the exporter in the middle of a batch,
+// while it holds a message (its re-read of the key hangs) and after it
+// handled another, turns the change back, and starts a new
 // exporter: the message comes back after the queue's visibility timeout and
 // is handled and deleted by the new one (no event lost), and the late
 // DisableKeyRotation event does not make the key noncompliant: the key shows
@@ -91,13 +92,24 @@ func TestEventsSurviveARestart(t *testing.T) {
 	first.waitReady(t)
 	proxy.AddFault(&kmstest.Fault{Op: "DescribeKey", KeyID: id, Delay: time.Minute})
 	harness.AWSCLI(t, srv.URL, "eu-west-1", "kms", "disable-key-rotation", "--key-id", id)
+	// A batch: the hung key's event, and another key's, which the first
+	// exporter handles before it dies.
+	other := ids["legacy-billing"]
+	harness.AWSCLI(t, srv.URL, "eu-west-1", "kms", "enable-key-rotation", "--key-id", other)
 	bus.APICall(t, "DisableKeyRotation", kmstest.DefaultAccount, "eu-west-1", arn, time.Now())
+	bus.APICall(t, "EnableKeyRotation", kmstest.DefaultAccount, "eu-west-1", strings.Replace(arn, id, other, 1), time.Now())
 	harness.Poll(t, 10*time.Second, func() string {
+		if v := counter(first, `kms_exporter_event_messages_total{result="deleted"}`); v != "1" {
+			return "messages deleted by the first exporter: " + v
+		}
 		if v := counter(first, `kms_exporter_events_received_total{type="DisableKeyRotation"}`); v != "1" {
 			return "events received by the first exporter: " + v
 		}
 		return ""
 	})
+	if _, body := get(t, "http://"+first.addr+"/metrics"); !strings.Contains(body, complianceLine(other, "compliant", "rotation_enabled")) {
+		t.Errorf("the first exporter did not publish %s, whose event it handled", other)
+	}
 	_ = first.cmd.Process.Kill() // while its re-read of the key hangs
 	<-first.exited
 	if h := bus.Held(t); h != "0 visible, 1 in flight" {

@@ -36,7 +36,12 @@ type marks struct {
 	// region they reach; nil until the first refresh ends.
 	targets map[where]Target
 	wake    chan struct{}
-	reading sync.Mutex // one batch of marks is read at a time
+	// inflight are the keys being read, with the marks made meanwhile (to
+	// answer after a read once more when rerun); slots bound the reads.
+	inflight map[model.KeyRef][]chan error
+	rerun    map[model.KeyRef]bool
+	slots    chan struct{}
+	reads    sync.WaitGroup
 }
 
 // Mark asks for a key to be re-read as soon as possible. The channel
@@ -82,13 +87,13 @@ func (r *Refresher) setTargets(chosen map[where]Target) {
 	}
 }
 
-// readMarked re-reads the keys marked since the last time and publishes
-// them at once, while a refresh may be running: the refresh applies these
-// reads over its own when it publishes (see withPending). One batch of marks
-// is read at a time.
+// readMarked starts the re-reads of the keys marked since the last time.
+// Each key is read on its own (at most Workers at once) and published as
+// soon as it is read, while a refresh may be running: the refresh applies
+// these reads over its own when it publishes (see withPending). A key marked
+// again while it is being read is read once more after, never twice at
+// once, so that an older read is never published over a newer one.
 func (r *Refresher) readMarked(ctx context.Context) {
-	r.marks.reading.Lock()
-	defer r.marks.reading.Unlock()
 	m := &r.marks
 	m.mu.Lock()
 	todo, targets := m.pending, m.targets
@@ -97,15 +102,12 @@ func (r *Refresher) readMarked(ctx context.Context) {
 	if len(todo) == 0 {
 		return
 	}
-	if targets == nil { // no refresh has ended: it reads them all
+	if targets == nil { // no refresh has ended: wait for it (setTargets)
 		m.mu.Lock()
 		m.pending = append(todo, m.pending...)
 		m.mu.Unlock()
 		return
 	}
-	// started orders the reads with the refreshes and the remediation
-	// changes; start is when they were read, by the verdicts' clock.
-	started, start := time.Now(), r.auditor.Now()
 	// One read per key, however many marks name it.
 	byKey := map[model.KeyRef][]chan error{}
 	for _, mk := range todo {
@@ -131,22 +133,69 @@ func (r *Refresher) readMarked(ctx context.Context) {
 			}
 		}
 	}
-	refs := make([]model.KeyRef, 0, len(byKey))
-	for ref := range byKey {
-		refs = append(refs, ref)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.inflight == nil {
+		m.inflight, m.rerun = map[model.KeyRef][]chan error{}, map[model.KeyRef]bool{}
+		m.slots = make(chan struct{}, max(1, r.auditor.Workers))
 	}
-	reads := r.readKeys(ctx, targets, refs, start)
-
-	r.pubMu.Lock()
-	r.marked = append(r.marked, markedReads{started, reads})
-	r.pub.Publish(r.patched(applyReads(r.pub.Snapshot(), reads), r.changesSince(started)))
-	r.pubMu.Unlock()
-	for i, ref := range refs {
-		for _, done := range byKey[ref] {
-			done <- reads[i].err
+	for ref, waiters := range byKey {
+		if again, reading := m.inflight[ref]; reading {
+			m.inflight[ref] = append(again, waiters...)
+			m.rerun[ref] = true
+			continue
 		}
+		m.inflight[ref] = nil
+		m.reads.Go(func() { r.readMarkedKey(ctx, targets[where{ref.AccountID, ref.Region}], ref, waiters) })
 	}
-	r.logger.Debug("marked keys re-read", "keys", len(refs), "duration", time.Since(start).Round(time.Millisecond))
+}
+
+// readMarkedKey reads one marked key, publishes it and tells its marks;
+// again while it was marked again meanwhile.
+func (r *Refresher) readMarkedKey(ctx context.Context, t Target, ref model.KeyRef, waiters []chan error) {
+	m := &r.marks
+	for {
+		acquired := false
+		select {
+		case m.slots <- struct{}{}:
+			acquired = true
+		case <-ctx.Done():
+		}
+		// started orders the read with the refreshes and the remediation
+		// changes; start is when it was read, by the verdicts' clock.
+		started, start := time.Now(), r.auditor.Now()
+		var prev *model.Key
+		var prevAt int64
+		if st := findTarget(r.pub.Snapshot(), ref.AccountID, ref.Region); st != nil {
+			if j := findKey(st.Keys, ref.KeyID); j >= 0 {
+				prev, prevAt = st.Keys[j], readAtOf(st.ReadAt, j)
+			}
+		}
+		rd := r.auditor.readOne(ctx, t, ref, prev, prevAt, start)
+		if acquired {
+			<-m.slots
+		}
+		reads := []keyRead{rd}
+		r.pubMu.Lock()
+		r.marked = append(r.marked, markedReads{started, reads})
+		r.pub.Publish(r.patched(applyReads(r.pub.Snapshot(), reads), r.changesSince(started)))
+		r.pubMu.Unlock()
+		for _, done := range waiters {
+			done <- rd.err
+		}
+		r.logger.Debug("marked key re-read", "key", ref.String(), "duration", time.Since(started).Round(time.Millisecond), "err", rd.err)
+
+		m.mu.Lock()
+		waiters = m.inflight[ref]
+		if !m.rerun[ref] {
+			delete(m.inflight, ref)
+			m.mu.Unlock()
+			return
+		}
+		m.inflight[ref] = nil
+		delete(m.rerun, ref)
+		m.mu.Unlock()
+	}
 }
 
 // multiRegionPrefix starts the id of a multi-Region key (its primary and
@@ -160,36 +209,6 @@ type keyRead struct {
 	at   int64      // when it was last read successfully
 	err  error      // why it could not be read
 	keep bool       // the read failed before anything was learnt: leave the key as it is
-}
-
-// readKeys re-reads the keys, as the last snapshot knows them, on the
-// auditor's workers.
-func (r *Refresher) readKeys(ctx context.Context, targets map[where]Target, refs []model.KeyRef, start time.Time) []keyRead {
-	cur := r.pub.Snapshot()
-	out := make([]keyRead, len(refs))
-	work := make(chan int)
-	var wg sync.WaitGroup
-	for range max(1, min(r.auditor.Workers, len(refs))) {
-		wg.Go(func() {
-			for i := range work {
-				ref := refs[i]
-				var prev *model.Key
-				var prevAt int64
-				if st := findTarget(cur, ref.AccountID, ref.Region); st != nil {
-					if j := findKey(st.Keys, ref.KeyID); j >= 0 {
-						prev, prevAt = st.Keys[j], readAtOf(st.ReadAt, j)
-					}
-				}
-				out[i] = r.auditor.readOne(ctx, targets[where{ref.AccountID, ref.Region}], ref, prev, prevAt, start)
-			}
-		})
-	}
-	for i := range refs {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
-	return out
 }
 
 // readOne re-reads one key of t; prev is the key as last published (nil: not

@@ -105,6 +105,7 @@ func (r *Refresher) Run(ctx context.Context, interval time.Duration) {
 			select {
 			case <-ctx.Done():
 				r.failMarks(ctx)
+				r.marks.reads.Wait()
 				return
 			case <-r.marks.wake:
 				r.readMarked(ctx)
