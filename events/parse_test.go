@@ -2,6 +2,7 @@ package events
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -180,11 +181,62 @@ func TestParseMalformed(t *testing.T) {
 		"ARN without region":                 api(`{"eventSource":"kms.amazonaws.com","eventName":"EnableKey","requestParameters":{"keyId":"arn:aws:kms::111122223333:key/` + key1 + `"}}`),
 		"requestParameters a list":           api(`{"eventSource":"kms.amazonaws.com","eventName":"EnableKey","requestParameters":[]}`),
 		"resources of the record not a list": api(`{"eventSource":"kms.amazonaws.com","eventName":"EnableKey","resources":{}}`),
+		// No KMS event names more than three keys: thousands would be thousands of reads.
+		"17 keys in resources": `{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1",
+			"resources":` + keyARNs(MaxKeysPerEvent+1, MaxKeysPerEvent+1) + `,"detail":{}}`,
+		"5000 keys in resources": api(`{"eventSource":"kms.amazonaws.com","eventName":"EnableKey","resources":` + trailResources(5000) + `}`),
+		"65 ARNs of one key": `{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1",
+			"resources":` + keyARNs(maxCandidates+1, 1) + `,"detail":{}}`,
+		// 9 keys, each also in the replica's region: 18.
+		"ReplicateKey of 9 keys": api(`{"eventSource":"kms.amazonaws.com","eventName":"ReplicateKey",
+			"requestParameters":{"replicaRegion":"us-east-1"},"resources":` + trailResources(9) + `}`),
 	} {
 		t.Run(name, func(t *testing.T) {
 			ev, err := Parse([]byte(body))
 			if !errors.Is(err, ErrMalformed) {
 				t.Errorf("got %+v, %v; want ErrMalformed", ev, err)
+			}
+		})
+	}
+}
+
+// keyARNs is a JSON list of n key ARNs naming distinct keys in turn.
+func keyARNs(n, distinct int) string {
+	arns := make([]string, n)
+	for i := range arns {
+		arns[i] = fmt.Sprintf(`"arn:aws:kms:eu-west-1:111122223333:key/%08x-0000-4000-8000-000000000000"`, i%distinct)
+	}
+	return "[" + strings.Join(arns, ",") + "]"
+}
+
+// trailResources is the resources list of a CloudTrail record naming n keys.
+func trailResources(n int) string {
+	res := make([]string, n)
+	for i := range res {
+		res[i] = fmt.Sprintf(`{"accountId":"111122223333","type":"AWS::KMS::Key","ARN":"arn:aws:kms:eu-west-1:111122223333:key/%08x-0000-4000-8000-000000000000"}`, i)
+	}
+	return "[" + strings.Join(res, ",") + "]"
+}
+
+// TestParseBounds: up to MaxKeysPerEvent keys, and up to maxCandidates
+// values naming them, are read; one more is malformed (TestParseMalformed).
+func TestParseBounds(t *testing.T) {
+	for name, tc := range map[string]struct {
+		body string
+		refs int
+	}{
+		"16 keys": {`{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1",
+			"resources":` + keyARNs(MaxKeysPerEvent, MaxKeysPerEvent) + `,"detail":{}}`, MaxKeysPerEvent},
+		"64 ARNs of one key": {`{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1",
+			"resources":` + keyARNs(maxCandidates, 1) + `,"detail":{}}`, 1},
+		"ReplicateKey of 8 keys": {`{"detail-type":"AWS API Call via CloudTrail","source":"aws.kms","account":"111122223333","region":"eu-west-1",
+			"detail":{"eventSource":"kms.amazonaws.com","eventName":"ReplicateKey","requestParameters":{"replicaRegion":"us-east-1"},
+			"resources":` + trailResources(8) + `}}`, 16},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ev, err := Parse([]byte(tc.body))
+			if err != nil || len(ev.Refs) != tc.refs {
+				t.Errorf("got %d refs, %v; want %d", len(ev.Refs), err, tc.refs)
 			}
 		})
 	}
