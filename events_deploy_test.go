@@ -471,6 +471,18 @@ func TestEventsQueueStack(t *testing.T) {
 			aws.ToString(targets.Targets[0].RoleArn) != fwd["RoleArn"] {
 			t.Fatalf("forwarding targets %+v (%v): want the central bus %s with role %s", targets, err, out["EventBusArn"], fwd["RoleArn"])
 		}
+		// Events that cannot be put on the central bus go to the member's
+		// dead-letter queue, encrypted, kept 14 days.
+		if dlc := targets.Targets[0].DeadLetterConfig; dlc == nil || aws.ToString(dlc.Arn) != fwd["DeadLetterQueueArn"] {
+			t.Errorf("forwarding target dead-letter config %+v, want %s", dlc, fwd["DeadLetterQueueArn"])
+		}
+		dlq, err := member.sqs.GetQueueAttributes(ctx, &sqs.GetQueueAttributesInput{
+			QueueUrl: aws.String(fwd["DeadLetterQueueUrl"]), AttributeNames: []sqstypes.QueueAttributeName{sqstypes.QueueAttributeNameAll},
+		})
+		if err != nil || dlq.Attributes["QueueArn"] != fwd["DeadLetterQueueArn"] ||
+			dlq.Attributes["MessageRetentionPeriod"] != "1209600" || dlq.Attributes["SqsManagedSseEnabled"] != "true" {
+			t.Errorf("forwarder dead-letter queue %v (%v): want %s, 14 days, SSE-SQS", dlq, err, fwd["DeadLetterQueueArn"])
+		}
 		// A KMS change in the member region reaches the central queue; an
 		// unrelated event does not.
 		member.putEvents(t,
@@ -509,18 +521,7 @@ func TestEventsTemplatePolicies(t *testing.T) {
 	}
 	slices.Sort(rules)
 
-	qp := dig(central, "QueuePolicy", "Properties")
-	allow, deny := dig(qp, "PolicyDocument", "Statement", 0), dig(qp, "PolicyDocument", "Statement", 1)
-	sources := slices.DeleteFunc(stringsIn(dig(allow, "Condition", "ArnEquals", "aws:SourceArn")), func(s string) bool { return s == "CreateBus" })
-	slices.Sort(sources)
-	if !slices.Equal(stringsIn(dig(qp, "Queues")), []string{"Queue", "DeadLetterQueue"}) ||
-		dig(allow, "Effect") != "Allow" || dig(allow, "Principal", "Service") != "events.amazonaws.com" || dig(allow, "Action") != "sqs:SendMessage" ||
-		!slices.Equal(slices.Compact(sources), rules) || len(dig(allow, "Condition").(map[string]any)) != 1 {
-		t.Errorf("queue policy %v: want only events.amazonaws.com to SendMessage, with aws:SourceArn one of %v", allow, rules)
-	}
-	if dig(deny, "Effect") != "Deny" || dig(deny, "Condition", "Bool", "aws:SecureTransport") != "false" || dig(qp, "PolicyDocument", "Statement", 2) != nil {
-		t.Errorf("queue policy: want a deny of requests without TLS and nothing more, got %v", deny)
-	}
+	checkRulesOnly(t, "queue policy", dig(central, "QueuePolicy", "Properties"), []string{"Queue", "DeadLetterQueue"}, rules)
 
 	bp := dig(central, "OrganizationPutEvents")
 	st := dig(bp, "Properties", "Statement")
@@ -539,8 +540,31 @@ func TestEventsTemplatePolicies(t *testing.T) {
 		t.Errorf("forwarder role %v: want EventBridge to assume it for PutEvents on the central bus only", role)
 	}
 	target := dig(forwarder, "ForwardKmsEventsRule", "Properties", "Targets", 0)
-	if dig(target, "Arn") != "CentralEventBusArn" || dig(target, "RoleArn") != "ForwardRole.Arn" {
-		t.Errorf("forwarding target %v", target)
+	if dig(target, "Arn") != "CentralEventBusArn" || dig(target, "RoleArn") != "ForwardRole.Arn" ||
+		dig(target, "DeadLetterConfig", "Arn") != "ForwardDeadLetterQueue.Arn" {
+		t.Errorf("forwarding target %v: want the central bus with the role, undeliverable events to the dead-letter queue", target)
+	}
+	checkRulesOnly(t, "forwarder dead-letter queue policy", dig(forwarder, "ForwardDeadLetterQueuePolicy", "Properties"),
+		[]string{"ForwardDeadLetterQueue"}, []string{"ForwardKmsEventsRule.Arn"})
+}
+
+// checkRulesOnly: the queue policy qp (an AWS::SQS::QueuePolicy's
+// Properties) is on queues, lets only events.amazonaws.com send to them,
+// only for the rules (sorted; what !GetAtt names, a !If's condition left
+// out), and denies every request without TLS.
+func checkRulesOnly(t *testing.T, name string, qp any, queues, rules []string) {
+	t.Helper()
+	allow, deny := dig(qp, "PolicyDocument", "Statement", 0), dig(qp, "PolicyDocument", "Statement", 1)
+	sources := slices.DeleteFunc(stringsIn(dig(allow, "Condition", "ArnEquals", "aws:SourceArn")), func(s string) bool { return s == "CreateBus" })
+	slices.Sort(sources)
+	condition, _ := dig(allow, "Condition").(map[string]any)
+	if !slices.Equal(stringsIn(dig(qp, "Queues")), queues) ||
+		dig(allow, "Effect") != "Allow" || dig(allow, "Principal", "Service") != "events.amazonaws.com" || dig(allow, "Action") != "sqs:SendMessage" ||
+		!slices.Equal(slices.Compact(sources), rules) || len(condition) != 1 {
+		t.Errorf("%s %v: want only events.amazonaws.com to SendMessage to %v, with aws:SourceArn one of %v", name, allow, queues, rules)
+	}
+	if dig(deny, "Effect") != "Deny" || dig(deny, "Condition", "Bool", "aws:SecureTransport") != "false" || dig(qp, "PolicyDocument", "Statement", 2) != nil {
+		t.Errorf("%s: want a deny of requests without TLS and nothing more, got %v", name, deny)
 	}
 }
 

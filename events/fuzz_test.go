@@ -12,9 +12,9 @@ import (
 	"github.com/kms-exporter/kms_exporter/awsclient"
 )
 
-// FuzzParse: any message body is malformed, or yields refs each naming a
-// 12-digit account, a region and a key id (never an ARN or alias), without
-// repeats, a type from Types and a reason from IgnoreReasons exactly when
+// FuzzParse: any message body is malformed, or yields at most
+// MaxKeysPerEvent refs each naming a 12-digit account, a region and a key id
+// (never an ARN or alias), without repeats, a type from Types and a reason from IgnoreReasons exactly when
 // there is no ref; and the same body always parses the same way.
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob(filepath.Join("testdata", "*.json"))
@@ -26,6 +26,8 @@ func FuzzParse(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1","detail":{"key-id":"alias/x"}}`))
+	f.Add([]byte(`{"detail-type":"KMS CMK Deletion","source":"aws.kms","account":"111122223333","region":"eu-west-1","resources":` +
+		keyARNs(MaxKeysPerEvent+1, MaxKeysPerEvent+1) + `,"detail":{}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ev, err := Parse(body)
 		if err != nil {
@@ -43,6 +45,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if (len(ev.Refs) == 0) != (ev.Ignored != "") || (ev.Ignored != "" && !slices.Contains(IgnoreReasons, ev.Ignored)) {
 			t.Fatalf("refs %v with ignored %q", ev.Refs, ev.Ignored)
+		}
+		if len(ev.Refs) > MaxKeysPerEvent {
+			t.Fatalf("%d refs, more than %d", len(ev.Refs), MaxKeysPerEvent)
 		}
 		for i, r := range ev.Refs {
 			if !awsclient.ValidAccountID(r.AccountID) || !awsclient.ValidRegion(r.Region) || !ValidKeyID(r.KeyID) ||

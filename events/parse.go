@@ -91,6 +91,20 @@ type Event struct {
 // consumer can read.
 var ErrMalformed = errors.New("malformed event")
 
+// Bounds on what one event may name. A KMS event names at most three keys
+// (UpdateAlias: the alias's old and new key; ReplicateKey and
+// UpdatePrimaryRegion: one key in two regions), in at most a handful of
+// places each; a message naming more is not a KMS event, and is malformed
+// rather than turned into that many reads.
+const (
+	// MaxKeysPerEvent is the most keys (account, region, key id) one event
+	// may name.
+	MaxKeysPerEvent = 16
+	// maxCandidates is the most non-empty key ids, key ARNs and aliases one
+	// event may hold in the places Parse reads, repeats included.
+	maxCandidates = 64
+)
+
 // clip shortens a value quoted in an error: a message can hold anything.
 func clip(s string) string {
 	if len(s) > 80 {
@@ -196,7 +210,7 @@ func Parse(body []byte) (Event, error) {
 		if t.RequestParameters != nil {
 			refs = alsoIn(refs, t.EventName, t.RequestParameters.ReplicaRegion, t.RequestParameters.PrimaryRegion)
 		}
-		return finish(ev, refs, aliasOnly || (t.RequestParameters != nil && t.RequestParameters.AliasName != "")), nil
+		return finish(ev, refs, aliasOnly || (t.RequestParameters != nil && t.RequestParameters.AliasName != ""))
 	case slices.Contains(ServiceEventTypes, env.DetailType):
 		var d serviceDetail
 		if err := strictUnmarshal(env.Detail, &d); err != nil {
@@ -208,7 +222,7 @@ func Parse(body []byte) (Event, error) {
 		if err != nil {
 			return Event{}, err
 		}
-		return finish(ev, refs, aliasOnly), nil
+		return finish(ev, refs, aliasOnly)
 	}
 	ev.Ignored = ReasonUnrelated
 	return ev, nil
@@ -267,16 +281,29 @@ func isAlias(s string) bool {
 // resolve turns key ids and key ARNs into refs, skipping empty values and
 // repeats. A key ARN says where the key is; a bare id is in the event's
 // account and region, unless an ARN of the event already named it. aliasOnly
-// tells that a value was an alias name or alias ARN. A value that is neither a
-// key nor an alias, or a ref without a valid account or region, makes the
-// event malformed.
+// tells that a value was an alias name or alias ARN. More than maxCandidates
+// non-empty values, a value that is neither a key nor an alias, or a ref
+// without a valid account or region makes the event malformed.
 func resolve(ids []string, o origin) (refs []KeyRef, aliasOnly bool, err error) {
+	candidates := 0
+	for _, id := range ids {
+		if id != "" {
+			candidates++
+		}
+	}
+	if candidates > maxCandidates {
+		return nil, false, malformed("%d key ids, key ARNs or aliases, more than the %d a KMS event may hold", candidates, maxCandidates)
+	}
 	var bare []string
+	seen := make(map[KeyRef]bool)
+	seenID := make(map[string]bool)
 	add := func(ref KeyRef) error {
 		if err := check(ref); err != nil {
 			return err
 		}
-		if !slices.Contains(refs, ref) {
+		if !seen[ref] {
+			seen[ref] = true
+			seenID[ref.KeyID] = true
 			refs = append(refs, ref)
 		}
 		return nil
@@ -299,7 +326,7 @@ func resolve(ids []string, o origin) (refs []KeyRef, aliasOnly bool, err error) 
 		}
 	}
 	for _, id := range bare {
-		if slices.ContainsFunc(refs, func(r KeyRef) bool { return r.KeyID == id }) {
+		if seenID[id] {
 			continue
 		}
 		if err := add(KeyRef{AccountID: o.account, Region: o.region, KeyID: id}); err != nil {
@@ -344,7 +371,12 @@ func alsoIn(refs []KeyRef, eventName, replicaRegion, primaryRegion string) []Key
 	return refs
 }
 
-func finish(ev Event, refs []KeyRef, aliasOnly bool) Event {
+// finish sets the event's refs, or why it has none; more than
+// MaxKeysPerEvent refs make it malformed.
+func finish(ev Event, refs []KeyRef, aliasOnly bool) (Event, error) {
+	if len(refs) > MaxKeysPerEvent {
+		return Event{}, malformed("names %d keys, more than the %d a KMS event may name", len(refs), MaxKeysPerEvent)
+	}
 	ev.Refs = refs
 	switch {
 	case len(refs) > 0:
@@ -353,7 +385,7 @@ func finish(ev Event, refs []KeyRef, aliasOnly bool) Event {
 	default:
 		ev.Ignored = ReasonNoKey
 	}
-	return ev
+	return ev, nil
 }
 
 // strictUnmarshal decodes one JSON value; wrong types are errors, unknown
