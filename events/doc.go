@@ -42,7 +42,8 @@
 //     naming no key, such as a CreateKey that failed), "not_audited" (every
 //     key it names is in an account or region the exporter does not audit).
 //   - malformed (kms_exporter_events_malformed_total): not an EventBridge
-//     event, or a KMS event whose fields have the wrong shape; logged
+//     event, a KMS event whose fields have the wrong shape, or one naming
+//     more keys than a KMS event does (MaxKeysPerEvent); logged
 //     (never the body) and deleted.
 //
 // An event is never taken as proof of a change: a CloudTrail record of a

@@ -49,4 +49,41 @@ resource "aws_cloudwatch_event_target" "central_bus" {
   target_id = "kms-exporter-central-bus"
   arn       = var.central_event_bus_arn
   role_arn  = aws_iam_role.forward.arn
+  dead_letter_config {
+    arn = aws_sqs_queue.forward_dlq.arn
+  }
+}
+
+# Events the central bus refuses (a wrong bus policy or role) land here instead of being lost
+# silently; alarm on its depth, or on the rule's FailedInvocations.
+resource "aws_sqs_queue" "forward_dlq" {
+  name_prefix               = "kms-exporter-forward-dlq-"
+  message_retention_seconds = 1209600
+  sqs_managed_sse_enabled   = true
+  tags                      = var.tags
+}
+
+resource "aws_sqs_queue_policy" "forward_dlq" {
+  queue_url = aws_sqs_queue.forward_dlq.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "OnlyTheForwardingRule"
+        Effect    = "Allow"
+        Principal = { Service = "events.amazonaws.com" }
+        Action    = "sqs:SendMessage"
+        Resource  = aws_sqs_queue.forward_dlq.arn
+        Condition = { ArnEquals = { "aws:SourceArn" = aws_cloudwatch_event_rule.forward.arn } }
+      },
+      {
+        Sid       = "TLSOnly"
+        Effect    = "Deny"
+        Principal = "*"
+        Action    = "sqs:*"
+        Resource  = aws_sqs_queue.forward_dlq.arn
+        Condition = { Bool = { "aws:SecureTransport" = "false" } }
+      },
+    ]
+  })
 }
