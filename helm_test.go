@@ -112,11 +112,16 @@ log:
   level: debug
   format: logfmt
 `
-	// valuesDenylist sets the flags valuesEveryFlag cannot: the denylist
-	// (not with an allowlist) and events (not with sharding).
+	// valuesDenylist sets the flag valuesEveryFlag cannot.
 	valuesDenylist = `
 metrics:
   denylist: [kms_key_info, "kms_key_rotation_.*"]
+`
+	// valuesEvents sets the flag valuesEveryFlag cannot either: events are
+	// refused with sharding.
+	valuesEvents = `
+refresh:
+  resyncInterval: 24h
 events:
   sqsQueueUrls: ["https://sqs.eu-west-1.amazonaws.com/111122223333/kms-events"]
 `
@@ -452,7 +457,7 @@ func TestHelmLint(t *testing.T) {
 	t.Parallel()
 	for name, values := range map[string]string{
 		"defaults": "", "kustomize": valuesKustomize, "sharded": valuesShardedKustomize, "every flag": valuesEveryFlag,
-		"denylist": valuesDenylist, "remediation with an existing Secret": valuesRemediationExisting, "web TLS": valuesWebTLS,
+		"denylist": valuesDenylist, "events": valuesEvents, "remediation with an existing Secret": valuesRemediationExisting, "web TLS": valuesWebTLS,
 		"extras": valuesExtras, "operator on": valuesOperatorOn, "operator off": valuesOperatorOff,
 	} {
 		args := []string{"lint", "--strict", chartDir}
@@ -491,7 +496,7 @@ func TestHelmDefaults(t *testing.T) {
 func TestHelmArgsAreFlags(t *testing.T) {
 	t.Parallel()
 	flags := binaryFlags(t)
-	for name, values := range map[string]string{"every-flag": valuesEveryFlag, "denylist": valuesDenylist} {
+	for name, values := range map[string]string{"every-flag": valuesEveryFlag, "denylist": valuesDenylist, "events": valuesEvents} {
 		for _, p := range checkArgs(containerArgs(t, render(t, values)), flags) {
 			t.Errorf("%s values: %s", name, p)
 		}
@@ -503,7 +508,8 @@ func TestHelmArgsAreFlags(t *testing.T) {
 func TestHelmOffersEveryFlag(t *testing.T) {
 	t.Parallel()
 	flags := binaryFlags(t)
-	args := append(containerArgs(t, render(t, valuesEveryFlag)), containerArgs(t, render(t, valuesDenylist))...)
+	args := slices.Concat(containerArgs(t, render(t, valuesEveryFlag)), containerArgs(t, render(t, valuesDenylist)),
+		containerArgs(t, render(t, valuesEvents)))
 	// Flags the chart offers no value for, and why.
 	notOffered := map[string]string{
 		"help":               "not for a server",

@@ -323,6 +323,17 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// Resync is how often a refresh re-reads a known key (inventory.Auditor's
+// Resync): 0, every key at every refresh, when the resync interval is no
+// longer than the refresh interval (the default), so that the jitter of the
+// refreshes' start never puts a key off to the next one.
+func (c *Config) Resync() time.Duration {
+	if c.ResyncInterval <= c.RefreshInterval {
+		return 0
+	}
+	return c.ResyncInterval
+}
+
 // validateServe checks the flags only the serve command uses, and reads its files.
 func (c *Config) validateServe() error {
 	if err := validateTelemetryPath(c.Web.TelemetryPath); err != nil {

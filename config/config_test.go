@@ -58,6 +58,8 @@ func TestDefaults(t *testing.T) {
 		{"--aws.*", c.AWS.Client, awsclient.Options{RequestsPerSecond: 100, MaxConcurrency: 16, MaxAttempts: 5, Timeout: 10 * time.Second}},
 		{"--refresh.interval", c.RefreshInterval, 5 * time.Minute},
 		{"--refresh.max-stale-age", c.MaxStaleAge, 15 * time.Minute},
+		{"--refresh.resync-interval", c.ResyncInterval, 5 * time.Minute},
+		{"resync: every key at every refresh", c.Resync(), time.Duration(0)},
 		{"--compliance.*", c.Policy, policy.Policy{MaxRotationPeriodDays: 365, ExemptionTag: "kms-rotation-exempt"}},
 		{"--metrics.tag-label", c.TagLabels, []string(nil)},
 		{"--metrics.per-key", c.Metrics.PerKey, collector.PerKeyAll},
@@ -71,6 +73,10 @@ func TestDefaults(t *testing.T) {
 		if !reflect.DeepEqual(tt.got, tt.want) {
 			t.Errorf("%s: %#v, want %#v", tt.name, tt.got, tt.want)
 		}
+	}
+	events, err := parse(t, "--refresh.resync-interval=24h")
+	if err != nil || events.Resync() != 24*time.Hour || events.MaxStaleAge != 24*time.Hour+10*time.Minute {
+		t.Errorf("--refresh.resync-interval=24h: resync %s, max stale age %s, %v", events.Resync(), events.MaxStaleAge, err)
 	}
 	if c, err := parse(t, "audit"); err != nil || c.Command != CommandAudit || c.Audit.Output != "table" {
 		t.Errorf("audit: command %q, --output %q, error %v", c.Command, c.Audit.Output, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
+	"github.com/kms-exporter/kms_exporter/internal/eventstest"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
@@ -152,9 +153,13 @@ func TestStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	exporterAddr, promAddr, amAddr := harness.FreeAddr(t), harness.FreeAddr(t), harness.FreeAddr(t)
-	start(t, "kms_exporter", []string{"AWS_ENDPOINT_URL_KMS=" + proxy.URL, "AWS_REGION=" + region, "AWS_ACCESS_KEY_ID=x",
+	// Events on, from moto's EventBridge and SQS, as a deployment with
+	// deploy/events has them.
+	bus := eventstest.NewBus(t, region)
+	start(t, "kms_exporter", []string{"AWS_ENDPOINT_URL_KMS=" + proxy.URL, "AWS_ENDPOINT_URL_SQS=" + bus.Moto.URL, "AWS_REGION=" + region, "AWS_ACCESS_KEY_ID=x",
 		"AWS_SECRET_ACCESS_KEY=x", "AWS_EC2_METADATA_DISABLED=true", "AWS_CONFIG_FILE=/dev/null", "AWS_SHARED_CREDENTIALS_FILE=/dev/null"},
 		exporter, "--web.listen-address="+exporterAddr, "--aws.region="+region, "--refresh.interval=2s", "--refresh.max-stale-age=10m",
+		"--events.sqs-queue-url="+bus.QueueURL,
 		"--remediation.enabled", "--remediation.token-file="+token, "--remediation.allow-alias-prefix=alias/legacy",
 		"--remediation.requests-per-second=50")
 

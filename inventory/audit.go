@@ -165,7 +165,7 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	}
 	results := make([]result, len(l.keys))
 	var toRead []int
-	resync := make([]bool, len(l.keys)) // due by its turn only: a change found is news
+	resync := make([]bool, len(l.keys)) // read by its turn in the resync only: a change found is news
 	var changes atomic.Int64
 	for i, lk := range l.keys {
 		j := findKey(prev, lk.id)
@@ -180,9 +180,9 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 		if p.ARN == lk.arn {
 			l.keys[i] = listedKey{p.ID, p.ARN}
 		}
-		if a.due(p, prevTick, attempt) {
+		if always := a.always(p, prevTick, attempt); always || a.byTurn(p, prevTick, attempt) {
 			toRead = append(toRead, i)
-			resync[i] = p.ReadError == "" && p.Verdict.Status != policy.Unknown && !exemptionEnded(p, attempt)
+			resync[i] = !always
 			continue
 		}
 		if aliases := l.aliases[p.ID]; !slices.Equal(aliases, p.Aliases) {
@@ -256,22 +256,29 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	return keys, readAt, changed, nil
 }
 
-// due tells whether a refresh starting at now re-reads a key known from the
-// refresh that started at prevTick. Every key is re-read at least every
-// Resync, at an instant of its own (a hash of its id places it in the
-// interval), so that the reads of a large inventory are spread evenly over
-// the interval rather than made all at once. A key is re-read at every
-// refresh while its last read failed or its verdict is unknown (an access
-// denied fixed in IAM makes no KMS event), and once its exemption has
-// ended (a date passing makes no event either). Resync 0 (or a refresh
-// Resync or more after the last): every key is due.
-func (a *Auditor) due(k *model.Key, prevTick, now time.Time) bool {
+// A refresh starting at now re-reads a key known from the refresh that
+// started at prevTick when it always does (see always) or its turn in the
+// resync came (see byTurn).
+
+// always tells whether a key is re-read whatever its turn: while its last
+// read failed or its verdict is unknown (an access denied fixed in IAM makes
+// no KMS event), once its exemption has ended (a date passing makes no event
+// either), and every key with Resync 0 or a refresh Resync or more after the
+// last.
+func (a *Auditor) always(k *model.Key, prevTick, now time.Time) bool {
+	return k.ReadError != "" || k.Verdict.Status == policy.Unknown || a.Resync <= 0 || prevTick.IsZero() ||
+		now.Sub(prevTick) >= a.Resync || exemptionEnded(k, now)
+}
+
+// byTurn tells whether a key's turn in the resync came between the
+// refreshes: every key is re-read at least every Resync, at an instant of
+// its own (a hash of its id places it in the interval), so that the reads of
+// a large inventory are spread evenly over the interval rather than made all
+// at once.
+func (a *Auditor) byTurn(k *model.Key, prevTick, now time.Time) bool {
 	r := a.Resync.Nanoseconds()
-	if k.ReadError != "" || k.Verdict.Status == policy.Unknown || r <= 0 || prevTick.IsZero() || now.Sub(prevTick) >= a.Resync {
-		return true
-	}
-	if exemptionEnded(k, now) {
-		return true
+	if r <= 0 {
+		return false
 	}
 	h := fnv.New64a()
 	_, _ = h.Write([]byte(k.ID))

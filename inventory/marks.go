@@ -119,19 +119,43 @@ func (r *Refresher) readMarked(ctx context.Context) {
 	}
 	// A multi-Region key's rotation is one setting, kept in sync from the
 	// primary: the event of a change names one region, every copy changed.
+	// The marks of such a key are answered once every copy is published.
 	cur := r.pub.Snapshot()
-	for ref := range maps.Clone(byKey) {
+	for ref, waiters := range maps.Clone(byKey) {
 		if !strings.HasPrefix(ref.KeyID, multiRegionPrefix) {
 			continue
 		}
+		var copies []model.KeyRef
 		for _, st := range cur.Targets {
 			other := model.KeyRef{AccountID: ref.AccountID, Region: st.Region, KeyID: ref.KeyID}
 			_, marked := byKey[other]
 			_, audited := targets[where{other.AccountID, other.Region}]
 			if !marked && audited && st.AccountID == ref.AccountID && findKey(st.Keys, ref.KeyID) >= 0 {
-				byKey[other] = nil
+				copies = append(copies, other)
 			}
 		}
+		if len(copies) == 0 {
+			continue
+		}
+		each := make([]chan error, 1+len(copies))
+		for i := range each {
+			each[i] = make(chan error, 1)
+		}
+		byKey[ref] = each[:1]
+		for i, other := range copies {
+			byKey[other] = each[i+1 : i+2]
+		}
+		m.reads.Go(func() {
+			var first error
+			for _, ch := range each {
+				if err := <-ch; err != nil && first == nil {
+					first = err
+				}
+			}
+			for _, done := range waiters {
+				done <- first
+			}
+		})
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

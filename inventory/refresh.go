@@ -356,7 +356,7 @@ func (r *Refresher) Metrics() *prometheus.CounterVec {
 		}, []string{"account_id", "region", "operation", "error_code"})
 		r.resyncChanges = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kms_key_resync_changes_total",
-			Help: "Keys a refresh found changed when it re-read them in their turn of --refresh.resync-interval (not for a failed read, an unknown verdict or an ended exemption). With --events.sqs-queue-url, each is a change whose event did not reach the exporter.",
+			Help: "Keys a refresh found changed when it re-read them in their turn of --refresh.resync-interval (only keys re-read by their turn: not with a resync as short as the refresh interval, nor for a failed read, an unknown verdict or an ended exemption). With --events.sqs-queue-url, each is a change whose event did not reach the exporter.",
 		}, []string{"account_id", "region"})
 	})
 	return r.readFailures

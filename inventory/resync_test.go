@@ -141,7 +141,7 @@ func TestResyncSeesChanges(t *testing.T) {
 	if n, err := testutil.GatherAndCount(reg, "kms_key_resync_changes_total"); err != nil || n != 1 {
 		t.Fatalf("kms_key_resync_changes_total: %d series, %v", n, err)
 	}
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP kms_key_resync_changes_total Keys a refresh found changed when it re-read them in their turn of --refresh.resync-interval (not for a failed read, an unknown verdict or an ended exemption). With --events.sqs-queue-url, each is a change whose event did not reach the exporter.
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(`# HELP kms_key_resync_changes_total Keys a refresh found changed when it re-read them in their turn of --refresh.resync-interval (only keys re-read by their turn: not with a resync as short as the refresh interval, nor for a failed read, an unknown verdict or an ended exemption). With --events.sqs-queue-url, each is a change whose event did not reach the exporter.
 # TYPE kms_key_resync_changes_total counter
 kms_key_resync_changes_total{account_id="111122223333",region="eu-west-1"} 1
 `), "kms_key_resync_changes_total"); err != nil {
