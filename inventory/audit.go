@@ -63,7 +63,7 @@ type Auditor struct {
 	// Now returns the time verdicts are decided at.
 	Now func() time.Time
 	// Resync is how often a refresh re-reads a key it already knows (see
-	// due); 0: at every refresh.
+	// always and byTurn); 0: at every refresh.
 	Resync time.Duration
 }
 
@@ -141,7 +141,7 @@ func (a *Auditor) list(ctx context.Context, t Target) (*listing, error) {
 }
 
 // auditListed decides every listed key's state: it reads the keys that are
-// due (see due) and keeps the others as last published (last: the target's
+// due (see always and byTurn) and keeps the others as last published (last: the target's
 // last state, nil for none), aliases taken from the listing. A key read the
 // same as then is kept as the same *model.Key, and a key whose reads fail for
 // a transient reason keeps its last good verdict, marked stale, for up to
@@ -166,9 +166,12 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	results := make([]result, len(l.keys))
 	var toRead []int
 	resync := make([]bool, len(l.keys)) // read by its turn in the resync only: a change found is news
+	// prevIdx[i] is the index in prev of the i-th listed key; -1: new.
+	prevIdx := make([]int, len(l.keys))
 	var changes atomic.Int64
 	for i, lk := range l.keys {
 		j := findKey(prev, lk.id)
+		prevIdx[i] = j
 		if j < 0 {
 			toRead = append(toRead, i)
 			continue
@@ -203,7 +206,7 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 				id := l.keys[i].id
 				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
 				found, failed := a.auditKey(ctx, t.API, &k)
-				j := findKey(prev, id)
+				j := prevIdx[i]
 				var p *model.Key
 				var pAt int64
 				if j >= 0 {

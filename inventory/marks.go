@@ -16,8 +16,8 @@ import (
 
 // A key marked (by an event: see package events) is re-read at once, apart
 // from the refreshes: DescribeKey, ListAliases of the key, and what its
-// verdict needs, as a refresh reads it. The new state is published as soon as
-// the keys marked together are read, and each mark learns the outcome.
+// verdict needs, as a refresh reads it. Its new state is published as soon
+// as it is read, and each mark learns the outcome.
 
 // where is an audited (account, region).
 type where struct{ account, region string }
@@ -42,6 +42,11 @@ type marks struct {
 	rerun    map[model.KeyRef]bool
 	slots    chan struct{}
 	reads    sync.WaitGroup
+}
+
+func newMarks(workers int) marks {
+	return marks{wake: make(chan struct{}, 1), inflight: map[model.KeyRef][]chan error{}, rerun: map[model.KeyRef]bool{},
+		slots: make(chan struct{}, max(1, workers))}
 }
 
 // Mark asks for a key to be re-read as soon as possible. The channel
@@ -159,10 +164,6 @@ func (r *Refresher) readMarked(ctx context.Context) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.inflight == nil {
-		m.inflight, m.rerun = map[model.KeyRef][]chan error{}, map[model.KeyRef]bool{}
-		m.slots = make(chan struct{}, max(1, r.auditor.Workers))
-	}
 	for ref, waiters := range byKey {
 		if again, reading := m.inflight[ref]; reading {
 			m.inflight[ref] = append(again, waiters...)
@@ -199,10 +200,9 @@ func (r *Refresher) readMarkedKey(ctx context.Context, t Target, ref model.KeyRe
 		if acquired {
 			<-m.slots
 		}
-		reads := []keyRead{rd}
 		r.pubMu.Lock()
-		r.marked = append(r.marked, markedReads{started, reads})
-		r.pub.Publish(r.patched(applyReads(r.pub.Snapshot(), reads), r.changesSince(started)))
+		r.marked = append(r.marked, markedRead{started, rd})
+		r.pub.Publish(r.patched(applyRead(r.pub.Snapshot(), rd), r.changesSince(started)))
 		r.pubMu.Unlock()
 		for _, done := range waiters {
 			done <- rd.err
@@ -273,26 +273,21 @@ func keyAliases(ctx context.Context, api KMS, keyID string) ([]string, error) {
 	return byKey[keyID], err
 }
 
-// markedReads are keys re-read for marks, in a read that started at.
-type markedReads struct {
-	at    time.Time
-	reads []keyRead
+// markedRead is a key re-read for a mark, in a read that started at.
+type markedRead struct {
+	at   time.Time
+	read keyRead
 }
 
-// applyReads returns s with the keys re-read put in (new keys inserted in
-// order, keys gone removed); s is not modified.
-func applyReads(s *model.Snapshot, reads []keyRead) *model.Snapshot {
-	byTarget := map[where][]keyRead{}
-	for _, rd := range reads {
-		if !rd.keep {
-			w := where{rd.ref.AccountID, rd.ref.Region}
-			byTarget[w] = append(byTarget[w], rd)
-		}
+// applyRead returns s with a key re-read put in (a new key inserted in
+// order, a key gone removed); s is not modified.
+func applyRead(s *model.Snapshot, rd keyRead) *model.Snapshot {
+	if rd.keep {
+		return s
 	}
 	out := &model.Snapshot{TagLabels: s.TagLabels, Targets: slices.Clone(s.Targets)}
 	for i, t := range out.Targets {
-		rds := byTarget[where{t.AccountID, t.Region}]
-		if len(rds) == 0 {
+		if t.AccountID != rd.ref.AccountID || t.Region != rd.ref.Region {
 			continue
 		}
 		cp := *t
@@ -300,17 +295,15 @@ func applyReads(s *model.Snapshot, reads []keyRead) *model.Snapshot {
 		if len(cp.ReadAt) < len(cp.Keys) { // a snapshot without read times
 			cp.ReadAt = append(cp.ReadAt, make([]int64, len(cp.Keys)-len(cp.ReadAt))...)
 		}
-		for _, rd := range rds {
-			j, found := slices.BinarySearchFunc(cp.Keys, rd.ref.KeyID, func(k *model.Key, id string) int { return strings.Compare(k.ID, id) })
-			switch {
-			case rd.key == nil && found:
-				cp.Keys, cp.ReadAt = slices.Delete(cp.Keys, j, j+1), slices.Delete(cp.ReadAt, j, j+1)
-			case rd.key == nil:
-			case found:
-				cp.Keys[j], cp.ReadAt[j] = rd.key, rd.at
-			default:
-				cp.Keys, cp.ReadAt = slices.Insert(cp.Keys, j, rd.key), slices.Insert(cp.ReadAt, j, rd.at)
-			}
+		j, found := slices.BinarySearchFunc(cp.Keys, rd.ref.KeyID, func(k *model.Key, id string) int { return strings.Compare(k.ID, id) })
+		switch {
+		case rd.key == nil && found:
+			cp.Keys, cp.ReadAt = slices.Delete(cp.Keys, j, j+1), slices.Delete(cp.ReadAt, j, j+1)
+		case rd.key == nil:
+		case found:
+			cp.Keys[j], cp.ReadAt[j] = rd.key, rd.at
+		default:
+			cp.Keys, cp.ReadAt = slices.Insert(cp.Keys, j, rd.key), slices.Insert(cp.ReadAt, j, rd.at)
 		}
 		out.Targets[i] = &cp
 	}

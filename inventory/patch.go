@@ -80,7 +80,7 @@ func (r *Refresher) withPending(s *model.Snapshot, refreshStart time.Time) *mode
 		for len(changes) > 0 && changes[0].At.Before(m.at) {
 			before, changes = append(before, changes[0]), changes[1:]
 		}
-		s = applyReads(r.patched(s, before), m.reads)
+		s = applyRead(r.patched(s, before), m.read)
 	}
 	return r.patched(s, changes)
 }

@@ -52,7 +52,7 @@ type Refresher struct {
 	pending []model.RotationChange
 	// marked are the keys re-read for marks, kept until a refresh that
 	// started after them has published (it applies them over its own reads).
-	marked []markedReads
+	marked []markedRead
 	ready  chan struct{}
 	once   sync.Once
 
@@ -73,7 +73,7 @@ func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, pu
 		pub = model.NewLatest(auditor.TagLabels)
 	}
 	return &Refresher{source: source, auditor: auditor, logger: logger, pub: pub, ready: make(chan struct{}),
-		marks: marks{wake: make(chan struct{}, 1)}}
+		marks: newMarks(auditor.Workers)}
 }
 
 // Snapshot returns the current snapshot (empty before the first refresh ends).
