@@ -73,7 +73,7 @@ FUZZTIME  ?= 10s
 test: deps lint
 	@for f in $(FUZZ); do \
 		echo "fuzzing $$f for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} >/dev/null || exit 1; \
+		out=$$($(GO) test -run '^$$' -fuzz "^$${f#*:}$$" -fuzztime $(FUZZTIME) ./$${f%%:*} 2>&1) || { echo "$$out" | tail -40; exit 1; }; \
 	done
 	KMS_EXPORTER_REQUIRE_TOOLS=1 LOCAL_KMS_BIN=$(CURDIR)/$(BIN)/local-kms TOXIPROXY_BIN=$(CURDIR)/$(BIN)/toxiproxy-server \
 		HELM_BIN=$(CURDIR)/$(BIN)/helm $(GO) test -race -count=1 -timeout 15m ./...

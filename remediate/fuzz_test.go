@@ -6,12 +6,31 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 )
 
-// fold approximates encoding/json's case-insensitive match of field names.
-func fold(s string) string { return strings.ToLower(strings.ToUpper(s)) }
+// fold maps a name to a form in which two names are equal exactly when
+// encoding/json matches them case-insensitively (bytes.EqualFold): each rune
+// becomes the smallest of its simple case-folding orbit, then ASCII letters
+// lower case. So "K" and the Kelvin sign meet, but the dotless "ı" stays
+// apart from "i" (strings.ToLower(strings.ToUpper(s)) joins those two).
+func fold(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		least := r
+		for next := unicode.SimpleFold(r); next != r; next = unicode.SimpleFold(next) {
+			least = min(least, next)
+		}
+		if least < utf8.RuneSelf {
+			least = unicode.ToLower(least)
+		}
+		b.WriteRune(least)
+	}
+	return b.String()
+}
 
 // ambiguousKeys tells whether some object of a JSON text has two keys that
 // encoding/json could match to one field (equal after case folding). For such
