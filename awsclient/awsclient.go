@@ -81,6 +81,11 @@ type Options struct {
 	// RequestsPerSecond is the client-side rate limit per (account, region),
 	// applied to every attempt; 0 means no limit.
 	RequestsPerSecond float64
+	// OperationRates are limits of their own (requests per second per
+	// account and region; 0: none) for the operations named, whose KMS
+	// quota is apart from and far below the others' (ListKeyRotations:
+	// 100/s). Their attempts do not count against RequestsPerSecond.
+	OperationRates map[string]float64
 	// MaxConcurrency bounds the requests in flight across all clients.
 	MaxConcurrency int
 	// MaxAttempts per call, the first one included (throttling is retried with backoff).
@@ -94,7 +99,7 @@ var Operations = slices.Concat(ReadOperations, []string{"EnableKeyRotation"})
 
 // ReadOperations are the calls of the audit, all read-only: what the
 // read-only IAM policy allows.
-var ReadOperations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags"}
+var ReadOperations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags", "ListKeyRotations"}
 
 // Error codes counted from zero for every operation, so alerts and dashboards see 0.
 var knownErrorCodes = []string{"ThrottlingException", "AccessDeniedException"}
@@ -201,15 +206,14 @@ func (f *Factory) KMS(role Role, region string) *Client {
 		return c
 	}
 	stats := newCallStats()
-	var limiter *rate.Limiter
-	if f.opts.RequestsPerSecond > 0 {
-		burst := max(1, int(f.opts.RequestsPerSecond))
-		limiter = rate.NewLimiter(rate.Limit(f.opts.RequestsPerSecond), burst)
+	limiters := limits{all: newLimiter(f.opts.RequestsPerSecond), ops: map[string]*rate.Limiter{}}
+	for op, rps := range f.opts.OperationRates {
+		limiters.ops[op] = newLimiter(rps)
 	}
 	c := &Client{
 		Client: kms.NewFromConfig(f.config(role, region), func(o *kms.Options) {
 			o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
-				return s.Finalize.Insert(f.perAttempt(limiter, stats), "Retry", middleware.After)
+				return s.Finalize.Insert(f.perAttempt(limiters, stats), "Retry", middleware.After)
 			})
 		}),
 		Region: region,
@@ -300,13 +304,36 @@ func (f *Factory) OrganizationRoles(ctx context.Context, roleName, externalID st
 	return roles, nil
 }
 
+// limits are a client's rate limiters: all, unless the operation has its
+// own in ops (nil: no limit).
+type limits struct {
+	all *rate.Limiter
+	ops map[string]*rate.Limiter
+}
+
+func (l limits) of(op string) *rate.Limiter {
+	if own, ok := l.ops[op]; ok {
+		return own
+	}
+	return l.all
+}
+
+// newLimiter returns a limiter of rps requests per second (burst: one
+// second's worth), or nil for rps 0: no limit.
+func newLimiter(rps float64) *rate.Limiter {
+	if rps <= 0 {
+		return nil
+	}
+	return rate.NewLimiter(rate.Limit(rps), max(1, int(rps)))
+}
+
 // perAttempt returns the middleware run for every attempt of every call: wait
-// for the rate limit, take a place among the requests in flight, count.
-func (f *Factory) perAttempt(limiter *rate.Limiter, stats *callStats) middleware.FinalizeMiddleware {
+// for the operation's rate limit, take a place among the requests in flight, count.
+func (f *Factory) perAttempt(limiters limits, stats *callStats) middleware.FinalizeMiddleware {
 	return middleware.FinalizeMiddlewareFunc("KMSExporterPerAttempt", func(
 		ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler,
 	) (middleware.FinalizeOutput, middleware.Metadata, error) {
-		if limiter != nil {
+		if limiter := limiters.of(middleware.GetOperationName(ctx)); limiter != nil {
 			if err := limiter.Wait(ctx); err != nil {
 				return middleware.FinalizeOutput{}, middleware.Metadata{}, err
 			}
@@ -367,6 +394,13 @@ func Transient(err error) bool {
 	if err == nil {
 		return false
 	}
+	var respErr *awshttp.ResponseError
+	if errors.As(err, &respErr) && respErr.HTTPStatusCode() == http.StatusNotImplemented {
+		// The endpoint does not offer the call at all (an emulator's 501,
+		// local-kms for ListKeyRotations): an answer that will stay the
+		// same, not a passing failure. AWS itself never answers 501.
+		return false
+	}
 	var apiErr smithy.APIError
 	if !errors.As(err, &apiErr) || apiErr.ErrorCode() == "" {
 		// No answer from AWS at all: a timeout, a broken connection, a
@@ -379,7 +413,6 @@ func Transient(err error) bool {
 	if apiErr.ErrorFault() == smithy.FaultServer {
 		return true
 	}
-	var respErr *awshttp.ResponseError
 	return errors.As(err, &respErr) && respErr.HTTPStatusCode() >= 500
 }
 

@@ -207,12 +207,14 @@ kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedE
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="EnableKeyRotation",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="GetKeyRotationStatus",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListAliases",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListKeyRotations",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListKeys",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="AccessDeniedException",operation="ListResourceTags",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="DescribeKey",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="EnableKeyRotation",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="GetKeyRotationStatus",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListAliases",region="eu-west-1"} 0
+kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListKeyRotations",region="eu-west-1"} 0
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListKeys",region="eu-west-1"} 5
 kms_api_request_errors_total{account_id="111122223333",error_code="ThrottlingException",operation="ListResourceTags",region="eu-west-1"} 0
 # HELP kms_api_requests_total AWS KMS API requests made, retries included, by operation.
@@ -221,6 +223,7 @@ kms_api_requests_total{account_id="111122223333",operation="DescribeKey",region=
 kms_api_requests_total{account_id="111122223333",operation="EnableKeyRotation",region="eu-west-1"} 0
 kms_api_requests_total{account_id="111122223333",operation="GetKeyRotationStatus",region="eu-west-1"} 0
 kms_api_requests_total{account_id="111122223333",operation="ListAliases",region="eu-west-1"} 0
+kms_api_requests_total{account_id="111122223333",operation="ListKeyRotations",region="eu-west-1"} 0
 kms_api_requests_total{account_id="111122223333",operation="ListKeys",region="eu-west-1"} 6
 kms_api_requests_total{account_id="111122223333",operation="ListResourceTags",region="eu-west-1"} 0
 `

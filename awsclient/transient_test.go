@@ -23,16 +23,20 @@ func TestTransient(t *testing.T) {
 		code      string
 		delay     time.Duration
 		transient bool
+		// plain: the body is plain text, not KMS's JSON (local-kms's 501).
+		plain string
 	}{
-		{"throttled", 400, "ThrottlingException", 0, true},
-		{"KMS internal error", 500, "KMSInternalException", 0, true},
-		{"dependency timeout", 500, "DependencyTimeoutException", 0, true},
-		{"5xx with a code KMS does not model", 503, "ServiceUnavailable", 0, true},
-		{"too slow for the client timeout", 200, "", time.Second, true},
-		{"access denied", 400, "AccessDeniedException", 0, false},
-		{"not found", 400, "NotFoundException", 0, false},
-		{"cannot rotate", 400, "UnsupportedOperationException", 0, false},
-		{"invalid state", 400, "KMSInvalidStateException", 0, false},
+		{"throttled", 400, "ThrottlingException", 0, true, ""},
+		{"KMS internal error", 500, "KMSInternalException", 0, true, ""},
+		{"dependency timeout", 500, "DependencyTimeoutException", 0, true, ""},
+		{"5xx with a code KMS does not model", 503, "ServiceUnavailable", 0, true, ""},
+		{"too slow for the client timeout", 200, "", time.Second, true, ""},
+		{"access denied", 400, "AccessDeniedException", 0, false, ""},
+		{"not found", 400, "NotFoundException", 0, false, ""},
+		{"cannot rotate", 400, "UnsupportedOperationException", 0, false, ""},
+		{"invalid state", 400, "KMSInvalidStateException", 0, false, ""},
+		{"the endpoint lacks the call (local-kms's 501)", 501, "HTTP501", 0, false, "Not implemented"},
+		{"a plain-text 502 from a proxy", 502, "HTTP502", 0, true, "Bad gateway"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -42,6 +46,11 @@ func TestTransient(t *testing.T) {
 					case <-time.After(c.delay):
 					case <-r.Context().Done():
 					}
+					return
+				}
+				if c.plain != "" {
+					w.WriteHeader(c.status)
+					fmt.Fprint(w, c.plain)
 					return
 				}
 				w.Header().Set("Content-Type", "application/x-amz-json-1.1")
@@ -55,6 +64,9 @@ func TestTransient(t *testing.T) {
 			}
 			if got := Transient(err); got != c.transient {
 				t.Errorf("Transient(%v) = %v, want %v", err, got, c.transient)
+			}
+			if c.code != "" && ErrorCode(err) != c.code {
+				t.Errorf("ErrorCode(%v) = %q, want %q", err, ErrorCode(err), c.code)
 			}
 		})
 	}

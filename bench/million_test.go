@@ -366,7 +366,7 @@ func bareKey(ctx context.Context, c *kms.Client, id string, pol policy.Policy) (
 	}
 	rot := awsclient.Rotation(r)
 	in.Rotation = &rot
-	if !policy.NeedsExemptionTags(in.Meta, in.Rotation, pol) {
+	if !policy.NeedsExemptionTags(in, pol, time.Now()) {
 		return in, nil
 	}
 	t, err := c.ListResourceTags(ctx, &kms.ListResourceTagsInput{KeyId: &id})

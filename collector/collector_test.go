@@ -40,13 +40,16 @@ func goldenSnapshot() *model.Snapshot {
 	rotating.Aliases = []string{"alias/a", "alias/b"}
 	rotating.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC)}
 	rotating.TagValues = []string{"payments"}
+	rotating.History = &policy.History{LastRotation: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), LastType: policy.RotationAutomatic, Automatic: 3, OnDemand: 2}
 
 	off := key("eu-west-1", "k-off", symMeta("Enabled"), policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled})
 	off.Rotation = &policy.Rotation{}
+	off.History = &policy.History{} // never rotated: counts, no last rotation
 
 	exempt := key("eu-west-1", "k-exempt", symMeta("Enabled"), policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag,
 		ExemptionReason: "vendor appliance", ExemptionExpiry: time.Date(2027, 4, 1, 0, 0, 0, 0, time.UTC)})
 	exempt.Rotation = &policy.Rotation{}
+	exempt.History = &policy.History{Error: "AccessDeniedException"} // not shown
 
 	retired := key("eu-west-1", "k-retired", symMeta("PendingDeletion"), policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion})
 	retired.DeletionDate = time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)

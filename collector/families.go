@@ -71,10 +71,23 @@ func families(tagLabels []string) []family {
 				}
 				w.value(1)
 			}},
+		{name: "kms_key_last_rotation_timestamp_seconds", help: "When the key material last rotated (automatically or on demand), from ListKeyRotations; absent for a key never rotated (its material is as old as the key: kms_key_creation_timestamp_seconds) and where the history was not read. The history is read when a key is first seen and again only where it can have changed.",
+			key: func(w *lines, k *model.Key) {
+				if h := k.RotationHistory(); h != nil {
+					w.keyTime("kms_key_last_rotation_timestamp_seconds", h.LastRotation)
+				}
+			}},
 		{name: "kms_key_next_rotation_timestamp_seconds", help: "When AWS will next rotate the key material, where AWS reports it.",
 			key: func(w *lines, k *model.Key) {
 				if k.Rotation != nil {
 					w.keyTime("kms_key_next_rotation_timestamp_seconds", k.Rotation.NextRotation)
+				}
+			}},
+		{name: "kms_key_on_demand_rotations_remaining", help: "On-demand rotations the key may still have of the 25 KMS allows a key, ever (RotateKeyOnDemand); present where the rotation history was read.",
+			key: func(w *lines, k *model.Key) {
+				if h := k.RotationHistory(); h != nil {
+					w.key("kms_key_on_demand_rotations_remaining")
+					w.value(float64(h.OnDemandLeft()))
 				}
 			}},
 		{name: "kms_key_rotation_enabled", help: "Whether automatic rotation of the key material is enabled (1) or not (0); present only where GetKeyRotationStatus was read.",
@@ -105,6 +118,17 @@ func families(tagLabels []string) []family {
 				if k.Rotation != nil && k.Rotation.PeriodDays > 0 {
 					w.key("kms_key_rotation_period_seconds")
 					w.value(float64(k.Rotation.PeriodDays) * 86400)
+				}
+			}},
+		{name: "kms_key_rotations", help: "Completed rotations of the key material by rotation_type (automatic, on_demand), as ListKeyRotations lists them; present where the rotation history was read (for keys in scope).",
+			key: func(w *lines, k *model.Key) {
+				if h := k.RotationHistory(); h != nil {
+					w.key("kms_key_rotations")
+					w.label("rotation_type", "automatic")
+					w.value(float64(h.Automatic))
+					w.key("kms_key_rotations")
+					w.label("rotation_type", "on_demand")
+					w.value(float64(h.OnDemand))
 				}
 			}},
 		{name: "kms_key_stale", help: "Always 1 for a key whose last read failed for a transient reason (error_code) and which still shows the verdict of its last successful read, for up to --refresh.max-stale-age.",

@@ -45,9 +45,10 @@ const (
 const (
 	PathHealthy = "/-/healthy"
 	PathReady   = "/-/ready"
+	PathReport  = "/report"
 )
 
-var reservedPaths = []string{PathHealthy, PathReady, remediate.PathRemediate, remediate.PathBulk, remediate.PathAlertmanager}
+var reservedPaths = []string{PathHealthy, PathReady, PathReport, remediate.PathRemediate, remediate.PathBulk, remediate.PathAlertmanager}
 
 // Config is the exporter's configuration: the flag values, parsed and checked
 // by Validate.
@@ -87,7 +88,15 @@ type Config struct {
 	allowFamilies, denyFamilies              []string
 	ownAccount                               bool
 	shardValue                               string
+	listKeyRotationsRate                     float64
 }
+
+// opListKeyRotations has a client-side rate limit of its own
+// (--aws.list-key-rotations-per-second).
+const opListKeyRotations = "ListKeyRotations"
+
+// maxMaterialAgeDays bounds --compliance.max-key-material-age-days (a hundred years).
+const maxMaterialAgeDays = 36500
 
 // Web holds the serve command's web.* flags.
 type Web struct {
@@ -95,6 +104,9 @@ type Web struct {
 	Flags           *web.FlagConfig
 	TelemetryPath   string        // --web.telemetry-path
 	ShutdownTimeout time.Duration // --web.shutdown-timeout
+	// EnableReport is --web.enable-report: serve the evidence report at
+	// PathReport.
+	EnableReport bool
 }
 
 // AWS holds the aws.* flags.
@@ -130,7 +142,7 @@ type Remediation struct {
 
 // Audit holds the audit command's flags.
 type Audit struct {
-	Output string // --output: table or json
+	Output string // --output: table, json, csv or html
 }
 
 // Error is a configuration error: Name is the flag (--aws.region) or the
@@ -154,6 +166,7 @@ func New(app *kingpin.Application) *Config {
 	c := &Config{app: app, Log: &promslog.Config{}}
 	c.Web.Flags = kingpinflag.AddFlags(app, defaultListenAddress)
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").Default("/metrics").StringVar(&c.Web.TelemetryPath)
+	app.Flag("web.enable-report", "Serve the evidence report (every key with its verdict, rotation history and material age, as the audit command's --output=html; ?format=csv for CSV) read-only at "+PathReport+", behind --web.config.file's authentication like /metrics.").BoolVar(&c.Web.EnableReport)
 	app.Flag("web.shutdown-timeout", "On SIGTERM, how long the requests in flight may take to finish before the exporter stops.").Default("30s").DurationVar(&c.Web.ShutdownTimeout)
 
 	app.Flag("aws.region", `Region to audit; repeatable or comma-separated; "all" discovers the enabled regions of each account. Default: the SDK's configured region (AWS_REGION, profile).`).Envar("KMS_EXPORTER_REGIONS").StringsVar(&c.regionValues)
@@ -163,6 +176,7 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("aws.own-account", "Audit the account of the exporter's own credentials too (use --no-aws.own-account to audit only assumed roles).").Default("true").BoolVar(&c.ownAccount)
 	app.Flag("aws.max-concurrency", "Most AWS requests in flight at once, over all accounts and regions.").Default("16").IntVar(&c.AWS.Client.MaxConcurrency)
 	app.Flag("aws.requests-per-second", "Client-side limit of KMS requests per second per account and region (the KMS quota is shared with the account's applications); 0 = no limit.").Default("100").Float64Var(&c.AWS.Client.RequestsPerSecond)
+	app.Flag("aws.list-key-rotations-per-second", "Client-side limit of ListKeyRotations requests per second per account and region, apart from --aws.requests-per-second (its KMS quota is 100/s, shared with the account's applications); 0 = no limit.").Default("10").Float64Var(&c.listKeyRotationsRate)
 	app.Flag("aws.max-attempts", "Attempts per AWS call, retries of throttled and failed calls included.").Default("5").IntVar(&c.AWS.Client.MaxAttempts)
 	app.Flag("aws.timeout", "Timeout of one AWS request attempt.").Default("10s").DurationVar(&c.AWS.Client.Timeout)
 
@@ -171,6 +185,7 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("events.sqs-queue-url", "SQS queue fed by an EventBridge rule with KMS events (CloudTrail API calls and KMS's own events, see docs/events.md): the keys they name are re-read at once, and a message is deleted once their new state is published; repeatable. Needs sqs:ReceiveMessage, sqs:DeleteMessage and sqs:GetQueueAttributes on the queue.").Envar("KMS_EXPORTER_EVENTS_SQS_QUEUE_URL").StringsVar(&c.EventQueueURLs)
 	app.Flag("refresh.max-stale-age", "How long after its last successful read a key whose reads fail for a transient reason (throttling, 5xx, timeouts, connection errors) keeps that read's verdict (marked stale) before it is unknown; 0 = --refresh.resync-interval plus two --refresh.interval (three --refresh.interval by default).").Default("0s").DurationVar(&c.MaxStaleAge)
 	app.Flag("compliance.max-rotation-period-days", "Longest compliant rotation period; a rotating key with a longer period is noncompliant.").Default("365").IntVar(&c.Policy.MaxRotationPeriodDays)
+	app.Flag("compliance.max-key-material-age-days", "Oldest compliant key material, in days: a key whose current material (its last rotation, or its creation) is older is noncompliant (key_material_too_old), and a key with automatic rotation off rotated on demand within it is compliant (rotated_on_demand). Needs kms:ListKeyRotations. 0 = the material's age is not judged.").Default("0").IntVar(&c.Policy.MaxKeyMaterialAgeDays)
 	app.Flag("compliance.exemption-tag", "Tag key that exempts a key when its value (the reason) is not empty; TAG-until holds the last day, YYYY-MM-DD.").Default("kms-rotation-exempt").StringVar(&c.Policy.ExemptionTag)
 	app.Flag("metrics.tag-label", "Tag key whose value is exposed as label tag_<key> on kms_key_info; repeatable (each adds ListResourceTags calls).").StringsVar(&c.tagLabelValues)
 	app.Flag("metrics.per-key", "Which keys have per-key series: all, or attention (only noncompliant, unknown, exempt and stale keys, keys pending deletion and keys whose next rotation is due; kms_keys counts every key). For large inventories.").
@@ -194,7 +209,7 @@ func New(app *kingpin.Application) *Config {
 	app.Command(CommandServe, "Serve metrics (and, if enabled, remediation); the default.").Default()
 
 	audit := app.Command(CommandAudit, "Refresh once and print every key's verdict; exit 0 when nothing is noncompliant, 1 when something is, 2 on error.")
-	audit.Flag("output", "Output format.").Default("table").EnumVar(&c.Audit.Output, "table", "json")
+	audit.Flag("output", "Output format: table, json, csv, or html (one self-contained page: the evidence report).").Default("table").EnumVar(&c.Audit.Output, "table", "json", "csv", "html")
 
 	rem := app.Command(CommandRemediate, "Enable rotation on noncompliant keys (the API's eligibility rules and verification); exit 0 when all were remediated, 1 otherwise, 2 on error.")
 	rem.Flag("key-id", "Key id or ARN to remediate.").StringVar(&c.Remediate.KeyID)
@@ -276,6 +291,7 @@ func (c *Config) Validate() error {
 	if c.Metrics.Include, err = familyFilter(c.allowFamilies, c.denyFamilies); err != nil {
 		return err
 	}
+	c.AWS.Client.OperationRates = map[string]float64{opListKeyRotations: c.listKeyRotationsRate}
 	maxPeriod := c.Policy.MaxRotationPeriodDays
 	switch {
 	case c.RefreshInterval < time.Second:
@@ -295,6 +311,10 @@ func (c *Config) Validate() error {
 		return flagError("aws.max-concurrency", "must be at least 1")
 	case c.AWS.Client.RequestsPerSecond < 0:
 		return flagError("aws.requests-per-second", "must not be negative")
+	case c.AWS.Client.OperationRates[opListKeyRotations] < 0:
+		return flagError("aws.list-key-rotations-per-second", "must not be negative")
+	case c.Policy.MaxKeyMaterialAgeDays < 0 || c.Policy.MaxKeyMaterialAgeDays > maxMaterialAgeDays:
+		return flagError("compliance.max-key-material-age-days", "%d is outside 0..%d", c.Policy.MaxKeyMaterialAgeDays, maxMaterialAgeDays)
 	case c.AWS.Client.MaxAttempts < 1:
 		return flagError("aws.max-attempts", "must be at least 1")
 	case c.AWS.Client.Timeout <= 0:

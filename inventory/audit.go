@@ -32,6 +32,7 @@ type KMS interface {
 	DescribeKey(context.Context, *kms.DescribeKeyInput, ...func(*kms.Options)) (*kms.DescribeKeyOutput, error)
 	GetKeyRotationStatus(context.Context, *kms.GetKeyRotationStatusInput, ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error)
 	ListResourceTags(context.Context, *kms.ListResourceTagsInput, ...func(*kms.Options)) (*kms.ListResourceTagsOutput, error)
+	ListKeyRotations(context.Context, *kms.ListKeyRotationsInput, ...func(*kms.Options)) (*kms.ListKeyRotationsOutput, error)
 }
 
 // accountLearner is implemented by clients that label their metrics with the
@@ -205,13 +206,13 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 			for i := range work {
 				id := l.keys[i].id
 				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
-				found, failed := a.auditKey(ctx, t.API, &k)
 				j := prevIdx[i]
 				var p *model.Key
 				var pAt int64
 				if j >= 0 {
 					p, pAt = prev[j], readAtOf(prevAt, j)
 				}
+				found, failed := a.auditKey(ctx, t.API, &k, p, false)
 				switch {
 				case !found:
 				case failed.Code != "":
@@ -265,12 +266,49 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 
 // always tells whether a key is re-read whatever its turn: while its last
 // read failed or its verdict is unknown (an access denied fixed in IAM makes
-// no KMS event), once its exemption has ended (a date passing makes no event
-// either), and every key with Resync 0 or a refresh Resync or more after the
-// last.
+// no KMS event), once its exemption has ended or its compliant material has
+// grown too old (a date passing makes no event either), once its next
+// rotation date has passed (its rotation is due to show), and every key with
+// Resync 0 or a refresh Resync or more after the last.
 func (a *Auditor) always(k *model.Key, prevTick, now time.Time) bool {
 	return k.ReadError != "" || k.Verdict.Status == policy.Unknown || a.Resync <= 0 || prevTick.IsZero() ||
-		now.Sub(prevTick) >= a.Resync || exemptionEnded(k, now)
+		now.Sub(prevTick) >= a.Resync || exemptionEnded(k, now) || a.materialAged(k, now) || rotationPassed(k, now)
+}
+
+// materialAged tells whether k shows a verdict that rests on its key
+// material being young enough, and the material has grown too old by now.
+func (a *Auditor) materialAged(k *model.Key, now time.Time) bool {
+	if k.Verdict.Status != policy.Compliant || k.History == nil {
+		return false
+	}
+	deadline := policy.MaterialDeadline(k.History, k.CreationDate, a.Policy)
+	return !deadline.IsZero() && !now.Before(deadline)
+}
+
+// rotationPassed tells whether k's next rotation date, as last read, has
+// passed since its rotation history was read: AWS should have rotated it.
+func rotationPassed(k *model.Key, now time.Time) bool {
+	r, h := k.Rotation, k.History
+	if r == nil || h == nil || !r.Enabled || r.NextRotation.IsZero() {
+		return false
+	}
+	return !now.Before(r.NextRotation) && h.ReadAt < r.NextRotation.UnixNano()
+}
+
+// historyDue tells whether a key read now (materialID: its
+// CurrentKeyMaterialId as DescribeKey just said, "" where not reported)
+// needs its rotation history read, rather than the one of prev (the key as
+// last published, nil: first sight): where it can have changed. On first
+// sight, when an event said the key rotated, when its current key material
+// is another than when the history was read, when its next rotation date
+// passed since, and after a failed read while the verdict needs it.
+func (a *Auditor) historyDue(prev *model.Key, materialID string, rotated bool, now time.Time) bool {
+	if prev == nil || prev.History == nil || rotated {
+		return true
+	}
+	h := prev.History
+	return (h.Error != "" && a.Policy.MaxKeyMaterialAgeDays > 0) ||
+		(materialID != "" && materialID != h.MaterialID) || rotationPassed(prev, now)
 }
 
 // byTurn tells whether a key's turn in the resync came between the
@@ -496,12 +534,15 @@ func accountOf(s string) string {
 	return a.AccountID
 }
 
-// auditKey fills in one key. It returns found=false when the key no longer
-// exists (deleted between ListKeys and a later call), and the operation and
-// code of a transient failure, which leaves the verdict undecided (the caller
-// decides what to publish, see carry). Any other error is AWS's answer about
-// the key: the verdict is unknown with that code.
-func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key) (found bool, failed ReadError) {
+// auditKey fills in one key; prev is the key as last published (nil: not
+// known), whose rotation history it keeps unless a new one is due (see
+// historyDue; rotated: an event said the key rotated). It returns
+// found=false when the key no longer exists (deleted between ListKeys and a
+// later call), and the operation and code of a transient failure, which
+// leaves the verdict undecided (the caller decides what to publish, see
+// carry). Any other error is AWS's answer about the key: the verdict is
+// unknown with that code where the verdict needs what failed.
+func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *model.Key, rotated bool) (found bool, failed ReadError) {
 	in := policy.Input{}
 	// check reports whether a call succeeded; on failure it records why.
 	// stop records why a call failed and tells whether reading the key ends
@@ -545,7 +586,32 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key) (found bo
 		}
 	}
 
-	needTags := policy.NeedsExemptionTags(k.Meta, k.Rotation, a.Policy)
+	in.Created = k.CreationDate
+	if policy.NeedsHistory(k.Meta) {
+		now := a.Now()
+		materialID := aws.ToString(d.KeyMetadata.CurrentKeyMaterialId)
+		if a.historyDue(prev, materialID, rotated, now) {
+			h, err := readHistory(ctx, api, k.ID)
+			switch {
+			case err == nil:
+			case awsclient.Transient(err) || isNotFound(err):
+				stop("ListKeyRotations", err, nil)
+				return found, failed
+			default:
+				// Kept, so that an IAM policy without kms:ListKeyRotations
+				// costs one failed call per key, not one per read.
+				h = &policy.History{Error: awsclient.ErrorCode(err)}
+			}
+			h.MaterialID, h.ReadAt = materialID, now.UnixNano()
+			k.History = h
+		} else {
+			k.History = prev.History
+		}
+		hin := k.Input()
+		in.History, in.HistoryError = hin.History, hin.HistoryError
+	}
+
+	needTags := policy.NeedsExemptionTags(in, a.Policy, a.Now())
 	if needTags || (len(a.TagLabels) > 0 && k.Meta.KeyManager == policy.ManagerCustomer) {
 		tags, err := listTags(ctx, api, k.ID)
 		switch {
@@ -593,6 +659,37 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 			k.MultiRegion.PrimaryRegion = aws.ToString(mrc.PrimaryKey.Region)
 		}
 	}
+}
+
+// readHistory reads a key's rotation history: every rotation that
+// completed (ListKeyRotations without IncludeKeyMaterial lists only those),
+// counted by type, and the last. Its own quota is far below the other
+// calls' (awsclient.Options.OperationRates).
+func readHistory(ctx context.Context, api KMS, keyID string) (*policy.History, error) {
+	h := &policy.History{}
+	p := kms.NewListKeyRotationsPaginator(api, &kms.ListKeyRotationsInput{KeyId: aws.String(keyID), Limit: aws.Int32(1000)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range page.Rotations {
+			at := aws.ToTime(r.RotationDate)
+			if at.IsZero() { // the first material, or imported material pending rotation
+				continue
+			}
+			switch r.RotationType {
+			case types.RotationTypeOnDemand:
+				h.OnDemand++
+			default:
+				h.Automatic++
+			}
+			if at.After(h.LastRotation) {
+				h.LastRotation, h.LastType = at, intern(string(r.RotationType))
+			}
+		}
+	}
+	return h, nil
 }
 
 func listTags(ctx context.Context, api KMS, keyID string) (map[string]string, error) {

@@ -22,10 +22,12 @@ import (
 // where is an audited (account, region).
 type where struct{ account, region string }
 
-// mark is a key to re-read and whom to tell.
+// mark is a key to re-read and whom to tell; rotated: an event said its
+// material rotated (its rotation history is read again).
 type mark struct {
-	ref  model.KeyRef
-	done chan error
+	ref     model.KeyRef
+	done    chan error
+	rotated bool
 }
 
 // marks holds the keys waiting to be re-read and the targets they may name.
@@ -37,7 +39,8 @@ type marks struct {
 	targets map[where]Target
 	wake    chan struct{}
 	// inflight are the keys being read, with the marks made meanwhile (to
-	// answer after a read once more when rerun); slots bound the reads.
+	// answer after a read once more when rerun, with the history too when
+	// the value is true); slots bound the reads.
 	inflight map[model.KeyRef][]chan error
 	rerun    map[model.KeyRef]bool
 	slots    chan struct{}
@@ -57,6 +60,17 @@ func newMarks(workers int) marks {
 // once when the targets are known (after the first refresh), else on the
 // channel.
 func (r *Refresher) Mark(_ context.Context, ref model.KeyRef) (<-chan error, error) {
+	return r.mark(ref, false)
+}
+
+// MarkRotated is Mark for a key whose material an event says rotated (a
+// KMS CMK Rotation event, a RotateKeyOnDemand call): its rotation history
+// is read again too.
+func (r *Refresher) MarkRotated(_ context.Context, ref model.KeyRef) (<-chan error, error) {
+	return r.mark(ref, true)
+}
+
+func (r *Refresher) mark(ref model.KeyRef, rotated bool) (<-chan error, error) {
 	if ref.AccountID == "" || ref.Region == "" || ref.KeyID == "" {
 		return nil, errors.New("a mark needs an account, a region and a key id")
 	}
@@ -69,7 +83,7 @@ func (r *Refresher) Mark(_ context.Context, ref model.KeyRef) (<-chan error, err
 		}
 	}
 	done := make(chan error, 1)
-	m.pending = append(m.pending, mark{ref, done})
+	m.pending = append(m.pending, mark{ref, done, rotated})
 	select {
 	case m.wake <- struct{}{}:
 	default:
@@ -115,12 +129,14 @@ func (r *Refresher) readMarked(ctx context.Context) {
 	}
 	// One read per key, however many marks name it.
 	byKey := map[model.KeyRef][]chan error{}
+	rotated := map[model.KeyRef]bool{}
 	for _, mk := range todo {
 		if _, ok := targets[where{mk.ref.AccountID, mk.ref.Region}]; !ok {
 			mk.done <- model.ErrNotAudited
 			continue
 		}
 		byKey[mk.ref] = append(byKey[mk.ref], mk.done)
+		rotated[mk.ref] = rotated[mk.ref] || mk.rotated
 	}
 	// A multi-Region key's rotation is one setting, kept in sync from the
 	// primary: the event of a change names one region, every copy changed.
@@ -149,6 +165,7 @@ func (r *Refresher) readMarked(ctx context.Context) {
 		byKey[ref] = each[:1]
 		for i, other := range copies {
 			byKey[other] = each[i+1 : i+2]
+			rotated[other] = rotated[ref] // the copies share the key material
 		}
 		m.reads.Go(func() {
 			var first error
@@ -167,17 +184,18 @@ func (r *Refresher) readMarked(ctx context.Context) {
 	for ref, waiters := range byKey {
 		if again, reading := m.inflight[ref]; reading {
 			m.inflight[ref] = append(again, waiters...)
-			m.rerun[ref] = true
+			m.rerun[ref] = m.rerun[ref] || rotated[ref]
 			continue
 		}
 		m.inflight[ref] = nil
-		m.reads.Go(func() { r.readMarkedKey(ctx, targets[where{ref.AccountID, ref.Region}], ref, waiters) })
+		m.reads.Go(func() { r.readMarkedKey(ctx, targets[where{ref.AccountID, ref.Region}], ref, rotated[ref], waiters) })
 	}
 }
 
-// readMarkedKey reads one marked key, publishes it and tells its marks;
-// again while it was marked again meanwhile.
-func (r *Refresher) readMarkedKey(ctx context.Context, t Target, ref model.KeyRef, waiters []chan error) {
+// readMarkedKey reads one marked key (its rotation history too when
+// rotated), publishes it and tells its marks; again while it was marked
+// again meanwhile.
+func (r *Refresher) readMarkedKey(ctx context.Context, t Target, ref model.KeyRef, rotated bool, waiters []chan error) {
 	m := &r.marks
 	for {
 		acquired := false
@@ -196,7 +214,7 @@ func (r *Refresher) readMarkedKey(ctx context.Context, t Target, ref model.KeyRe
 				prev, prevAt = st.Keys[j], readAtOf(st.ReadAt, j)
 			}
 		}
-		rd := r.auditor.readOne(ctx, t, ref, prev, prevAt, start)
+		rd := r.auditor.readOne(ctx, t, ref, prev, prevAt, start, rotated)
 		if acquired {
 			<-m.slots
 		}
@@ -211,12 +229,13 @@ func (r *Refresher) readMarkedKey(ctx context.Context, t Target, ref model.KeyRe
 
 		m.mu.Lock()
 		waiters = m.inflight[ref]
-		if !m.rerun[ref] {
+		again, rerun := m.rerun[ref]
+		if !rerun {
 			delete(m.inflight, ref)
 			m.mu.Unlock()
 			return
 		}
-		m.inflight[ref] = nil
+		m.inflight[ref], rotated = nil, again
 		delete(m.rerun, ref)
 		m.mu.Unlock()
 	}
@@ -236,8 +255,9 @@ type keyRead struct {
 }
 
 // readOne re-reads one key of t; prev is the key as last published (nil: not
-// known), last read successfully at prevAt.
-func (a *Auditor) readOne(ctx context.Context, t Target, ref model.KeyRef, prev *model.Key, prevAt int64, start time.Time) keyRead {
+// known), last read successfully at prevAt; rotated: its rotation history
+// is read again.
+func (a *Auditor) readOne(ctx context.Context, t Target, ref model.KeyRef, prev *model.Key, prevAt int64, start time.Time, rotated bool) keyRead {
 	out := keyRead{ref: ref, key: prev, at: prevAt}
 	aliases, err := keyAliases(ctx, t.API, ref.KeyID)
 	switch {
@@ -252,7 +272,7 @@ func (a *Auditor) readOne(ctx context.Context, t Target, ref model.KeyRef, prev 
 	if prev != nil {
 		k.ARN = prev.ARN
 	}
-	found, failed := a.auditKey(ctx, t.API, &k)
+	found, failed := a.auditKey(ctx, t.API, &k, prev, rotated)
 	switch {
 	case !found:
 		out.key = nil

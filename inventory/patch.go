@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/kms-exporter/kms_exporter/model"
-	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 // ApplyRotationChanges publishes a snapshot in which the changed keys carry
@@ -54,7 +53,7 @@ func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *
 			if at := out.Targets[i].ReadAt; j < len(at) {
 				at[j] = c.At.UnixNano()
 			}
-			k.Verdict = r.auditor.verdict(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags})
+			k.Verdict = r.auditor.verdict(k.Input())
 			out.Targets[i].Keys[j] = &k
 		}
 	}

@@ -103,6 +103,10 @@ func (b *blockingKMS) GetKeyRotationStatus(context.Context, *kms.GetKeyRotationS
 	return &kms.GetKeyRotationStatusOutput{KeyRotationEnabled: true}, nil
 }
 
+func (b *blockingKMS) ListKeyRotations(context.Context, *kms.ListKeyRotationsInput, ...func(*kms.Options)) (*kms.ListKeyRotationsOutput, error) {
+	return &kms.ListKeyRotationsOutput{}, nil
+}
+
 // TestShutdownPublishesNoPartialSnapshot: a refresh cut short by shutdown
 // publishes nothing; what was published before stays.
 func TestShutdownPublishesNoPartialSnapshot(t *testing.T) {
@@ -151,6 +155,10 @@ func (d *describedKMS) DescribeKey(_ context.Context, in *kms.DescribeKeyInput, 
 
 func (d *describedKMS) GetKeyRotationStatus(context.Context, *kms.GetKeyRotationStatusInput, ...func(*kms.Options)) (*kms.GetKeyRotationStatusOutput, error) {
 	return &kms.GetKeyRotationStatusOutput{}, nil
+}
+
+func (d *describedKMS) ListKeyRotations(context.Context, *kms.ListKeyRotationsInput, ...func(*kms.Options)) (*kms.ListKeyRotationsOutput, error) {
+	return &kms.ListKeyRotationsOutput{}, nil
 }
 
 func (d *describedKMS) ListResourceTags(context.Context, *kms.ListResourceTagsInput, ...func(*kms.Options)) (*kms.ListResourceTagsOutput, error) {

@@ -66,6 +66,11 @@ type Key struct {
 	MultiRegion *MultiRegion
 	// Rotation is nil when the rotation status was not read.
 	Rotation *policy.Rotation
+	// History is the key's rotation history (ListKeyRotations), nil where
+	// it was not read: keys out of scope, or whose history read failed. It
+	// is read on first sight and again only where it can have changed (see
+	// inventory's historyDue), so it may be older than the key's last read.
+	History *policy.History
 	// TagValues holds the values of Snapshot.TagLabels, in that order.
 	TagValues []string
 	// Tags are the key's tags where they were read (keys whose verdict
@@ -88,7 +93,7 @@ func (k *Key) Same(o *Key) bool {
 		slices.Equal(k.Aliases, o.Aliases) && k.Meta == o.Meta &&
 		k.CreationDate.Equal(o.CreationDate) && k.DeletionDate.Equal(o.DeletionDate) &&
 		sameMultiRegion(k.MultiRegion, o.MultiRegion) &&
-		sameRotation(k.Rotation, o.Rotation) && slices.Equal(k.TagValues, o.TagValues) && maps.Equal(k.Tags, o.Tags) &&
+		sameRotation(k.Rotation, o.Rotation) && sameHistory(k.History, o.History) && slices.Equal(k.TagValues, o.TagValues) && maps.Equal(k.Tags, o.Tags) &&
 		(k.Tags == nil) == (o.Tags == nil) && sameVerdict(k.Verdict, o.Verdict) &&
 		k.ReadError == o.ReadError && k.Stale == o.Stale
 }
@@ -128,6 +133,33 @@ func sameRotation(a, b *policy.Rotation) bool {
 		return a == b
 	}
 	return a.Enabled == b.Enabled && a.PeriodDays == b.PeriodDays && a.NextRotation.Equal(b.NextRotation)
+}
+
+func sameHistory(a, b *policy.History) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.LastRotation.Equal(b.LastRotation) && a.LastType == b.LastType && a.Automatic == b.Automatic &&
+		a.OnDemand == b.OnDemand && a.MaterialID == b.MaterialID && a.ReadAt == b.ReadAt && a.Error == b.Error
+}
+
+// Input is what is known of k for its verdict, as policy.Decide reads it,
+// rotation status as published.
+func (k *Key) Input() policy.Input {
+	in := policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags, Created: k.CreationDate, History: k.History}
+	if h := k.History; h != nil && h.Error != "" {
+		in.History, in.HistoryError = nil, h.Error
+	}
+	return in
+}
+
+// RotationHistory returns the key's rotation history where it was read
+// successfully, else nil.
+func (k *Key) RotationHistory() *policy.History {
+	if k.History == nil || k.History.Error != "" {
+		return nil
+	}
+	return k.History
 }
 
 func sameVerdict(a, b policy.Verdict) bool {

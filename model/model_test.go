@@ -13,7 +13,8 @@ func sample() Key {
 	return Key{AccountID: "111122223333", Region: "eu-west-1", ID: "k1", ARN: "arn:aws:kms:eu-west-1:111122223333:key/k1",
 		Aliases: []string{"alias/a"}, Meta: policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled"},
 		CreationDate: at, DeletionDate: at.Add(time.Hour), MultiRegion: &MultiRegion{Type: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"},
-		Rotation: &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: at}, TagValues: []string{"t"},
+		Rotation: &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: at},
+		History:  &policy.History{LastRotation: at, LastType: "AUTOMATIC", Automatic: 2, OnDemand: 1, MaterialID: "m", ReadAt: 7}, TagValues: []string{"t"},
 		Tags: map[string]string{"team": "t"}, Verdict: policy.Verdict{Status: policy.Exempt, Reason: "r", ExemptionReason: "e", ExemptionExpiry: at},
 		ReadError: "ThrottlingException", Stale: true}
 }
@@ -35,6 +36,7 @@ func TestSame(t *testing.T) {
 			k.MultiRegion = &MultiRegion{Type: "REPLICA", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"}
 		},
 		"Rotation":  func(k *Key) { r := *k.Rotation; r.PeriodDays = 90; k.Rotation = &r },
+		"History":   func(k *Key) { k.History = nil },
 		"TagValues": func(k *Key) { k.TagValues = []string{"u"} },
 		"Tags":      func(k *Key) { k.Tags = nil },
 		"Verdict":   func(k *Key) { k.Verdict.ExemptionExpiry = time.Time{} },
@@ -63,6 +65,13 @@ func TestSame(t *testing.T) {
 		"rotation enabled":  func(k *Key) { k.Rotation = &policy.Rotation{PeriodDays: 365, NextRotation: base.Rotation.NextRotation} },
 		"next rotation":     func(k *Key) { k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365} },
 		"rotation not read": func(k *Key) { k.Rotation = nil },
+		"last rotation":     func(k *Key) { h := *k.History; h.LastRotation = time.Time{}; k.History = &h },
+		"last type":         func(k *Key) { h := *k.History; h.LastType = "ON_DEMAND"; k.History = &h },
+		"automatic count":   func(k *Key) { h := *k.History; h.Automatic++; k.History = &h },
+		"on-demand count":   func(k *Key) { h := *k.History; h.OnDemand++; k.History = &h },
+		"material id":       func(k *Key) { h := *k.History; h.MaterialID = "n"; k.History = &h },
+		"history read at":   func(k *Key) { h := *k.History; h.ReadAt++; k.History = &h },
+		"history error":     func(k *Key) { h := *k.History; h.Error = "AccessDeniedException"; k.History = &h },
 		"verdict status":    func(k *Key) { k.Verdict.Status = policy.Noncompliant },
 		"verdict reason":    func(k *Key) { k.Verdict.Reason = "s" },
 		"exemption reason":  func(k *Key) { k.Verdict.ExemptionReason = "f" },

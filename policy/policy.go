@@ -34,6 +34,13 @@ const (
 	ReasonExemptionExpired    = "exemption_expired"
 	ReasonExemptionInvalid    = "exemption_invalid_date"
 	ReasonExemptionTag        = "exemption_tag"
+	// With --compliance.max-key-material-age-days: the current key material
+	// is older than the limit (rotation enabled or not), or automatic
+	// rotation is off but the material was rotated on demand within it.
+	ReasonMaterialTooOld  = "key_material_too_old"
+	ReasonRotatedOnDemand = "rotated_on_demand"
+	ReasonHistoryNotRead  = "RotationHistoryNotRead"
+	ReasonRotationNotRead = "RotationStatusNotRead"
 
 	ReasonAWSManaged             = "aws_managed"
 	ReasonAsymmetric             = "asymmetric"
@@ -103,6 +110,48 @@ type Rotation struct {
 	NextRotation time.Time
 }
 
+// RotationType values of ListKeyRotations' entries.
+const (
+	RotationAutomatic = "AUTOMATIC"
+	RotationOnDemand  = "ON_DEMAND"
+)
+
+// MaxOnDemandRotations is how many on-demand rotations a key may have, ever
+// (RotateKeyOnDemand then fails with LimitExceededException).
+const MaxOnDemandRotations = 25
+
+// History is what ListKeyRotations returned for a key: the rotations of its
+// key material that completed.
+type History struct {
+	// LastRotation is when the last rotation completed; zero: never rotated.
+	LastRotation time.Time
+	// LastType is the RotationType of the last rotation (RotationAutomatic,
+	// RotationOnDemand); "" when the key never rotated.
+	LastType string
+	// Automatic and OnDemand count the completed rotations of each type.
+	Automatic, OnDemand int32
+	// MaterialID is the key's CurrentKeyMaterialId (DescribeKey) when the
+	// history was read; "" where it was not reported.
+	MaterialID string
+	// ReadAt is when the history was read, in Unix nanoseconds.
+	ReadAt int64
+	// Error is the error code ListKeyRotations answered (AccessDenied,
+	// ...); the other fields but MaterialID and ReadAt are then unset.
+	Error string
+}
+
+// MaterialSince returns when the key's current material was made: its last
+// rotation, or the key's creation (created) when it never rotated.
+func (h *History) MaterialSince(created time.Time) time.Time {
+	if h.LastRotation.IsZero() {
+		return created
+	}
+	return h.LastRotation
+}
+
+// OnDemandLeft is how many on-demand rotations the key may still have.
+func (h *History) OnDemandLeft() int32 { return max(0, MaxOnDemandRotations-h.OnDemand) }
+
 // Policy is the organisation's rotation policy.
 type Policy struct {
 	// MaxRotationPeriodDays: a rotating key with a longer period is noncompliant.
@@ -112,6 +161,12 @@ type Policy struct {
 	// optional tag ExemptionTag+"-until" holds the last day (YYYY-MM-DD, UTC)
 	// on which the exemption holds.
 	ExemptionTag string
+	// MaxKeyMaterialAgeDays: when > 0, an in-scope key whose current key
+	// material (History.MaterialSince) is older is noncompliant
+	// (ReasonMaterialTooOld), and a key with automatic rotation off whose
+	// last rotation was on demand, within the limit, is compliant
+	// (ReasonRotatedOnDemand). 0: the material's age is not judged.
+	MaxKeyMaterialAgeDays int
 }
 
 // ExemptionUntilTag is the tag key holding the exemption's last day.
@@ -141,6 +196,11 @@ type Input struct {
 	TagsError string
 	// Tags is nil when the tags were not read.
 	Tags map[string]string
+	// Created is the key's CreationDate: the age of material never rotated.
+	Created      time.Time
+	HistoryError string
+	// History is nil when ListKeyRotations was not read (see NeedsHistory).
+	History *History
 }
 
 // Scope says whether the rotation rule applies to a key with this metadata.
@@ -207,16 +267,21 @@ func NeedsRotationStatus(m Meta) bool {
 	return false
 }
 
+// NeedsHistory says whether ListKeyRotations is read for a key: for keys in
+// scope, whatever the policy (the history is evidence shown for every key
+// that should rotate, and judged with MaxKeyMaterialAgeDays).
+func NeedsHistory(m Meta) bool { return Scope(m) == "" }
+
 // NeedsExemptionTags says whether the verdict depends on the key's tags: only
-// for an in-scope key that would otherwise be noncompliant.
-func NeedsExemptionTags(m Meta, r *Rotation, p Policy) bool {
-	if Scope(m) != "" || r == nil {
-		return false
-	}
-	return !r.Enabled || periodExceeds(r, p)
+// for an in-scope key that would otherwise be noncompliant. in holds what was
+// read before the tags.
+func NeedsExemptionTags(in Input, p Policy, now time.Time) bool {
+	return judge(in, p, now).Status == Noncompliant
 }
 
-func periodExceeds(r *Rotation, p Policy) bool {
+// PeriodExceeds tells whether a rotating key's period (365 days where none
+// was reported) is longer than the policy's maximum.
+func PeriodExceeds(r *Rotation, p Policy) bool {
 	period := int(r.PeriodDays)
 	if period == 0 {
 		period = DefaultRotationPeriodDays
@@ -226,6 +291,20 @@ func periodExceeds(r *Rotation, p Policy) bool {
 
 // Decide returns the verdict for one key.
 func Decide(in Input, p Policy, now time.Time) Verdict {
+	v := judge(in, p, now)
+	if v.Status != Noncompliant {
+		return v
+	}
+	if in.TagsError != "" {
+		// Whether the key is exempt cannot be told: never guess noncompliant.
+		return Verdict{Status: Unknown, Reason: in.TagsError}
+	}
+	return exemption(in.Tags, p, now, v.Reason)
+}
+
+// judge returns the verdict of a key before its exemption tags are looked
+// at: Noncompliant carries the reason it fails.
+func judge(in Input, p Policy, now time.Time) Verdict {
 	if in.DescribeError != "" {
 		return Verdict{Status: Unknown, Reason: in.DescribeError}
 	}
@@ -236,20 +315,44 @@ func Decide(in Input, p Policy, now time.Time) Verdict {
 		return Verdict{Status: Unknown, Reason: in.RotationError}
 	}
 	if in.Rotation == nil {
-		return Verdict{Status: Unknown, Reason: "RotationStatusNotRead"}
+		return Verdict{Status: Unknown, Reason: ReasonRotationNotRead}
 	}
-	failure := ReasonRotationDisabled
-	if in.Rotation.Enabled {
-		if !periodExceeds(in.Rotation, p) {
+	if in.Rotation.Enabled && PeriodExceeds(in.Rotation, p) {
+		return Verdict{Status: Noncompliant, Reason: ReasonPeriodExceedsPolicy}
+	}
+	if p.MaxKeyMaterialAgeDays <= 0 {
+		if in.Rotation.Enabled {
 			return Verdict{Status: Compliant, Reason: ReasonRotationEnabled}
 		}
-		failure = ReasonPeriodExceedsPolicy
+		return Verdict{Status: Noncompliant, Reason: ReasonRotationDisabled}
 	}
-	if in.TagsError != "" {
-		// Whether the key is exempt cannot be told: never guess noncompliant.
-		return Verdict{Status: Unknown, Reason: in.TagsError}
+	// The material's age decides: without the history it cannot be told.
+	switch {
+	case in.HistoryError != "":
+		return Verdict{Status: Unknown, Reason: in.HistoryError}
+	case in.History == nil:
+		return Verdict{Status: Unknown, Reason: ReasonHistoryNotRead}
 	}
-	return exemption(in.Tags, p, now, failure)
+	young := now.Before(MaterialDeadline(in.History, in.Created, p))
+	switch {
+	case in.Rotation.Enabled && young:
+		return Verdict{Status: Compliant, Reason: ReasonRotationEnabled}
+	case in.Rotation.Enabled:
+		return Verdict{Status: Noncompliant, Reason: ReasonMaterialTooOld}
+	case young && in.History.LastType == RotationOnDemand:
+		return Verdict{Status: Compliant, Reason: ReasonRotatedOnDemand}
+	}
+	return Verdict{Status: Noncompliant, Reason: ReasonRotationDisabled}
+}
+
+// MaterialDeadline is the instant the key's current material becomes older
+// than MaxKeyMaterialAgeDays (zero when the policy sets no limit): a
+// compliant verdict that rests on the material's age ends then.
+func MaterialDeadline(h *History, created time.Time, p Policy) time.Time {
+	if p.MaxKeyMaterialAgeDays <= 0 || h == nil {
+		return time.Time{}
+	}
+	return h.MaterialSince(created).Add(time.Duration(p.MaxKeyMaterialAgeDays) * 24 * time.Hour)
 }
 
 // exemption decides between exempt and noncompliant (with the given reason)

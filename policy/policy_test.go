@@ -143,20 +143,129 @@ func TestNeedsRotationStatus(t *testing.T) {
 }
 
 func TestNeedsExemptionTags(t *testing.T) {
-	if NeedsExemptionTags(sym("Enabled"), &Rotation{Enabled: true, PeriodDays: 365}, testPolicy) {
+	needs := func(m Meta, r *Rotation) bool {
+		return NeedsExemptionTags(Input{Meta: m, Rotation: r}, testPolicy, testNow)
+	}
+	if needs(sym("Enabled"), &Rotation{Enabled: true, PeriodDays: 365}) {
 		t.Error("a compliant key needs no tags")
 	}
-	if !NeedsExemptionTags(sym("Enabled"), &Rotation{}, testPolicy) {
+	if !needs(sym("Enabled"), &Rotation{}) {
 		t.Error("a key that does not rotate needs its tags")
 	}
-	if !NeedsExemptionTags(sym("Enabled"), &Rotation{Enabled: true, PeriodDays: 400}, testPolicy) {
+	if !needs(sym("Enabled"), &Rotation{Enabled: true, PeriodDays: 400}) {
 		t.Error("a key rotating too slowly needs its tags")
 	}
-	if NeedsExemptionTags(sym("Disabled"), &Rotation{}, testPolicy) {
+	if needs(sym("Disabled"), &Rotation{}) {
 		t.Error("an out-of-scope key needs no tags")
 	}
-	if NeedsExemptionTags(sym("Enabled"), nil, testPolicy) {
+	if needs(sym("Enabled"), nil) {
 		t.Error("a key whose status is unknown needs no tags")
+	}
+}
+
+// TestDecideMaterialAge pins every row of the key-material age policy
+// (--compliance.max-key-material-age-days, here 365): what the verdict is
+// for each combination of the rotation setting, the last rotation's type and
+// age, and the history's read, and whether the tags are then read. Without
+// the limit the history changes nothing.
+func TestDecideMaterialAge(t *testing.T) {
+	p := testPolicy
+	p.MaxKeyMaterialAgeDays = 365
+	day := 24 * time.Hour
+	on, off := &Rotation{Enabled: true, PeriodDays: 365}, &Rotation{}
+	created := testNow.Add(-1000 * day)
+	rotated := func(ago time.Duration, typ string) *History {
+		h := &History{LastRotation: testNow.Add(-ago), LastType: typ}
+		if typ == RotationOnDemand {
+			h.OnDemand = 1
+		} else {
+			h.Automatic = 1
+		}
+		return h
+	}
+	never := &History{}
+	exempt := map[string]string{"kms-rotation-exempt": "vendor appliance"}
+	tests := []struct {
+		name      string
+		in        Input
+		status    Status
+		reason    string
+		needsTags bool
+	}{
+		{"rotating, rotated 100 days ago", Input{Rotation: on, History: rotated(100*day, RotationAutomatic)}, Compliant, ReasonRotationEnabled, false},
+		{"rotating, rotated exactly at the limit", Input{Rotation: on, History: rotated(365*day-time.Nanosecond, RotationAutomatic)}, Compliant, ReasonRotationEnabled, false},
+		{"rotating, last rotation 365 days ago: too old", Input{Rotation: on, History: rotated(365*day, RotationAutomatic)}, Noncompliant, ReasonMaterialTooOld, true},
+		{"rotating, last rotation 500 days ago (rotation silently not happening)", Input{Rotation: on, History: rotated(500*day, RotationAutomatic)}, Noncompliant, ReasonMaterialTooOld, true},
+		{"rotating, never rotated, created 1000 days ago", Input{Rotation: on, History: never}, Noncompliant, ReasonMaterialTooOld, true},
+		{"rotating, never rotated, created 10 days ago", Input{Rotation: on, History: never, Created: testNow.Add(-10 * day)}, Compliant, ReasonRotationEnabled, false},
+		{"rotating, too old, exempt", Input{Rotation: on, History: rotated(500*day, RotationAutomatic), Tags: exempt}, Exempt, ReasonExemptionTag, true},
+		{"rotating, period above policy whatever the age", Input{Rotation: &Rotation{Enabled: true, PeriodDays: 730}, History: rotated(1*day, RotationAutomatic)}, Noncompliant, ReasonPeriodExceedsPolicy, true},
+		{"not rotating, rotated on demand 30 days ago", Input{Rotation: off, History: rotated(30*day, RotationOnDemand)}, Compliant, ReasonRotatedOnDemand, false},
+		{"not rotating, rotated on demand 400 days ago", Input{Rotation: off, History: rotated(400*day, RotationOnDemand)}, Noncompliant, ReasonRotationDisabled, true},
+		{"not rotating, last rotation automatic 30 days ago (turned off since)", Input{Rotation: off, History: rotated(30*day, RotationAutomatic)}, Noncompliant, ReasonRotationDisabled, true},
+		{"not rotating, never rotated, created yesterday", Input{Rotation: off, History: never, Created: testNow.Add(-day)}, Noncompliant, ReasonRotationDisabled, true},
+		{"not rotating, on demand, exempt all the same", Input{Rotation: off, History: rotated(400*day, RotationOnDemand), Tags: exempt}, Exempt, ReasonExemptionTag, true},
+		{"history denied: cannot tell", Input{Rotation: on, HistoryError: "AccessDeniedException"}, Unknown, "AccessDeniedException", false},
+		{"history denied, not rotating: it may be rotated on demand", Input{Rotation: off, HistoryError: "AccessDeniedException"}, Unknown, "AccessDeniedException", false},
+		{"history not read", Input{Rotation: on}, Unknown, ReasonHistoryNotRead, false},
+		{"status denied comes first", Input{RotationError: "AccessDeniedException", History: never}, Unknown, "AccessDeniedException", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := tt.in
+			in.Meta = sym("Enabled")
+			if in.Created.IsZero() {
+				in.Created = created
+			}
+			if got := NeedsExemptionTags(in, p, testNow); got != tt.needsTags {
+				t.Errorf("NeedsExemptionTags = %v, want %v", got, tt.needsTags)
+			}
+			if in.Tags == nil {
+				in.Tags = map[string]string{}
+			}
+			if v := Decide(in, p, testNow); v.Status != tt.status || v.Reason != tt.reason {
+				t.Errorf("Decide = %s/%s, want %s/%s", v.Status, v.Reason, tt.status, tt.reason)
+			}
+			// Without the limit, the verdict is today's whatever the history.
+			in.HistoryError, in.History = "AccessDeniedException", nil
+			want := Decide(Input{Meta: in.Meta, Rotation: in.Rotation, RotationError: in.RotationError, Tags: in.Tags}, testPolicy, testNow)
+			if v := Decide(in, testPolicy, testNow); v != want {
+				t.Errorf("without a material age limit: %s/%s, want %s/%s", v.Status, v.Reason, want.Status, want.Reason)
+			}
+		})
+	}
+	// Out of scope stays out of scope.
+	if v := Decide(Input{Meta: sym("Disabled"), Rotation: on, History: never}, p, testNow); v.Status != NotApplicable {
+		t.Errorf("disabled key with a limit: %s/%s", v.Status, v.Reason)
+	}
+	if !NeedsHistory(sym("Enabled")) || NeedsHistory(sym("Disabled")) || NeedsHistory(with(sym("Enabled"), func(m *Meta) { m.KeyManager = ManagerAWS })) {
+		t.Error("the history is read for keys in scope, and only for them")
+	}
+}
+
+// TestMaterialDeadline: the instant a compliant verdict resting on the
+// material's age ends, and none without a limit.
+func TestMaterialDeadline(t *testing.T) {
+	created := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	p := Policy{MaxKeyMaterialAgeDays: 90}
+	if d := MaterialDeadline(&History{}, created, p); !d.Equal(created.AddDate(0, 0, 90)) {
+		t.Errorf("never rotated: %v", d)
+	}
+	last := created.AddDate(0, 6, 0)
+	if d := MaterialDeadline(&History{LastRotation: last}, created, p); !d.Equal(last.AddDate(0, 0, 90)) {
+		t.Errorf("rotated: %v", d)
+	}
+	if d := MaterialDeadline(&History{LastRotation: last}, created, Policy{}); !d.IsZero() {
+		t.Errorf("no limit: %v", d)
+	}
+	if d := MaterialDeadline(nil, created, p); !d.IsZero() {
+		t.Errorf("no history: %v", d)
+	}
+	if n := (&History{OnDemand: 24}).OnDemandLeft(); n != 1 {
+		t.Errorf("24 on-demand rotations leave %d", n)
+	}
+	if n := (&History{OnDemand: 30}).OnDemandLeft(); n != 0 {
+		t.Errorf("past the cap: %d left", n)
 	}
 }
 
@@ -231,7 +340,7 @@ func TestRotationPeriodAgainstPolicy(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			p := Policy{MaxRotationPeriodDays: tt.max, ExemptionTag: testPolicy.ExemptionTag}
 			r := &Rotation{Enabled: true, PeriodDays: tt.period}
-			if got := NeedsExemptionTags(sym("Enabled"), r, p); got != tt.needsTags {
+			if got := NeedsExemptionTags(Input{Meta: sym("Enabled"), Rotation: r}, p, testNow); got != tt.needsTags {
 				t.Errorf("NeedsExemptionTags = %v, want %v", got, tt.needsTags)
 			}
 			v := Decide(Input{Meta: sym("Enabled"), Rotation: r, Tags: map[string]string{}}, p, testNow)

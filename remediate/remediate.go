@@ -422,6 +422,11 @@ func (r *Remediator) eligibility(k *model.Key) *Result {
 	case policy.Unknown:
 		return refuse(OutcomeIneligible, "verdict unknown ("+k.Verdict.Reason+"): refresh first", true)
 	case policy.Noncompliant:
+		if rot := k.Rotation; rot != nil && rot.Enabled && !policy.PeriodExceeds(rot, r.Policy) {
+			// Noncompliant for its key material's age (or an ended exemption of it):
+			// EnableKeyRotation would change nothing.
+			return refuse(OutcomeIneligible, "rotation is already enabled within the policy's period; the key material is older than --compliance.max-key-material-age-days: rotate it on demand (aws kms rotate-key-on-demand)", true)
+		}
 	default:
 		return refuse(OutcomeIneligible, "verdict "+string(k.Verdict.Status), true)
 	}
@@ -487,7 +492,9 @@ func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key
 		return res, nil
 	}
 	rot := res.setRotation(before)
-	if policy.Decide(policy.Input{Meta: k.Meta, Rotation: &rot, Tags: k.Tags}, r.Policy, r.Now()).Status == policy.Compliant {
+	in := k.Input()
+	in.Rotation = &rot
+	if policy.Decide(in, r.Policy, r.Now()).Status == policy.Compliant {
 		res.Outcome = OutcomeNoAction
 		res.Reason = fmt.Sprintf("already compliant: rotation was enabled (period %d days) since the last refresh; EnableKeyRotation was not called", rot.PeriodDays)
 		return res, r.change(k, rot)

@@ -58,7 +58,7 @@ func (f *fakeInventory) ApplyRotationChanges(cs ...model.RotationChange) *model.
 				if c.AccountID == k.AccountID && c.KeyID == k.ID {
 					rot := c.Rotation
 					k.Rotation = &rot
-					k.Verdict = policy.Decide(policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags}, unitPolicy, c.At)
+					k.Verdict = policy.Decide(k.Input(), unitPolicy, c.At)
 				}
 			}
 		}
