@@ -8,8 +8,8 @@ VPKG      := github.com/prometheus/common/version
 LDFLAGS   := -s -w -X $(VPKG).Version=$(VERSION) -X $(VPKG).Revision=$(REVISION) -X $(VPKG).Branch=$(BRANCH) \
              -X $(VPKG).BuildUser=make -X $(VPKG).BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
 SUDO      := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the tests run for real: promtool (prometheus), amtool and Alertmanager (prometheus-alertmanager), the AWS CLI (awscli, /usr/bin/aws), a static shell for the Docker test (busybox-static), docker-compose.
-DEB_PKGS  := prometheus prometheus-alertmanager awscli busybox-static docker-compose
+# Debian packages the tests run for real: promtool (prometheus), amtool and Alertmanager (prometheus-alertmanager), the AWS CLI (awscli, /usr/bin/aws), a static shell for the Docker test (busybox-static), docker-compose, and chromium (headless: the HTML report in a real browser).
+DEB_PKGS  := prometheus prometheus-alertmanager awscli busybox-static docker-compose chromium
 
 .PHONY: all build test e2e deps demo bench lint fmt clean mutation FORCE
 
