@@ -35,6 +35,14 @@ type Sink interface {
 	Mark(ctx context.Context, ref KeyRef) (<-chan error, error)
 }
 
+// RotationSink is a Sink that also reads a key's rotation history again
+// when asked (the inventory implements it): the consumer calls MarkRotated,
+// as Mark, for the keys of an event saying their material rotated.
+type RotationSink interface {
+	Sink
+	MarkRotated(ctx context.Context, ref KeyRef) (<-chan error, error)
+}
+
 // Options configure a Consumer.
 type Options struct {
 	// QueueURLs are the queues to poll, each checked by ParseQueueURL.
@@ -249,8 +257,12 @@ func (c *Consumer) handle(ctx context.Context, q *queue, m types.Message, deadli
 	}
 	var marks []pending
 	failed := false
+	mark := c.sink.Mark
+	if rs, ok := c.sink.(RotationSink); ok && ev.Rotated {
+		mark = rs.MarkRotated
+	}
 	for _, ref := range ev.Refs {
-		ch, err := c.sink.Mark(markCtx, ref)
+		ch, err := mark(markCtx, ref)
 		switch {
 		case errors.Is(err, ErrNotAudited):
 			logger.Debug("event about a key not audited", "key", ref.String())

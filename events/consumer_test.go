@@ -40,6 +40,16 @@ type fakeSink struct {
 	// overlaps counts marks of a key made while a held mark of it was still
 	// waiting: the message was handed out again while the consumer held it.
 	overlaps int
+	// rotated holds the marks made with MarkRotated.
+	rotated []KeyRef
+}
+
+// MarkRotated is Mark, remembered as a rotation's.
+func (s *fakeSink) MarkRotated(ctx context.Context, ref KeyRef) (<-chan error, error) {
+	s.mu.Lock()
+	s.rotated = append(s.rotated, ref)
+	s.mu.Unlock()
+	return s.Mark(ctx, ref)
 }
 
 func newSink() *fakeSink {
@@ -319,6 +329,24 @@ func consumerRetriesFailedRead(t *testing.T, m *motoSQS) {
 	}
 }
 
+// consumerMarksRotations: the keys of a rotation (a KMS CMK Rotation
+// event, a RotateKeyOnDemand call) are marked as rotated, so that their
+// rotation history is read again; those of any other event are not.
+func consumerMarksRotations(t *testing.T, m *motoSQS) {
+	url, _ := m.queue(t, testQueue(t), 30, 5)
+	m.send(t, url, fixture(t, "service-rotation.json"), fixture(t, "cloudtrail-rotate-key-on-demand.json"),
+		fixture(t, "cloudtrail-disable-key-rotation.json"))
+	sink := newSink()
+	c := m.consumer(t, sink, &harness.Buffer{}, url)
+	run(t, c)
+	waitHandled(t, c, 3, 0)
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if len(sink.marks) != 3 || len(sink.rotated) != 2 {
+		t.Errorf("%d marks, %d of them as rotated (%v); want 3, the two rotations as rotated", len(sink.marks), len(sink.rotated), sink.rotated)
+	}
+}
+
 // consumerWaitsLessThanVisibility: a read that does not answer is given
 // up before the queue hands the message out again, so one message is never
 // held twice at once.
@@ -383,6 +411,7 @@ func TestMotoSQS(t *testing.T) {
 		"Consumer":                        consumeAll,
 		"ConsumerRetriesFailedRead":       consumerRetriesFailedRead,
 		"ConsumerWaitsLessThanVisibility": consumerWaitsLessThanVisibility,
+		"ConsumerMarksRotations":          consumerMarksRotations,
 		"ConsumerDeadLetter":              consumerDeadLetter,
 		"ConsumerSurvivesQueueDeletion":   consumerSurvivesQueueDeletion,
 		"EventBridgeRouting":              eventBridgeRouting,

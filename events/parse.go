@@ -83,6 +83,10 @@ type Event struct {
 	Time time.Time
 	// Refs are the keys to read again, without repeats.
 	Refs []KeyRef
+	// Rotated: the event says the key material rotated (a KMS CMK
+	// Rotation event, a RotateKeyOnDemand call): the keys' rotation
+	// history is read again too (see RotationSink).
+	Rotated bool
 	// Ignored is the reason Refs is empty.
 	Ignored string
 }
@@ -197,7 +201,7 @@ func Parse(body []byte) (Event, error) {
 			ev.Ignored = ReasonUnrelated
 			return ev, nil
 		}
-		ev.Type = t.EventName
+		ev.Type, ev.Rotated = t.EventName, t.EventName == "RotateKeyOnDemand"
 		if tm := parseTime(t.EventTime); !tm.IsZero() {
 			ev.Time = tm
 		}
@@ -216,7 +220,7 @@ func Parse(body []byte) (Event, error) {
 		if err := strictUnmarshal(env.Detail, &d); err != nil {
 			return Event{}, malformed("%s detail: %v", env.DetailType, err)
 		}
-		ev.Type = env.DetailType
+		ev.Type, ev.Rotated = env.DetailType, env.DetailType == DetailTypeRotation
 		ids = append(slices.Clone(env.Resources), d.KeyID)
 		refs, aliasOnly, err := resolve(ids, fallback)
 		if err != nil {

@@ -90,6 +90,10 @@ func TestParseFixtures(t *testing.T) {
 			if ev.ID == "" {
 				t.Error("no event id")
 			}
+			// Only a rotation has the keys' rotation history read again.
+			if rotated := tc.typ == "RotateKeyOnDemand" || tc.typ == DetailTypeRotation; ev.Rotated != rotated {
+				t.Errorf("Rotated = %v for a %s event", ev.Rotated, tc.typ)
+			}
 		})
 	}
 }
