@@ -176,7 +176,7 @@ func New(app *kingpin.Application) *Config {
 	app.Flag("aws.own-account", "Audit the account of the exporter's own credentials too (use --no-aws.own-account to audit only assumed roles).").Default("true").BoolVar(&c.ownAccount)
 	app.Flag("aws.max-concurrency", "Most AWS requests in flight at once, over all accounts and regions.").Default("16").IntVar(&c.AWS.Client.MaxConcurrency)
 	app.Flag("aws.requests-per-second", "Client-side limit of KMS requests per second per account and region (the KMS quota is shared with the account's applications); 0 = no limit.").Default("100").Float64Var(&c.AWS.Client.RequestsPerSecond)
-	app.Flag("aws.list-key-rotations-per-second", "Client-side limit of ListKeyRotations requests per second per account and region, apart from --aws.requests-per-second (its KMS quota is 100/s, shared with the account's applications); 0 = no limit.").Default("10").Float64Var(&c.listKeyRotationsRate)
+	app.Flag("aws.list-key-rotations-per-second", "Client-side limit of ListKeyRotations requests per second per account and region, apart from --aws.requests-per-second (its KMS quota is 100/s, shared with the account's applications; the history of a key is read when it is first seen, then only after it rotates); 0 = no limit.").Default("25").Float64Var(&c.listKeyRotationsRate)
 	app.Flag("aws.max-attempts", "Attempts per AWS call, retries of throttled and failed calls included.").Default("5").IntVar(&c.AWS.Client.MaxAttempts)
 	app.Flag("aws.timeout", "Timeout of one AWS request attempt.").Default("10s").DurationVar(&c.AWS.Client.Timeout)
 

@@ -56,7 +56,7 @@ func TestDefaults(t *testing.T) {
 		{"discover regions", c.AWS.DiscoverRegions, false},
 		{"roles", c.AWS.Roles, []awsclient.Role{{}}},
 		{"--aws.*", c.AWS.Client, awsclient.Options{RequestsPerSecond: 100, MaxConcurrency: 16, MaxAttempts: 5, Timeout: 10 * time.Second,
-			OperationRates: map[string]float64{"ListKeyRotations": 10}}},
+			OperationRates: map[string]float64{"ListKeyRotations": 25}}},
 		{"--refresh.interval", c.RefreshInterval, 5 * time.Minute},
 		{"--refresh.max-stale-age", c.MaxStaleAge, 15 * time.Minute},
 		{"--refresh.resync-interval", c.ResyncInterval, 5 * time.Minute},
@@ -208,7 +208,7 @@ func TestMetricFamilyLists(t *testing.T) {
 			without("kms_key_info", "kms_keys_stale", "kms_key_stale")},
 		{[]string{"--metrics.per-key=attention", "--metrics.denylist=kms_key_.*_timestamp_seconds"},
 			without("kms_key_creation_timestamp_seconds", "kms_key_deletion_timestamp_seconds",
-				"kms_key_next_rotation_timestamp_seconds", "kms_key_rotation_exemption_expiry_timestamp_seconds")},
+				"kms_key_last_rotation_timestamp_seconds", "kms_key_next_rotation_timestamp_seconds", "kms_key_rotation_exemption_expiry_timestamp_seconds")},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			c, err := parse(t, tt.args...)
