@@ -35,6 +35,7 @@ type fakeInventory struct {
 	mu        sync.Mutex
 	snap      *model.Snapshot
 	published int
+	policy    policy.Policy // unitPolicy unless set
 }
 
 func (f *fakeInventory) Snapshot() *model.Snapshot {
@@ -58,7 +59,7 @@ func (f *fakeInventory) ApplyRotationChanges(cs ...model.RotationChange) *model.
 				if c.AccountID == k.AccountID && c.KeyID == k.ID {
 					rot := c.Rotation
 					k.Rotation = &rot
-					k.Verdict = policy.Decide(k.Input(), unitPolicy, c.At)
+					k.Verdict = policy.Decide(k.Input(), f.policy, c.At)
 				}
 			}
 		}
@@ -155,7 +156,7 @@ func unitKeys(ids ...string) *fakeInventory {
 		k := noncompliant(id)
 		keys = append(keys, &k)
 	}
-	return &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{{
+	return &fakeInventory{policy: unitPolicy, snap: &model.Snapshot{Targets: []*model.TargetState{{
 		AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: keys}}}}
 }
 
@@ -216,7 +217,7 @@ func (u *unitAPI) counted(outcome string) float64 {
 
 func TestAssumedRoleAndBulkPublishOnce(t *testing.T) {
 	role := "arn:aws:iam::444455556666:role/kms-audit"
-	inv := &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{{
+	inv := &fakeInventory{policy: unitPolicy, snap: &model.Snapshot{Targets: []*model.TargetState{{
 		AccountID: unitAccount, Region: "eu-west-1", RoleARN: role, Success: true,
 		Keys: harness.Keys(
 			noncompliant("11111111-1111-4111-8111-111111111111"),
@@ -323,7 +324,7 @@ func TestReplicaAndPrimaryAreOneKey(t *testing.T) {
 	primary.Region, primary.MultiRegion = "us-east-1", &model.MultiRegion{Type: "PRIMARY"}
 	primary.ARN = "arn:aws:kms:us-east-1:" + unitAccount + ":key/" + mrk
 	replica.MultiRegion = &model.MultiRegion{Type: policy.MultiRegionReplica, PrimaryRegion: "us-east-1"}
-	inv := &fakeInventory{snap: &model.Snapshot{Targets: []*model.TargetState{
+	inv := &fakeInventory{policy: unitPolicy, snap: &model.Snapshot{Targets: []*model.TargetState{
 		{AccountID: unitAccount, Region: "eu-west-1", Success: true, Keys: harness.Keys(replica)},
 		{AccountID: unitAccount, Region: "us-east-1", Success: true, Keys: harness.Keys(primary)},
 	}}}
@@ -549,5 +550,39 @@ func TestLogLevels(t *testing.T) {
 	want := "enabled:INFO dry_run:INFO no_action_needed:INFO ineligible:WARN rate_limited:DEBUG"
 	if got := strings.Join(levels, " "); got != want {
 		t.Errorf("log levels %s, want %s", got, want)
+	}
+}
+
+// TestMaterialTooOldNotRemediated: a key noncompliant only for its key
+// material's age (rotation on, period within the policy) is refused: enabling
+// rotation would change nothing; a key whose rotation is off is still
+// remediated under the same policy, and the verdict of what AWS then says
+// keeps its old material noncompliant (the first rotation comes a period after).
+func TestMaterialTooOldNotRemediated(t *testing.T) {
+	const old, off = "00000001-1111-4111-8111-111111111111", "00000002-1111-4111-8111-111111111111"
+	inv := unitKeys(old, off)
+	created := time.Now().Add(-400 * 24 * time.Hour)
+	for _, k := range inv.snap.Targets[0].Keys {
+		k.CreationDate, k.History = created, &policy.History{}
+	}
+	tooOld := inv.snap.Targets[0].Keys[0]
+	tooOld.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365}
+	tooOld.Verdict.Reason = policy.ReasonMaterialTooOld
+	api := newFakeKMS()
+	api.enabled[old] = 365
+	r := newRemediator(inv, api)
+	r.Policy.MaxKeyMaterialAgeDays = 365
+	inv.policy = r.Policy
+	res := r.Remediate(context.Background(), Request{Region: "eu-west-1", KeyID: old}, "test")
+	if res.Outcome != OutcomeIneligible || !strings.Contains(res.Reason, "rotate-key-on-demand") || api.Calls("EnableKeyRotation") != 0 {
+		t.Errorf("material too old: %s (%s), %d EnableKeyRotation calls; want ineligible, naming on-demand rotation, none", res.Outcome, res.Reason, api.Calls("EnableKeyRotation"))
+	}
+	res = r.Remediate(context.Background(), Request{Region: "eu-west-1", KeyID: off}, "test")
+	if res.Outcome != OutcomeEnabled || api.Calls("EnableKeyRotation") != 1 {
+		t.Fatalf("rotation off: %s (%s)", res.Outcome, res.Reason)
+	}
+	_, k := inv.Snapshot().Locate(unitAccount, "eu-west-1", off)
+	if k.Verdict.Status != policy.Noncompliant || k.Verdict.Reason != policy.ReasonMaterialTooOld {
+		t.Errorf("after enabling rotation on 400-day-old material: %s/%s, want noncompliant/%s", k.Verdict.Status, k.Verdict.Reason, policy.ReasonMaterialTooOld)
 	}
 }
