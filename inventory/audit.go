@@ -295,20 +295,20 @@ func rotationPassed(k *model.Key, now time.Time) bool {
 	return !now.Before(r.NextRotation) && h.ReadAt < r.NextRotation.UnixNano()
 }
 
-// historyDue tells whether a key read now (materialID: its
-// CurrentKeyMaterialId as DescribeKey just said, "" where not reported)
+// historyDue tells whether a key read now (material: a hash of its
+// CurrentKeyMaterialId as DescribeKey just said, 0 where not reported)
 // needs its rotation history read, rather than the one of prev (the key as
 // last published, nil: first sight): where it can have changed. On first
 // sight, when an event said the key rotated, when its current key material
 // is another than when the history was read, when its next rotation date
 // passed since, and after a failed read while the verdict needs it.
-func (a *Auditor) historyDue(prev *model.Key, materialID string, rotated bool, now time.Time) bool {
+func (a *Auditor) historyDue(prev *model.Key, material uint64, rotated bool, now time.Time) bool {
 	if prev == nil || prev.History == nil || rotated {
 		return true
 	}
 	h := prev.History
 	return (h.Error != "" && a.Policy.MaxKeyMaterialAgeDays > 0) ||
-		(materialID != "" && materialID != h.MaterialID) || rotationPassed(prev, now)
+		(material != 0 && material != h.Material) || rotationPassed(prev, now)
 }
 
 // byTurn tells whether a key's turn in the resync came between the
@@ -589,8 +589,8 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *mod
 	in.Created = k.CreationDate
 	if policy.NeedsHistory(k.Meta) {
 		now := a.Now()
-		materialID := aws.ToString(d.KeyMetadata.CurrentKeyMaterialId)
-		if a.historyDue(prev, materialID, rotated, now) {
+		material := materialHash(d.KeyMetadata.CurrentKeyMaterialId)
+		if a.historyDue(prev, material, rotated, now) {
 			h, err := readHistory(ctx, api, k.ID)
 			switch {
 			case err == nil:
@@ -602,7 +602,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *mod
 				// costs one failed call per key, not one per read.
 				h = &policy.History{Error: awsclient.ErrorCode(err)}
 			}
-			h.MaterialID, h.ReadAt = materialID, now.UnixNano()
+			h.Material, h.ReadAt = material, now.UnixNano()
 			k.History = h
 		} else {
 			k.History = prev.History
@@ -659,6 +659,17 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 			k.MultiRegion.PrimaryRegion = aws.ToString(mrc.PrimaryKey.Region)
 		}
 	}
+}
+
+// materialHash is the hash of a CurrentKeyMaterialId kept in
+// policy.History.Material; 0 for none.
+func materialHash(id *string) uint64 {
+	if aws.ToString(id) == "" {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(*id))
+	return max(1, h.Sum64())
 }
 
 // readHistory reads a key's rotation history: every rotation that

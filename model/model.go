@@ -140,7 +140,7 @@ func sameHistory(a, b *policy.History) bool {
 		return a == b
 	}
 	return a.LastRotation.Equal(b.LastRotation) && a.LastType == b.LastType && a.Automatic == b.Automatic &&
-		a.OnDemand == b.OnDemand && a.MaterialID == b.MaterialID && a.ReadAt == b.ReadAt && a.Error == b.Error
+		a.OnDemand == b.OnDemand && a.Material == b.Material && a.ReadAt == b.ReadAt && a.Error == b.Error
 }
 
 // Input is what is known of k for its verdict, as policy.Decide reads it,

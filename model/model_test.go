@@ -14,7 +14,7 @@ func sample() Key {
 		Aliases: []string{"alias/a"}, Meta: policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled"},
 		CreationDate: at, DeletionDate: at.Add(time.Hour), MultiRegion: &MultiRegion{Type: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"},
 		Rotation: &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: at},
-		History:  &policy.History{LastRotation: at, LastType: "AUTOMATIC", Automatic: 2, OnDemand: 1, MaterialID: "m", ReadAt: 7}, TagValues: []string{"t"},
+		History:  &policy.History{LastRotation: at, LastType: "AUTOMATIC", Automatic: 2, OnDemand: 1, Material: 7, ReadAt: 7}, TagValues: []string{"t"},
 		Tags: map[string]string{"team": "t"}, Verdict: policy.Verdict{Status: policy.Exempt, Reason: "r", ExemptionReason: "e", ExemptionExpiry: at},
 		ReadError: "ThrottlingException", Stale: true}
 }
@@ -69,7 +69,7 @@ func TestSame(t *testing.T) {
 		"last type":         func(k *Key) { h := *k.History; h.LastType = "ON_DEMAND"; k.History = &h },
 		"automatic count":   func(k *Key) { h := *k.History; h.Automatic++; k.History = &h },
 		"on-demand count":   func(k *Key) { h := *k.History; h.OnDemand++; k.History = &h },
-		"material id":       func(k *Key) { h := *k.History; h.MaterialID = "n"; k.History = &h },
+		"material id":       func(k *Key) { h := *k.History; h.Material++; k.History = &h },
 		"history read at":   func(k *Key) { h := *k.History; h.ReadAt++; k.History = &h },
 		"history error":     func(k *Key) { h := *k.History; h.Error = "AccessDeniedException"; k.History = &h },
 		"verdict status":    func(k *Key) { k.Verdict.Status = policy.Noncompliant },

@@ -130,13 +130,15 @@ type History struct {
 	LastType string
 	// Automatic and OnDemand count the completed rotations of each type.
 	Automatic, OnDemand int32
-	// MaterialID is the key's CurrentKeyMaterialId (DescribeKey) when the
-	// history was read; "" where it was not reported.
-	MaterialID string
+	// Material is a hash of the key's CurrentKeyMaterialId (DescribeKey)
+	// when the history was read, to tell whether the key rotated since
+	// without keeping the id itself (64 bytes a key); 0 where the id was
+	// not reported.
+	Material uint64
 	// ReadAt is when the history was read, in Unix nanoseconds.
 	ReadAt int64
 	// Error is the error code ListKeyRotations answered (AccessDenied,
-	// ...); the other fields but MaterialID and ReadAt are then unset.
+	// ...); the other fields but Material and ReadAt are then unset.
 	Error string
 }
 
