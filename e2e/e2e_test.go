@@ -79,8 +79,9 @@ func getJSON(url string, v any) error {
 }
 
 type promAlert struct {
-	Labels map[string]string
-	State  string
+	Labels      map[string]string
+	Annotations map[string]string
+	State       string
 }
 
 // firing lists the firing alerts, or nil when Prometheus does not answer (yet).
@@ -226,7 +227,9 @@ scrape_configs:
 		}
 		return ""
 	})
-	want := "KMSKeyRotationNoncompliant/" + ids["old-exemption"] + " KMSKeyRotationStatusUnknown/" + ids["unreadable"]
+	// The key pending deletion (retired, a customer key) alerts with its date.
+	want := "KMSKeyRotationNoncompliant/" + ids["old-exemption"] + " KMSKeyRotationStatusUnknown/" + ids["unreadable"] +
+		" KMSKeyPendingDeletion/" + ids["retired"]
 	wantSorted := strings.Fields(want)
 	sort.Strings(wantSorted)
 	harness.Poll(t, 60*time.Second, func() string {
@@ -235,6 +238,19 @@ scrape_configs:
 		}
 		return ""
 	})
+
+	// The owner of the key pending deletion learns when it goes: the date
+	// KMS reports, in the alert's words.
+	retired, err := srv.Client().DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(ids["retired"])})
+	if err != nil || retired.KeyMetadata.DeletionDate == nil {
+		t.Fatalf("DescribeKey of the key pending deletion: %v, %+v", err, retired)
+	}
+	deletion := retired.KeyMetadata.DeletionDate.UTC().Format("2006-01-02 15:04:05")
+	for _, a := range firing(prom) {
+		if a.Labels["alertname"] == "KMSKeyPendingDeletion" && !strings.Contains(a.Annotations["description"], "scheduled for deletion on "+deletion) {
+			t.Errorf("KMSKeyPendingDeletion says %q, want the deletion date %s", a.Annotations["description"], deletion)
+		}
+	}
 
 	// The remediations went through the webhook, were verified and counted.
 	var q struct {
