@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -268,8 +269,21 @@ scrape_configs:
 		t.Errorf("kms_remediations_total{result=\"enabled\"}: %+v", q.Data.Result)
 	}
 
-	// Every dashboard query returns data from this Prometheus.
-	for where, expr := range harness.DashboardQueries(t, filepath.Join(root, "grafana/kms-rotation.json"), "1m", "10m") {
+	// Every dashboard query returns data from this Prometheus, but those of
+	// the panels that need what this KMS does not give (panelNeeds): they
+	// must still run.
+	served := historyServed(ctx, c, ids)
+	queries := harness.DashboardQueries(t, filepath.Join(root, "grafana/kms-rotation.json"), "1m", "10m")
+	panels := map[string]bool{}
+	for where := range queries {
+		panels[panelTitle(where)] = true
+	}
+	for title := range panelNeeds {
+		if !panels[title] {
+			t.Errorf("panelNeeds names %q, which is no panel of the dashboard", title)
+		}
+	}
+	for where, expr := range queries {
 		var r struct {
 			Status string
 			Data   struct{ Result []json.RawMessage }
@@ -278,9 +292,14 @@ scrape_configs:
 			t.Errorf("%s: %v", where, err)
 			continue
 		}
-		if len(r.Data.Result) == 0 {
-			t.Errorf("%s returns no data: %s", where, expr)
+		if len(r.Data.Result) > 0 {
+			continue
 		}
+		if need := panelNeeds[panelTitle(where)]; need != "" && !served[need] {
+			t.Logf("%s returns no data: it needs %s, which this KMS endpoint does not give (TestDashboardOnGoldenExposition checks it)", where, need)
+			continue
+		}
+		t.Errorf("%s returns no data: %s", where, expr)
 	}
 
 	// An outage after listing: KMS lists the keys, then fails every per-key
@@ -323,6 +342,63 @@ scrape_configs:
 		}
 		return ""
 	})
+}
+
+// panelNeeds are the panels of the rotation evidence and what they need
+// from KMS to show data: the rotation history (ListKeyRotations), or a key
+// whose history lists a rotation. local-kms answers ListKeyRotations with
+// HTTP 501 and the test proxy passes it on, so the exporter exposes none of
+// kms_key_rotations, kms_key_on_demand_rotations_remaining and
+// kms_key_last_rotation_timestamp_seconds here, and these panels are empty;
+// the dashboard's tests check them on the golden exposition
+// (TestDashboardOnGoldenExposition). Once the endpoint serves the history
+// (and lists a rotation), they must show data here too.
+var panelNeeds = map[string]string{
+	"Oldest key material":               needHistory,
+	"Key material age":                  needHistory,
+	"Rotations by type":                 needHistory,
+	"Keys with the oldest key material": needHistory,
+	"On-demand rotations left":          needHistory,
+	"Last rotations":                    needRotation,
+}
+
+const (
+	needHistory  = "the rotation history (ListKeyRotations)"
+	needRotation = "a key whose rotation history lists a rotation"
+)
+
+// panelTitle is the panel of a query of harness.DashboardQueries
+// (`panel "TITLE", target N`), "" for a variable's.
+func panelTitle(where string) string {
+	rest, ok := strings.CutPrefix(where, "panel ")
+	if !ok {
+		return ""
+	}
+	quoted, err := strconv.QuotedPrefix(rest)
+	if err != nil {
+		return ""
+	}
+	title, _ := strconv.Unquote(quoted)
+	return title
+}
+
+// historyServed asks the KMS endpoint, as the exporter would, for the
+// rotation history of the sample keys, and tells what it gives.
+func historyServed(ctx context.Context, c *kms.Client, ids map[string]string) map[string]bool {
+	served := map[string]bool{}
+	for _, id := range ids {
+		out, err := c.ListKeyRotations(ctx, &kms.ListKeyRotationsInput{KeyId: aws.String(id)})
+		if err != nil {
+			continue
+		}
+		served[needHistory] = true
+		for _, r := range out.Rotations {
+			if r.RotationDate != nil {
+				served[needRotation] = true
+			}
+		}
+	}
+	return served
 }
 
 func writeFile(t *testing.T, path, content string) {
