@@ -17,6 +17,7 @@ import (
 	"github.com/kms-exporter/kms_exporter/events"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
+	"github.com/kms-exporter/kms_exporter/remediate"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 )
@@ -99,6 +100,52 @@ func TestAlertRules(t *testing.T) {
 
 func TestAlertmanagerConfig(t *testing.T) {
 	run(t, ".", "amtool", "check-config", "deploy/alertmanager/alertmanager.yml")
+}
+
+// TestAlertmanagerRoutes: every alert of the rule file reaches its people in
+// the example routing, and the remediation webhook gets exactly the alerts it
+// acts on (remediate.DefaultAlertNames): it can only enable rotation, so an
+// alert it cannot help (KMSKeyMaterialTooOld: rotation already on) must not
+// be sent to it. The compose stack's routing too.
+func TestAlertmanagerRoutes(t *testing.T) {
+	amtool := harness.Tool(t, "amtool")
+	var names []string
+	for _, g := range readYAML(t, "deploy/prometheus/kms-rotation.rules.yml")[0]["groups"].([]any) {
+		for _, r := range dig(g, "rules").([]any) {
+			names = append(names, fmt.Sprint(dig(r, "alert")))
+		}
+	}
+	if len(names) < 10 {
+		t.Fatalf("only %d alerts in the rule file: %v", len(names), names)
+	}
+	routes := func(config, alert string) string {
+		out, err := exec.Command(amtool, "config", "routes", "test", "--config.file="+config,
+			"alertname="+alert, "account_id=111122223333", "region=eu-west-1", "key_id=k-1").Output()
+		if err != nil {
+			t.Fatalf("amtool config routes test %s %s: %v", config, alert, err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	for _, name := range names {
+		remediable := slices.Contains(remediate.DefaultAlertNames, name)
+		want := "security-team"
+		switch {
+		case remediable:
+			want = "kms-remediation,security-team"
+		case strings.HasPrefix(name, "KMSExporter"):
+			want = "platform-oncall"
+		}
+		if got := routes("deploy/alertmanager/alertmanager.yml", name); got != want {
+			t.Errorf("deploy/alertmanager/alertmanager.yml routes %s to %s, want %s", name, got, want)
+		}
+		want = "null"
+		if remediable {
+			want = "kms-remediation"
+		}
+		if got := routes("deploy/compose/alertmanager.yml", name); got != want {
+			t.Errorf("deploy/compose/alertmanager.yml routes %s to %s, want %s", name, got, want)
+		}
+	}
 }
 
 func readYAML(t *testing.T, path string) []map[string]any {

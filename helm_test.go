@@ -80,6 +80,7 @@ aws:
   ownAccount: false
   maxConcurrency: 64
   requestsPerSecond: 0
+  listKeyRotationsPerSecond: 2.5
   maxAttempts: 3
   timeout: 5s
 refresh:
@@ -88,6 +89,7 @@ refresh:
   maxStaleAge: 1h
 compliance:
   maxRotationPeriodDays: 180
+  maxKeyMaterialAgeDays: 200
   exemptionTag: rotation-exempt
 metrics:
   tagLabels: [team, cost-center]
@@ -105,6 +107,7 @@ sharding:
   shards: 3
 web:
   telemetryPath: /kms-metrics
+  enableReport: true
   shutdownTimeoutSeconds: 60
   config:
     existingSecret: kms-web
@@ -531,6 +534,26 @@ func TestHelmOffersEveryFlag(t *testing.T) {
 	for name := range notOffered {
 		if _, ok := flags[name]; !ok {
 			t.Errorf("notOffered lists --%s, which the binary no longer has", name)
+		}
+	}
+}
+
+// TestHelmEvidenceValues: the values of the rotation evidence render their
+// flags, 0 (no limit) included, in the order of kms_exporter --help; off or
+// null, no flag.
+func TestHelmEvidenceValues(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, values string
+		want         []string
+	}{
+		{"set", "web: {enableReport: true}\naws: {listKeyRotationsPerSecond: 2.5}\ncompliance: {maxKeyMaterialAgeDays: 400}",
+			[]string{"--web.enable-report", "--aws.list-key-rotations-per-second=2.5", "--compliance.max-key-material-age-days=400", "--log.format=json"}},
+		{"no limit", "aws: {listKeyRotationsPerSecond: 0}", []string{"--aws.list-key-rotations-per-second=0", "--log.format=json"}},
+		{"off", "web: {enableReport: false}\naws: {listKeyRotationsPerSecond: null}\ncompliance: {maxKeyMaterialAgeDays: null}", []string{"--log.format=json"}},
+	} {
+		if args := containerArgs(t, render(t, tt.values)); !slices.Equal(args, tt.want) {
+			t.Errorf("%s: arguments %q, want %q", tt.name, args, tt.want)
 		}
 	}
 }
@@ -1109,6 +1132,19 @@ data:
 	}
 	if strings.Contains(text, "No region is set") {
 		t.Errorf("the notes warn of no region with aws.region set:\n%s", text)
+	}
+	if strings.Contains(text, "/report") || strings.Contains(text, "maxKeyMaterialAgeDays") {
+		t.Errorf("the notes speak of the report or the material age, both off:\n%s", text)
+	}
+	text = notesOf(renderChart(t, chart, "web: {enableReport: true}\ncompliance: {maxKeyMaterialAgeDays: 365}"))
+	for _, want := range []string{"http://127.0.0.1:10863/report?format=csv", "compliance.maxKeyMaterialAgeDays (365)", "(365 days)", "KMSKeyMaterialTooOld"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("notes with the report on and a material age of 365 days lack %q:\n%s", want, text)
+		}
+	}
+	// A limit a week above the longest period leaves the rotations time.
+	if text := notesOf(renderChart(t, chart, "compliance: {maxKeyMaterialAgeDays: 190, maxRotationPeriodDays: 180}")); strings.Contains(text, "maxKeyMaterialAgeDays") {
+		t.Errorf("the notes warn of a material age of 190 days with a period of 180:\n%s", text)
 	}
 	text = notesOf(renderChart(t, chart, "events: {sqsQueueUrls: [https://sqs.eu-west-1.amazonaws.com/111122223333/kms-events]}"))
 	for _, want := range []string{"deploy/iam/kms-exporter-events.json", "kms_exporter_event_receive_errors_total", "refresh.resyncInterval is not set"} {

@@ -78,6 +78,7 @@ printed as integers (1e+06 would be refused by an integer flag). */}}
 {{- if $v.web.telemetryPath }}
 {{- $flags = append $flags (list "web.telemetry-path" $v.web.telemetryPath) }}
 {{- end }}
+{{- $flags = append $flags (list "web.enable-report" (and (kindIs "bool" $v.web.enableReport) $v.web.enableReport)) }}
 {{- if not (kindIs "invalid" $v.web.shutdownTimeoutSeconds) }}
 {{- $flags = append $flags (list "web.shutdown-timeout" (printf "%ss" (include "kms-exporter.shutdownTimeoutSeconds" .))) }}
 {{- end }}
@@ -95,6 +96,7 @@ printed as integers (1e+06 would be refused by an integer flag). */}}
 {{- $flags = append $flags (list "no-aws.own-account" (and (kindIs "bool" $v.aws.ownAccount) (not $v.aws.ownAccount))) }}
 {{- $flags = append $flags (list "aws.max-concurrency" $v.aws.maxConcurrency) }}
 {{- $flags = append $flags (list "aws.requests-per-second" $v.aws.requestsPerSecond) }}
+{{- $flags = append $flags (list "aws.list-key-rotations-per-second" $v.aws.listKeyRotationsPerSecond) }}
 {{- $flags = append $flags (list "aws.max-attempts" $v.aws.maxAttempts) }}
 {{- $flags = append $flags (list "aws.timeout" $v.aws.timeout) }}
 {{- $flags = append $flags (list "refresh.interval" $v.refresh.interval) }}
@@ -107,6 +109,7 @@ printed as integers (1e+06 would be refused by an integer flag). */}}
 {{- $flags = append $flags (list "events.sqs-queue-url" .) }}
 {{- end }}
 {{- $flags = append $flags (list "compliance.max-rotation-period-days" $v.compliance.maxRotationPeriodDays) }}
+{{- $flags = append $flags (list "compliance.max-key-material-age-days" $v.compliance.maxKeyMaterialAgeDays) }}
 {{- $flags = append $flags (list "compliance.exemption-tag" $v.compliance.exemptionTag) }}
 {{- range $v.metrics.tagLabels }}
 {{- $flags = append $flags (list "metrics.tag-label" .) }}
