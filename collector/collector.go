@@ -84,7 +84,7 @@ type block struct {
 	keys   []*model.Key
 	pieces []piece
 	// until is when a key of the block left out by PerKeyAttention will
-	// need attention (its next rotation is due); zero: never. The block is
+	// need attention (see attentionFrom); zero: never. The block is
 	// encoded again from then.
 	until time.Time
 	// open: the block ends where the keys did, not where a cut ends one.
@@ -148,22 +148,46 @@ func TagLabelName(tag string) string {
 // NeedsAttention says whether a key's series are served with
 // --metrics.per-key=attention at now: it is noncompliant, unknown or exempt
 // (its exemption ends), its verdict is stale, it is scheduled for deletion,
-// or its next rotation is due (KMSKeyNextRotationOverdue watches those).
+// it has few on-demand rotations left (KMSKeyOnDemandRotationsLow), or by
+// now it needs attention for a date (see attentionFrom).
 func NeedsAttention(k *model.Key, now time.Time) bool {
 	switch k.Verdict.Status {
 	case policy.Noncompliant, policy.Unknown, policy.Exempt:
 		return true
 	}
-	return k.Stale || !k.DeletionDate.IsZero() || !now.Before(nextRotation(k))
+	if h := k.RotationHistory(); h != nil && h.OnDemandLeft() <= onDemandLow {
+		return true
+	}
+	return k.Stale || !k.DeletionDate.IsZero() || !now.Before(attentionFrom(k))
 }
 
-// nextRotation is a key's next rotation date; far in the future when none
-// is known.
-func nextRotation(k *model.Key) time.Time {
-	if k.Rotation == nil || k.Rotation.NextRotation.IsZero() {
+// onDemandLow is the most on-demand rotations left at which a key needs
+// attention: the threshold of the KMSKeyOnDemandRotationsLow alert.
+const onDemandLow = 5
+
+// attentionFrom is when a key comes to need attention as time passes: its
+// next rotation date (KMSKeyNextRotationOverdue watches those), or, while
+// it rotates, when its key material grows older than its rotation period
+// (KMSKeyRotationNotHappening); far in the future when neither is known.
+func attentionFrom(k *model.Key) time.Time {
+	r := k.Rotation
+	if r == nil {
 		return never
 	}
-	return k.Rotation.NextRotation
+	at := never
+	if !r.NextRotation.IsZero() {
+		at = r.NextRotation
+	}
+	if h := k.RotationHistory(); h != nil && r.Enabled {
+		period := int(r.PeriodDays)
+		if period == 0 {
+			period = policy.DefaultRotationPeriodDays
+		}
+		if old := h.MaterialSince(k.CreationDate).AddDate(0, 0, period); old.Before(at) {
+			at = old
+		}
+	}
+	return at
 }
 
 var never = time.Unix(1<<62, 0)
@@ -327,7 +351,7 @@ func (c *Collector) encodeBlocks(todo []*block, now time.Time) {
 				for _, k := range b.keys {
 					b.tally.add(k)
 					if c.opts.PerKey == PerKeyAttention && !NeedsAttention(k, now) {
-						if next := nextRotation(k); next.Before(b.until) {
+						if next := attentionFrom(k); next.Before(b.until) {
 							b.until = next
 						}
 						continue

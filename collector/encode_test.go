@@ -157,26 +157,40 @@ func TestPerKeyAttention(t *testing.T) {
 }
 
 // TestAttentionWhenRotationFallsDue: an unchanged key whose next rotation
-// falls due between two publishes is served from the second on, although
-// its block is otherwise reused.
+// falls due, or whose key material grows older than its rotation period,
+// between two publishes is served from the second on, although its block is
+// otherwise reused.
 func TestAttentionWhenRotationFallsDue(t *testing.T) {
-	s := inventory(300, rand.New(rand.NewPCG(5, 6)))
-	due := s.Targets[0].Keys[7]
-	c := *due
-	c.Verdict, c.Stale, c.DeletionDate = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}, false, time.Time{}
-	c.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: time.Now().Add(300 * time.Millisecond)}
-	s.Targets[0].Keys[7] = &c
-	col := publishedWith(Options{PerKey: PerKeyAttention}, s)
-	served := func() bool {
-		return strings.Contains(string(body(t, col)), `kms_key_compliance{account_id="`+account+`",key_id="`+c.ID+`"`)
-	}
-	if served() {
-		t.Fatal("a compliant key not yet due is served in attention mode")
-	}
-	time.Sleep(400 * time.Millisecond)
-	col.Publish(&model.Snapshot{Targets: s.Targets})
-	if !served() {
-		t.Error("a key whose rotation fell due is not served after the next publish")
+	soon := func() time.Time { return time.Now().Add(300 * time.Millisecond) }
+	for name, set := range map[string]func(k *model.Key){
+		"next rotation": func(k *model.Key) {
+			k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: soon()}
+		},
+		"material older than the period": func(k *model.Key) {
+			k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 90, NextRotation: time.Now().AddDate(0, 0, 30)}
+			k.History = &policy.History{LastRotation: soon().AddDate(0, 0, -90), LastType: policy.RotationAutomatic, Automatic: 1}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s := inventory(300, rand.New(rand.NewPCG(5, 6)))
+			due := s.Targets[0].Keys[7]
+			c := *due
+			c.Verdict, c.Stale, c.DeletionDate = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}, false, time.Time{}
+			set(&c)
+			s.Targets[0].Keys[7] = &c
+			col := publishedWith(Options{PerKey: PerKeyAttention}, s)
+			served := func() bool {
+				return strings.Contains(string(body(t, col)), `kms_key_compliance{account_id="`+account+`",key_id="`+c.ID+`"`)
+			}
+			if served() {
+				t.Fatal("a compliant key not yet due is served in attention mode")
+			}
+			time.Sleep(400 * time.Millisecond)
+			col.Publish(&model.Snapshot{Targets: s.Targets})
+			if !served() {
+				t.Error("a key that fell due is not served after the next publish")
+			}
+		})
 	}
 }
 
@@ -258,6 +272,18 @@ func TestNeedsAttention(t *testing.T) {
 		{"compliant, rotation due later", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(time.Second)}}, false},
 		{"compliant, rotation due now", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now}}, true},
 		{"compliant, rotation overdue", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(-time.Hour)}}, true},
+		{"compliant, material younger than its period", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, PeriodDays: 90},
+			History: &policy.History{LastRotation: now.AddDate(0, 0, -89)}}, false},
+		{"compliant, material older than its period (rotation not happening)", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, PeriodDays: 90},
+			History: &policy.History{LastRotation: now.AddDate(0, 0, -90)}}, true},
+		{"compliant, never rotated, created over 365 days ago, no period reported", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, CreationDate: now.AddDate(-1, 0, -1),
+			Rotation: &policy.Rotation{Enabled: true}, History: &policy.History{}}, true},
+		{"compliant, old material but history not read", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, CreationDate: now.AddDate(-2, 0, 0),
+			Rotation: &policy.Rotation{Enabled: true}, History: &policy.History{Error: "AccessDeniedException"}}, false},
+		{"compliant (on demand), 5 on-demand rotations left", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{},
+			History: &policy.History{LastRotation: now, OnDemand: 20}}, true},
+		{"compliant (on demand), 6 left", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{},
+			History: &policy.History{LastRotation: now, OnDemand: 19}}, false},
 	} {
 		if got := NeedsAttention(&tt.k, now); got != tt.want {
 			t.Errorf("%s: NeedsAttention = %v, want %v", tt.name, got, tt.want)
