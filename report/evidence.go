@@ -318,11 +318,12 @@ var (
 	page = template.Must(template.New("page").Parse(pageSource))
 
 	// pagePolicy lets the page run its own script and style, and load
-	// nothing: no image, font, frame or connection, not even a favicon. It
-	// is in the page (a saved file keeps it) and in the served report's
-	// header, which adds what a meta element cannot hold.
+	// nothing: no font, frame or connection, no image but its empty
+	// favicon (data:, which keeps the browser from asking for
+	// /favicon.ico). It is in the page (a saved file keeps it) and in the
+	// served report's header, which adds what a meta element cannot hold.
 	pagePolicy = "default-src 'none'; script-src " + sourceHash(pageScript) + "; style-src " + sourceHash(pageStyle) +
-		"; base-uri 'none'; form-action 'none'"
+		"; img-src data:; base-uri 'none'; form-action 'none'"
 	headerPolicy = pagePolicy + "; frame-ancestors 'none'"
 )
 

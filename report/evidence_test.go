@@ -63,7 +63,7 @@ var wantCells = map[string]map[string]string{
 	historyNotReadKey.ID: {"aliases": "", "status": "compliant", "rotation_enabled": "true", "rotation_period_days": "",
 		"last_rotation": "", "automatic_rotations": "", "on_demand_rotations": "", "on_demand_rotations_left": "",
 		"key_material_age_days": "", "rotation_history_error": "AccessDeniedException", "tag:owner": "-2"},
-	exemptKey.ID: {"status": "exempt", "reason": "exemption_tag", "exemption_reason": hostile,
+	exemptKey.ID: {"aliases": "alias/vendor-appliance," + hostileAlias, "status": "exempt", "reason": "exemption_tag", "exemption_reason": hostile,
 		"exemption_expiry": "2100-01-01T00:00:00Z", "last_rotation_type": "ON_DEMAND", "on_demand_rotations": "25",
 		"on_demand_rotations_left": "0", "key_material_age_days": "393", "tag:owner": "@SUM(1+1)"},
 	unknownKey.ID: {"status": "unknown", "reason": "AccessDeniedException", "rotation_enabled": "", "automatic_rotations": "",
@@ -282,7 +282,7 @@ func TestPageLoadsNothing(t *testing.T) {
 	if len(script) != 1 || len(style) != 1 {
 		t.Fatalf("%d scripts, %d styles: want one of each", len(script), len(style))
 	}
-	want := "default-src 'none'; script-src " + hash(script[0]) + "; style-src " + hash(style[0]) + "; base-uri 'none'; form-action 'none'"
+	want := "default-src 'none'; script-src " + hash(script[0]) + "; style-src " + hash(style[0]) + "; img-src data:; base-uri 'none'; form-action 'none'"
 	metas := doc.all(func(n *html.Node) bool { return n.Data == "meta" && attr(n, "http-equiv") == "Content-Security-Policy" })
 	if len(metas) != 1 {
 		t.Fatalf("%d Content-Security-Policy meta elements, want 1", len(metas))

@@ -11,8 +11,13 @@ import (
 // now is the instant the tests' reports are made.
 var now = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
-// hostile is an exemption reason written to break out of the HTML page.
-const hostile = `<script>window.pwned = "script"</script>" onmouseover="window.pwned = 'attribute'`
+// hostile is an exemption reason written to break out of the HTML page;
+// hostileAlias an alias (KMS refuses such names; a compromised or faked
+// endpoint need not).
+const (
+	hostile      = `<script>window.pwned = "script"</script>" onmouseover="window.pwned = 'attribute'`
+	hostileAlias = `alias/<img src="/x" onerror="window.pwned = 'alias'">`
+)
 
 func day(s string) time.Time {
 	t, err := time.Parse(time.DateOnly, s)
@@ -60,7 +65,7 @@ var (
 		return k
 	}()
 	exemptKey = func() model.Key {
-		k := key("44444444-4444-4444-4444-444444444444", "alias/vendor-appliance")
+		k := key("44444444-4444-4444-4444-444444444444", "alias/vendor-appliance", hostileAlias)
 		k.Rotation = &policy.Rotation{}
 		k.History = &policy.History{LastRotation: day("2025-02-01"), LastType: policy.RotationOnDemand, OnDemand: 25}
 		k.Verdict = policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: hostile,
