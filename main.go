@@ -98,16 +98,20 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	}
 
 	logger.Info("starting kms_exporter", "version", version.Info(), "build_context", version.BuildContext(),
-		"remediation", cfg.Remediation.Enabled)
+		"remediation", cfg.Remediation.Enabled, "report", cfg.Web.EnableReport)
 	if w := cfg.Remediation.TokenWarning; w != "" {
 		logger.Warn("--remediation.token-file: "+w, "file", cfg.Remediation.TokenFile)
+	}
+	reports := &report.Handler{}
+	if cfg.Web.EnableReport {
+		reports.Snapshot = refresher.Snapshot
 	}
 	registry := prometheus.NewRegistry()
 	// The snapshot's metrics are not in the registry (kmsCollector yields only
 	// its own): kmsCollector.Handler serves them, encoded once per refresh,
 	// after the registry's.
 	registry.MustRegister(
-		factory, remediator.Metrics(), resolver, refresher, kmsCollector,
+		factory, remediator.Metrics(), reports.Metrics(), resolver, refresher, kmsCollector,
 		versioncollector.NewCollector("kms_exporter"),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -119,7 +123,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 		api.Remediator = remediator
 	}
 	mux, err := routes(cfg.Web.TelemetryPath, promhttp.InstrumentMetricHandler(registry, kmsCollector.Handler(registry, logger)),
-		refresher.ReadyHandler(), api)
+		refresher.ReadyHandler(), reports, api)
 	if err != nil {
 		return 0, err
 	}

@@ -13,28 +13,35 @@ import (
 
 	"github.com/kms-exporter/kms_exporter/config"
 	"github.com/kms-exporter/kms_exporter/remediate"
+	"github.com/kms-exporter/kms_exporter/report"
 )
 
 // routes returns the exporter's HTTP routes: the metrics, health and
-// readiness, the remediation API, and the landing page.
-func routes(metricsPath string, metrics, ready http.Handler, api *remediate.API) (*http.ServeMux, error) {
+// readiness, the evidence report, the remediation API, and the landing page.
+func routes(metricsPath string, metrics, ready http.Handler, reports *report.Handler, api *remediate.API) (*http.ServeMux, error) {
 	mux := http.NewServeMux()
 	mux.Handle(metricsPath, metrics)
 	mux.HandleFunc(config.PathHealthy, func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
 	mux.Handle(config.PathReady, ready)
+	mux.Handle(config.PathReport, reports)
 	api.Register(mux)
 	if metricsPath == "/" {
 		return mux, nil
+	}
+	links := []web.LandingLinks{
+		{Address: metricsPath, Text: "Metrics"},
+		{Address: config.PathHealthy, Text: "Health"},
+		{Address: config.PathReady, Text: "Readiness", Description: "ready once the first refresh has finished"},
+	}
+	if reports.Enabled() {
+		links = append(links, web.LandingLinks{Address: config.PathReport, Text: "Evidence report",
+			Description: "every key with its verdict and rotation history; ?format=csv for CSV"})
 	}
 	landing, err := web.NewLandingPage(web.LandingConfig{
 		Name:        "KMS Exporter",
 		Description: "Audits automatic rotation of AWS KMS keys",
 		Version:     version.Info(),
-		Links: []web.LandingLinks{
-			{Address: metricsPath, Text: "Metrics"},
-			{Address: config.PathHealthy, Text: "Health"},
-			{Address: config.PathReady, Text: "Readiness", Description: "ready once the first refresh has finished"},
-		},
+		Links:       links,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("building the landing page: %w", err)

@@ -1,4 +1,7 @@
-// Package report prints audits and remediations for people and for CI jobs.
+// Package report prints audits and remediations for people and for CI jobs,
+// and makes the evidence report: every key with its verdict and rotation
+// history, as CSV or as one self-contained HTML page, for the audit command
+// and for the exporter's read-only /report route.
 package report
 
 import (
@@ -6,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,34 +24,6 @@ const (
 	ExitFinding = 1 // something noncompliant / a remediation refused or failed
 	ExitError   = 2 // the audit itself failed
 )
-
-// KeyRecord is one key in the JSON audit output.
-type KeyRecord struct {
-	AccountID       string   `json:"account_id"`
-	Region          string   `json:"region"`
-	KeyID           string   `json:"key_id"`
-	KeyARN          string   `json:"key_arn"`
-	Aliases         []string `json:"aliases"`
-	KeyManager      string   `json:"key_manager"`
-	KeySpec         string   `json:"key_spec"`
-	KeyState        string   `json:"key_state"`
-	Origin          string   `json:"origin"`
-	MultiRegionType string   `json:"multi_region_type,omitempty"`
-	Status          string   `json:"status"`
-	Reason          string   `json:"reason"`
-	model.RotationView
-	ExemptionReason string     `json:"exemption_reason,omitempty"`
-	ExemptionExpiry *time.Time `json:"exemption_expiry,omitempty"`
-}
-
-// TargetRecord is one account and region in the JSON audit output.
-type TargetRecord struct {
-	AccountID string `json:"account_id"`
-	Region    string `json:"region"`
-	Success   bool   `json:"success"`
-	Error     string `json:"error,omitempty"`
-	Keys      int    `json:"keys"`
-}
 
 // Audit runs the audit command: one refresh, every key with its verdict on
 // w, and the exit code (AuditExitCode).
@@ -73,24 +49,50 @@ func AuditExitCode(s *model.Snapshot) int {
 	return ExitOK
 }
 
-// WriteAudit prints every key with its verdict, as a table or as JSON.
+// Output formats of WriteAudit.
+const (
+	FormatTable = "table"
+	FormatJSON  = "json"
+	FormatCSV   = "csv"
+	FormatHTML  = "html"
+)
+
+// WriteAudit prints every key with its verdict: as a table, as JSON, as
+// CSV or as the HTML evidence report, material ages counted to now.
 func WriteAudit(w io.Writer, s *model.Snapshot, format string) error {
-	if format == "json" {
-		out := struct {
-			Targets []TargetRecord        `json:"targets"`
-			Keys    []KeyRecord           `json:"keys"`
-			Counts  map[policy.Status]int `json:"counts"`
-		}{Targets: []TargetRecord{}, Keys: []KeyRecord{}, Counts: s.Counts()}
-		for _, t := range s.Targets {
-			out.Targets = append(out.Targets, TargetRecord{t.AccountID, t.Region, t.Success, t.Error, len(t.Keys)})
-			for _, k := range t.Keys {
-				out.Keys = append(out.Keys, record(k))
-			}
-		}
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(out)
+	return write(w, s, format, time.Now())
+}
+
+func write(w io.Writer, s *model.Snapshot, format string, now time.Time) error {
+	switch format {
+	case FormatTable:
+		return writeTable(w, s)
+	case FormatJSON:
+		return writeJSON(w, newEvidence(s, now))
+	case FormatCSV:
+		return writeCSV(w, newEvidence(s, now))
+	case FormatHTML:
+		return writeHTML(w, newEvidence(s, now))
 	}
+	return fmt.Errorf("unknown output format %q", format)
+}
+
+func writeJSON(w io.Writer, e *evidence) error {
+	out := struct {
+		GeneratedAt time.Time             `json:"generated_at"`
+		Targets     []TargetRecord        `json:"targets"`
+		Keys        []*KeyRecord          `json:"keys"`
+		Counts      map[policy.Status]int `json:"counts"`
+	}{GeneratedAt: e.GeneratedAt, Targets: e.Targets, Keys: slices.Collect(e.Keys()), Counts: e.Counts}
+	if out.Keys == nil {
+		out.Keys = []*KeyRecord{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+func writeTable(w io.Writer, s *model.Snapshot) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ACCOUNT\tREGION\tKEY ID\tALIASES\tSTATUS\tREASON")
 	for _, t := range s.Targets {
@@ -110,20 +112,6 @@ func WriteAudit(w io.Writer, s *model.Snapshot, format string) error {
 		}
 	}
 	return nil
-}
-
-func record(k *model.Key) KeyRecord {
-	r := KeyRecord{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, KeyARN: k.ARN, Aliases: k.Aliases,
-		KeyManager: k.Meta.KeyManager, KeySpec: k.Meta.KeySpec, KeyState: k.Meta.KeyState, Origin: k.Meta.Origin,
-		MultiRegionType: k.MultiRegionType(), Status: string(k.Verdict.Status), Reason: k.Verdict.Reason,
-		ExemptionReason: k.Verdict.ExemptionReason, RotationView: model.ViewRotation(k.Rotation)}
-	if r.Aliases == nil {
-		r.Aliases = []string{}
-	}
-	if !k.Verdict.ExemptionExpiry.IsZero() {
-		r.ExemptionExpiry = &k.Verdict.ExemptionExpiry
-	}
-	return r
 }
 
 // RemediationLine is one key of the remediate command's output.
