@@ -153,6 +153,9 @@ func TestFollowRotations(t *testing.T) {
 			if re, _ := msg.Detail["responseElements"].(map[string]any); re["keyId"] != id {
 				t.Errorf("RotateKeyOnDemand responseElements %v, want the key id", msg.Detail["responseElements"])
 			}
+			if !ev.Time.Equal(onDemandAt) {
+				t.Errorf("RotateKeyOnDemand recorded at %s, want the proxy's time of the call (%s)", ev.Time, onDemandAt)
+			}
 		}
 	}
 	if onDemandCalls != 1 || len(rotations) != 2 {

@@ -352,7 +352,7 @@ func TestListKeyRotations(t *testing.T) {
 		}
 	}
 	if _, _, next := rotationOf(t, c, id); !next.Equal(lastAutomatic.AddDate(0, 0, 365)) {
-		t.Errorf("next rotation %s, want a period after the last automatic one (%s)", next, lastAutomatic)
+		t.Errorf("next rotation %s, want a period after the last automatic one (%s)", next, lastAutomatic.AddDate(0, 0, 365))
 	}
 	all := listRotations(t, c, id, types.IncludeKeyMaterialAllKeyMaterial, 3)
 	if len(all) != len(got)+1 || all[0].RotationDate != nil || all[0].RotationType != "" || aws.ToString(all[0].KeyMaterialId) != MaterialID(i, 0) ||

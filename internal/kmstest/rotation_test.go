@@ -560,3 +560,57 @@ func TestListKeyRotationsFaults(t *testing.T) {
 		t.Errorf("DescribeKey while ListKeyRotations is throttled: %v", err)
 	}
 }
+
+// TestListKeyRotationsDefaultLimit: without Limit a page holds 100 entries.
+func TestListKeyRotationsDefaultLimit(t *testing.T) {
+	s := newRotationSetup(t)
+	id := s.newKey(t)
+	if _, err := s.c.EnableKeyRotation(s.ctx, &kms.EnableKeyRotationInput{KeyId: &id, RotationPeriodInDays: aws.Int32(90)}); err != nil {
+		t.Fatal(err)
+	}
+	s.clock.Add(101 * 90 * day) // 101 automatic rotations
+	out, err := s.c.ListKeyRotations(s.ctx, &kms.ListKeyRotationsInput{KeyId: &id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(out.Rotations) != 100 || !out.Truncated || aws.ToString(out.NextMarker) == "" {
+		t.Errorf("first page: %d entries, truncated %v, next marker %q; want 100, true and a marker", len(out.Rotations), out.Truncated, aws.ToString(out.NextMarker))
+	}
+	if got := s.rotations(t, id, "", 1000); len(got) != 101 {
+		t.Errorf("%d rotations in all, want 101", len(got))
+	}
+}
+
+// TestRotationStatusPendingDeletion: a rotating key pending deletion
+// answers false, and its setting and schedule come back when the deletion
+// is cancelled (API_GetKeyRotationStatus).
+func TestRotationStatusPendingDeletion(t *testing.T) {
+	s := newRotationSetup(t)
+	id := s.newKey(t)
+	if _, err := s.c.EnableKeyRotation(s.ctx, &kms.EnableKeyRotationInput{KeyId: &id, RotationPeriodInDays: aws.Int32(120)}); err != nil {
+		t.Fatal(err)
+	}
+	status := func() *kms.GetKeyRotationStatusOutput {
+		out, err := s.c.GetKeyRotationStatus(s.ctx, &kms.GetKeyRotationStatusInput{KeyId: &id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	before := status()
+	if _, err := s.c.ScheduleKeyDeletion(s.ctx, &kms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: aws.Int32(7)}); err != nil {
+		t.Fatal(err)
+	}
+	if out := status(); out.KeyRotationEnabled || out.NextRotationDate != nil || out.RotationPeriodInDays != nil {
+		t.Errorf("pending deletion: enabled %v, next %v, period %v; want false and nothing else", out.KeyRotationEnabled, out.NextRotationDate, out.RotationPeriodInDays)
+	}
+	s.clock.Add(day)
+	if _, err := s.c.CancelKeyDeletion(s.ctx, &kms.CancelKeyDeletionInput{KeyId: &id}); err != nil {
+		t.Fatal(err)
+	}
+	after := status()
+	if !after.KeyRotationEnabled || aws.ToInt32(after.RotationPeriodInDays) != 120 || !aws.ToTime(after.NextRotationDate).Equal(aws.ToTime(before.NextRotationDate)) {
+		t.Errorf("deletion cancelled: enabled %v, period %d, next %s; want true, 120, %s", after.KeyRotationEnabled,
+			aws.ToInt32(after.RotationPeriodInDays), aws.ToTime(after.NextRotationDate), aws.ToTime(before.NextRotationDate))
+	}
+}
