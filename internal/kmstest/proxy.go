@@ -53,7 +53,8 @@ type Proxy struct {
 	rotated   func(Rotation)
 }
 
-// trailed are the calls SetTrail reports: those that change a key.
+// trailed are the calls SetTrail reports: those that change a key
+// (RotateKeyOnDemand where the proxy answers it, see rotateOnDemand).
 var trailed = map[string]bool{"EnableKeyRotation": true, "DisableKeyRotation": true, "CreateKey": true,
 	"ScheduleKeyDeletion": true, "CancelKeyDeletion": true, "EnableKey": true, "DisableKey": true,
 	"TagResource": true, "UntagResource": true, "CreateAlias": true, "UpdateAlias": true, "PutKeyPolicy": true,
