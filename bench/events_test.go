@@ -104,7 +104,7 @@ func BenchmarkEvents(b *testing.B) {
 }
 
 // readOps are the calls of a (re-)read; rotation changes are not counted.
-var readOps = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags"}
+var readOps = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags", "ListKeyRotations"}
 
 func readCalls(c map[string]int64) int64 {
 	var t int64

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,7 +128,7 @@ func (b *Bus) PutAPICall(ctx context.Context, eventName, account, region, keyARN
 		"userIdentity": map[string]any{"type": "IAMUser", "accountId": account, "arn": "arn:aws:iam::" + account + ":user/tester"},
 		"eventTime":    at.UTC().Format(time.RFC3339), "eventSource": "kms.amazonaws.com", "eventName": eventName,
 		"awsRegion": region, "sourceIPAddress": "192.0.2.0", "userAgent": "aws-cli",
-		"requestParameters": map[string]any{"keyId": keyARN}, "responseElements": nil,
+		"requestParameters": map[string]any{"keyId": keyARN}, "responseElements": responseElements(eventName, keyARN),
 		"requestID": "81f5b794-452b-4d6a-932b-68c188165273", "eventID": "fefc43a7-8e06-419f-bcab-b3bf18d6a401",
 		"readOnly": false, "resources": []map[string]any{{"accountId": account, "type": "AWS::KMS::Key", "ARN": keyARN}},
 		"eventType": "AwsApiCall", "managementEvent": true, "recipientAccountId": account, "eventCategory": "Management",
@@ -143,4 +144,88 @@ func (b *Bus) PutAPICall(ctx context.Context, eventName, account, region, keyARN
 		err = fmt.Errorf("PutEvents: %d entries failed", out.FailedEntryCount)
 	}
 	return err
+}
+
+// responseElements is what CloudTrail records a call answered, where the
+// exporter's events read it: RotateKeyOnDemand answers the key's id
+// (developerguide/ct-rotatekeyondemand.html); the others are left out.
+func responseElements(eventName, keyARN string) any {
+	if eventName == "RotateKeyOnDemand" {
+		return map[string]any{"keyId": keyIDOf(keyARN)}
+	}
+	return nil
+}
+
+func keyIDOf(keyARN string) string {
+	if _, id, ok := strings.Cut(keyARN, ":key/"); ok {
+		return id
+	}
+	return keyARN
+}
+
+// Rotation puts on the bus the "KMS CMK Rotation" event KMS sends when a
+// key's material rotates; see PutRotation.
+func (b *Bus) Rotation(t testing.TB, r kmstest.Rotation) {
+	t.Helper()
+	if err := b.PutRotation(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// PutRotation puts on the bus the "KMS CMK Rotation" event of a completed
+// rotation, as KMS sends it (developerguide/kms-events.html): source
+// aws.kms, the key ARN in resources, detail {key-id, key-origin,
+// rotation-type, previous-key-material-id, current-key-material-id}.
+func (b *Bus) PutRotation(ctx context.Context, r kmstest.Rotation) error {
+	detail, err := json.Marshal(map[string]string{
+		"key-id": r.KeyID, "key-origin": r.Origin, "rotation-type": r.Type,
+		"previous-key-material-id": r.Previous, "current-key-material-id": r.Current,
+	})
+	if err != nil {
+		return err
+	}
+	out, err := b.eb.PutEvents(ctx, &eventbridge.PutEventsInput{Entries: []ebtypes.PutEventsRequestEntry{{
+		Source: aws.String("aws.kms"), DetailType: aws.String(events.DetailTypeRotation), Time: aws.Time(r.At),
+		Resources: []string{r.KeyARN}, Detail: aws.String(string(detail)),
+	}}})
+	if err == nil && out.FailedEntryCount != 0 {
+		err = fmt.Errorf("PutEvents: %d entries failed", out.FailedEntryCount)
+	}
+	return err
+}
+
+// Follow makes the bus hear what the proxy's calls and rotations make AWS
+// send: the CloudTrail event of each call that changes a key (SetTrail),
+// dated by the proxy's clock, and the "KMS CMK Rotation" event of each
+// rotation, on demand or automatic (SetRotations). A failure to put an
+// event is handed to fail.
+func (b *Bus) Follow(p *kmstest.Proxy, account string, fail func(error)) {
+	p.SetTrail(func(op, region, keyARN string) {
+		if err := b.PutAPICall(context.Background(), op, account, region, keyARN, p.Now()); err != nil {
+			fail(fmt.Errorf("putting the %s event on the bus: %w", op, err))
+		}
+	})
+	p.SetRotations(func(r kmstest.Rotation) {
+		if err := b.PutRotation(context.Background(), r); err != nil {
+			fail(fmt.Errorf("putting the rotation event of %s on the bus: %w", r.KeyARN, err))
+		}
+	})
+}
+
+// Receive takes up to max messages off the queue, waiting up to wait for
+// the first, deletes them and returns their bodies.
+func (b *Bus) Receive(ctx context.Context, max int32, wait time.Duration) ([]string, error) {
+	out, err := b.sqs.ReceiveMessage(ctx, &sqs.ReceiveMessageInput{QueueUrl: aws.String(b.QueueURL),
+		MaxNumberOfMessages: max, WaitTimeSeconds: int32(wait.Seconds())})
+	if err != nil {
+		return nil, err
+	}
+	var bodies []string
+	for _, m := range out.Messages {
+		bodies = append(bodies, aws.ToString(m.Body))
+		if _, err := b.sqs.DeleteMessage(ctx, &sqs.DeleteMessageInput{QueueUrl: aws.String(b.QueueURL), ReceiptHandle: m.ReceiptHandle}); err != nil {
+			return bodies, err
+		}
+	}
+	return bodies, nil
 }

@@ -30,7 +30,7 @@
 // predefined alias/aws/* names without TargetKeyId, as AWS does for services
 // that have not created their AWS-managed key yet.
 //
-// GetKeyRotationStatus answers as AWS does (KMS-FACTS.md): the period and
+// GetKeyRotationStatus answers as AWS does (docs/aws-semantics.md): the period and
 // next rotation date for rotating keys; the kept setting for disabled keys;
 // false for keys pending deletion; UnsupportedOperationException for
 // asymmetric keys (as emulators do) and EXTERNAL keys.
@@ -42,6 +42,22 @@
 // DisabledException (disabled), KMSInvalidStateException (pending deletion),
 // AccessDeniedException (AWS-managed). Expected counts the inventory as
 // generated, before any such change.
+//
+// Key material (docs/aws-semantics.md, "Key material and its rotations"):
+// every symmetric key has a history of rotations, a pure function of i and
+// Options.Now: keys rotating automatically (every 365 or 730 days, and
+// AWS-managed keys every 365) rotated every period since their creation
+// (their next rotation date is a period after the last); of the customer
+// symmetric keys with AWS_KMS origin, by a hash of i, about 60% were never
+// rotated on demand, 30% one to three times, 9% four to twenty-four times
+// and 1% the 25 times KMS allows (at dates spread between their creation and
+// now). ListKeyRotations lists that history (Limit 1..1000, default 100;
+// ALL_KEY_MATERIAL adds the first material, without RotationDate), and
+// DescribeKey reports the last material as CurrentKeyMaterialId; asymmetric
+// keys have neither (UnsupportedOperationException), EXTERNAL keys their
+// one imported material. History is an entry point for tests. Each call
+// costs at most the length of one key's history (a few dozen entries),
+// whatever n.
 package fastkms
 
 import (
@@ -49,6 +65,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,7 +92,7 @@ type Options struct {
 
 // Operations the fake answers, in the order of Calls.
 var Operations = []string{"ListKeys", "ListAliases", "DescribeKey", "GetKeyRotationStatus", "ListResourceTags",
-	"EnableKeyRotation", "DisableKeyRotation"}
+	"ListKeyRotations", "EnableKeyRotation", "DisableKeyRotation"}
 
 const (
 	opListKeys = iota
@@ -83,6 +100,7 @@ const (
 	opDescribeKey
 	opGetKeyRotationStatus
 	opListResourceTags
+	opListKeyRotations
 	opEnableKeyRotation
 	opDisableKeyRotation
 	opOther
@@ -390,6 +408,7 @@ type request struct {
 	Limit                *int   `json:"Limit"`
 	Marker               string `json:"Marker"`
 	RotationPeriodInDays *int   `json:"RotationPeriodInDays"`
+	IncludeKeyMaterial   string `json:"IncludeKeyMaterial"`
 }
 
 var bufs = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
@@ -432,6 +451,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "ListResourceTags":
 		h.calls[opListResourceTags].Add(1)
 		out, fault = h.listResourceTags(out, req)
+	case "ListKeyRotations":
+		h.calls[opListKeyRotations].Add(1)
+		out, fault = h.listKeyRotations(out, req)
 	case "EnableKeyRotation":
 		h.calls[opEnableKeyRotation].Add(1)
 		fault = h.setRotation(req, true)
@@ -701,6 +723,11 @@ func (h *Handler) describeKey(b []byte, req request) ([]byte, *apiError) {
 	b = h.appendARN(b, i)
 	b = append(b, `,"CreationDate":`...)
 	b = appendEpoch(b, created)
+	if hasMaterial(c) {
+		b = append(b, `,"CurrentKeyMaterialId":"`...)
+		b = appendMaterialID(b, i, h.rotations(i, c))
+		b = append(b, '"')
+	}
 	b = append(b, `,"CustomerMasterKeySpec":"`...)
 	b = append(b, spec...)
 	if c == pendingDeletion {
@@ -930,3 +957,197 @@ func Start(n int, opts Options) (*Server, error) {
 
 // Close stops serving and closes every connection.
 func (s *Server) Close() error { return s.srv.Close() }
+
+// Key material and its rotations.
+
+// MaxOnDemandRotations is how many on-demand rotations KMS allows a key, ever.
+const MaxOnDemandRotations = 25
+
+// hasMaterial says whether keys of class c have key material KMS rotates
+// and reports (CurrentKeyMaterialId): the symmetric ones.
+func hasMaterial(c class) bool {
+	switch c {
+	case rsaEncrypt, rsaSign, eccSign, eccK1Sign:
+		return false
+	}
+	return true
+}
+
+// automaticPeriod is the period in days at which keys of class c rotated
+// automatically since their creation; 0: never.
+func automaticPeriod(c class) int {
+	switch c {
+	case rotating, awsManaged:
+		return 365
+	case longPeriod:
+		return 730
+	}
+	return 0
+}
+
+// onDemand is how many times key i of class c was rotated on demand: only
+// customer symmetric keys with AWS_KMS origin, by a hash of i.
+func onDemand(i int, c class) int {
+	if c == external || c == awsManaged || !hasMaterial(c) {
+		return 0
+	}
+	x := hash(uint64(i) ^ 0x6a09e667f3bcc908)
+	switch r := x % 100; {
+	case r < 60:
+		return 0
+	case r < 90:
+		return 1 + int(x>>8%3)
+	case r < 99:
+		return 4 + int(x>>8%21)
+	}
+	return MaxOnDemandRotations
+}
+
+// automatic is how many automatic rotations key i of class c completed by
+// now: one per period since its creation.
+func (h *Handler) automatic(i int, c class) int {
+	period := automaticPeriod(c)
+	if period == 0 {
+		return 0
+	}
+	now := float64(h.now.UnixMilli()) / 1000
+	return int((now - h.creation(i)) / (float64(period) * 86400))
+}
+
+// rotations is how many rotations key i of class c completed.
+func (h *Handler) rotations(i int, c class) int { return h.automatic(i, c) + onDemand(i, c) }
+
+// Rotation is one completed rotation of a key's material.
+type Rotation struct {
+	// At is when it completed, epoch seconds with milliseconds.
+	At       float64
+	OnDemand bool
+}
+
+// History returns key i's completed rotations, oldest first.
+func (h *Handler) History(i int) []Rotation {
+	c := classOf(i)
+	if !hasMaterial(c) {
+		return nil
+	}
+	created := h.creation(i)
+	auto, od := h.automatic(i, c), onDemand(i, c)
+	out := make([]Rotation, 0, auto+od)
+	period := float64(automaticPeriod(c)) * 86400
+	for k := 1; k <= auto; k++ {
+		out = append(out, Rotation{At: created + float64(k)*period})
+	}
+	// On-demand rotations spread between the creation and 30 days ago
+	// (every key was created at least 30 days ago), on whole milliseconds.
+	span := float64(h.now.UnixMilli())/1000 - 30*86400 - created
+	for j := 1; j <= od; j++ {
+		at := created + span*float64(j)/float64(od+1)
+		out = append(out, Rotation{At: float64(int64(at*1000)) / 1000, OnDemand: true})
+	}
+	slices.SortStableFunc(out, func(a, b Rotation) int {
+		switch {
+		case a.At < b.At:
+			return -1
+		case a.At > b.At:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// MaterialID is the id of key i's n-th key material (0: the first, made
+// with the key): 64 hex digits, as KMS's KeyMaterialId.
+func MaterialID(i, n int) string { return string(appendMaterialID(nil, i, n)) }
+
+func appendMaterialID(b []byte, i, n int) []byte {
+	x := hash(hash(uint64(i)^0x3c6ef372fe94f82b) + uint64(n))
+	for range 4 {
+		x = hash(x)
+		v := x
+		var d [16]byte
+		for k := 15; k >= 0; k-- {
+			d[k] = hexDigits[v&15]
+			v >>= 4
+		}
+		b = append(b, d[:]...)
+	}
+	return b
+}
+
+func (h *Handler) listKeyRotations(b []byte, req request) ([]byte, *apiError) {
+	l, err := limit(req, 100, 1000)
+	if err != nil {
+		return b, err
+	}
+	all := false
+	switch req.IncludeKeyMaterial {
+	case "", "ROTATIONS_ONLY":
+	case "ALL_KEY_MATERIAL":
+		all = true
+	default:
+		return b, &apiError{"ValidationException", "1 validation error detected: Value '" + req.IncludeKeyMaterial +
+			"' at 'includeKeyMaterial' failed to satisfy constraint: Member must satisfy enum value set: [ALL_KEY_MATERIAL, ROTATIONS_ONLY]"}
+	}
+	i, ok := h.index(req.KeyID)
+	if !ok {
+		return b, notFound(req.KeyID)
+	}
+	c := classOf(i)
+	if !hasMaterial(c) {
+		return b, &apiError{"UnsupportedOperationException", h.ARN(i) + " key spec does not support key material rotation"}
+	}
+	history := h.History(i)
+	// Entry e is material e (0: the first, listed with ALL_KEY_MATERIAL only).
+	first := 1
+	if all {
+		first = 0
+	}
+	end := len(history) + 1
+	from, err := marker(req, end-first)
+	if err != nil {
+		return b, err
+	}
+	from += first
+	to := min(from+l, end)
+	b = append(b, `{"Rotations":[`...)
+	for e := from; e < to; e++ {
+		if e > from {
+			b = append(b, ',')
+		}
+		if c == external {
+			b = append(b, `{"ExpirationModel":"KEY_MATERIAL_DOES_NOT_EXPIRE","ImportState":"IMPORTED",`...)
+		} else {
+			b = append(b, '{')
+		}
+		b = append(b, `"KeyId":"`...)
+		b = appendID(b, i)
+		b = append(b, `","KeyMaterialId":"`...)
+		b = appendMaterialID(b, i, e)
+		if e == len(history) {
+			b = append(b, `","KeyMaterialState":"CURRENT"`...)
+		} else {
+			b = append(b, `","KeyMaterialState":"NON_CURRENT"`...)
+		}
+		if e > 0 {
+			r := history[e-1]
+			b = append(b, `,"RotationDate":`...)
+			b = appendEpoch(b, r.At)
+			if r.OnDemand {
+				b = append(b, `,"RotationType":"ON_DEMAND"`...)
+			} else {
+				b = append(b, `,"RotationType":"AUTOMATIC"`...)
+			}
+		}
+		b = append(b, '}')
+	}
+	b = append(b, ']')
+	if to < end {
+		b = append(b, `,"NextMarker":"`...)
+		b = strconv.AppendInt(b, int64(to-first), 10)
+		b = append(b, `","Truncated":true}`...)
+	} else {
+		b = append(b, `,"Truncated":false}`...)
+	}
+	return b, nil
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"maps"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -238,6 +239,11 @@ func TestDescribeKey(t *testing.T) {
 			if (tc.usage == "ENCRYPT_DECRYPT") != (len(m.EncryptionAlgorithms) > 0) || (tc.usage == "SIGN_VERIFY") != (len(m.SigningAlgorithms) > 0) {
 				t.Errorf("key %d for %s: encryption %v, signing %v", i, tc.usage, m.EncryptionAlgorithms, m.SigningAlgorithms)
 			}
+			// Symmetric keys report their current key material.
+			if got, want := aws.ToString(m.CurrentKeyMaterialId), MaterialID(i, len(s.History(i))); (tc.spec == "SYMMETRIC_DEFAULT") != (got != "") ||
+				(got != "" && (got != want || !hex64.MatchString(got))) {
+				t.Errorf("key %d (%s): CurrentKeyMaterialId %q, want %q for symmetric keys only", i, tc.spec, got, want)
+			}
 		}
 	}
 	i := first(rotating)
@@ -250,6 +256,195 @@ func TestDescribeKey(t *testing.T) {
 	}
 	if got := s.Calls()["DescribeKey"]; got != 15 {
 		t.Errorf("%d DescribeKey calls counted, want 15", got)
+	}
+}
+
+var hex64 = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// listRotations reads every page of a key's rotations through the SDK.
+func listRotations(t *testing.T, c *kms.Client, key string, include types.IncludeKeyMaterial, limit int32) []types.RotationsListEntry {
+	t.Helper()
+	var all []types.RotationsListEntry
+	p := kms.NewListKeyRotationsPaginator(c, &kms.ListKeyRotationsInput{KeyId: aws.String(key), IncludeKeyMaterial: include, Limit: aws.Int32(limit)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(context.Background())
+		if err != nil {
+			t.Fatalf("ListKeyRotations %s: %v", key, err)
+		}
+		if len(page.Rotations) > int(limit) {
+			t.Fatalf("%d rotations on a page of %d", len(page.Rotations), limit)
+		}
+		all = append(all, page.Rotations...)
+	}
+	return all
+}
+
+// TestListKeyRotations: a key's rotations, oldest first, each with its
+// date, type and material (the last CURRENT, the one DescribeKey reports),
+// the same on every call and across pages; the automatic ones a period
+// apart from the key's creation, the next rotation date a period after the
+// last; with ALL_KEY_MATERIAL the first material too, without a date.
+func TestListKeyRotations(t *testing.T) {
+	const n = 10000
+	s, c := start(t, n)
+	// A rotating key with automatic and on-demand rotations.
+	i := first(rotating)
+	for ; i < n; i += 100 {
+		if h := s.History(i); len(h) > 3 && onDemand(i, rotating) > 0 && s.automatic(i, rotating) > 1 {
+			break
+		}
+	}
+	if i >= n {
+		t.Fatal("no rotating key with automatic and on-demand rotations")
+	}
+	id := KeyID(i)
+	got := listRotations(t, c, id, "", 1000)
+	paged := listRotations(t, c, s.ARN(i), "", 2)
+	if len(got) != len(s.History(i)) || len(got) != s.automatic(i, rotating)+onDemand(i, rotating) {
+		t.Fatalf("key %d: %d rotations listed, history of %d", i, len(got), len(s.History(i)))
+	}
+	created := s.creation(i)
+	seen := map[string]bool{MaterialID(i, 0): true}
+	var last time.Time
+	automatic := 0
+	for e, r := range got {
+		at := aws.ToTime(r.RotationDate)
+		mat := aws.ToString(r.KeyMaterialId)
+		if aws.ToString(r.KeyId) != id || !hex64.MatchString(mat) || seen[mat] || at.Before(last) {
+			t.Errorf("entry %d: key %s, material %s (seen %v), at %s after %s", e, aws.ToString(r.KeyId), mat, seen[mat], at, last)
+		}
+		seen[mat], last = true, at
+		state := types.KeyMaterialStateNonCurrent
+		if e == len(got)-1 {
+			state = types.KeyMaterialStateCurrent
+		}
+		if r.KeyMaterialState != state {
+			t.Errorf("entry %d of %d: %s", e, len(got), r.KeyMaterialState)
+		}
+		switch r.RotationType {
+		case types.RotationTypeAutomatic:
+			automatic++
+			if want := created + float64(automatic)*365*86400; at.UnixMilli() != int64(math.Round(want*1000)) {
+				t.Errorf("automatic rotation %d at %s, want %d periods after the creation", automatic, at, automatic)
+			}
+		case types.RotationTypeOnDemand:
+			if at.Before(time.Unix(int64(created), 0)) || at.After(time.Now()) {
+				t.Errorf("on-demand rotation at %s", at)
+			}
+		default:
+			t.Errorf("entry %d: rotation type %q", e, r.RotationType)
+		}
+		if p := paged[e]; aws.ToString(p.KeyMaterialId) != mat || !aws.ToTime(p.RotationDate).Equal(at) || p.RotationType != r.RotationType {
+			t.Errorf("entry %d read in pages of 2: %+v, in one: %+v", e, p, r)
+		}
+	}
+	d, err := c.DescribeKey(context.Background(), &kms.DescribeKeyInput{KeyId: aws.String(id)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur := aws.ToString(d.KeyMetadata.CurrentKeyMaterialId); cur != aws.ToString(got[len(got)-1].KeyMaterialId) {
+		t.Errorf("CurrentKeyMaterialId %s, the last material listed %s", cur, aws.ToString(got[len(got)-1].KeyMaterialId))
+	}
+	var lastAutomatic time.Time
+	for _, r := range got {
+		if r.RotationType == types.RotationTypeAutomatic {
+			lastAutomatic = aws.ToTime(r.RotationDate)
+		}
+	}
+	if _, _, next := rotationOf(t, c, id); !next.Equal(lastAutomatic.AddDate(0, 0, 365)) {
+		t.Errorf("next rotation %s, want a period after the last automatic one (%s)", next, lastAutomatic.AddDate(0, 0, 365))
+	}
+	all := listRotations(t, c, id, types.IncludeKeyMaterialAllKeyMaterial, 3)
+	if len(all) != len(got)+1 || all[0].RotationDate != nil || all[0].RotationType != "" || aws.ToString(all[0].KeyMaterialId) != MaterialID(i, 0) ||
+		aws.ToString(all[1].KeyMaterialId) != aws.ToString(got[0].KeyMaterialId) {
+		t.Errorf("ALL_KEY_MATERIAL: %d entries, first %+v; want the first material, then the %d rotations", len(all), all[0], len(got))
+	}
+
+	// A key of the same kind never rotated: a young one.
+	for j := first(rotationOff); j < n; j += 100 {
+		if onDemand(j, rotationOff) == 0 {
+			if got := listRotations(t, c, KeyID(j), "", 100); len(got) != 0 {
+				t.Errorf("key %d never rotated lists %d rotations", j, len(got))
+			}
+			if all := listRotations(t, c, KeyID(j), types.IncludeKeyMaterialAllKeyMaterial, 100); len(all) != 1 ||
+				all[0].KeyMaterialState != types.KeyMaterialStateCurrent {
+				t.Errorf("key %d never rotated, ALL_KEY_MATERIAL: %+v", j, all)
+			}
+			break
+		}
+	}
+	// Imported material: its one material, imported.
+	ext := listRotations(t, c, KeyID(first(external)), types.IncludeKeyMaterialAllKeyMaterial, 100)
+	if len(ext) != 1 || ext[0].ImportState != types.ImportStateImported || ext[0].ExpirationModel != types.ExpirationModelTypeKeyMaterialDoesNotExpire {
+		t.Errorf("EXTERNAL key: %+v", ext)
+	}
+}
+
+func TestListKeyRotationsErrors(t *testing.T) {
+	s, c := start(t, 1000)
+	ctx := context.Background()
+	id := KeyID(first(rotating))
+	for _, tc := range []struct {
+		name string
+		in   kms.ListKeyRotationsInput
+		want string
+	}{
+		{"unknown key", kms.ListKeyRotationsInput{KeyId: aws.String(KeyID(1000))}, "NotFoundException"},
+		{"asymmetric", kms.ListKeyRotationsInput{KeyId: aws.String(KeyID(first(rsaSign)))}, "UnsupportedOperationException"},
+		{"limit 0", kms.ListKeyRotationsInput{KeyId: &id, Limit: aws.Int32(0)}, "ValidationException"},
+		{"limit 1001", kms.ListKeyRotationsInput{KeyId: &id, Limit: aws.Int32(1001)}, "ValidationException"},
+		{"include other", kms.ListKeyRotationsInput{KeyId: &id, IncludeKeyMaterial: "X"}, "ValidationException"},
+		{"bad marker", kms.ListKeyRotationsInput{KeyId: &id, Marker: aws.String("x")}, "InvalidMarkerException"},
+	} {
+		_, err := c.ListKeyRotations(ctx, &tc.in)
+		var ae smithy.APIError
+		if !errors.As(err, &ae) || ae.ErrorCode() != tc.want {
+			t.Errorf("%s: %v, want %s", tc.name, err, tc.want)
+		}
+	}
+	if got := s.Calls()["ListKeyRotations"]; got != 6 {
+		t.Errorf("%d ListKeyRotations counted, want 6", got)
+	}
+}
+
+// TestRotationHistoryMix: read by the exporter, the inventory holds keys
+// never rotated, keys rotated automatically only, on demand only, both, and
+// keys that used up their 25 on-demand rotations; none more.
+func TestRotationHistoryMix(t *testing.T) {
+	const n = 5000
+	s, _ := start(t, n)
+	kinds := map[string]int{}
+	for _, k := range audit(t, s) {
+		h := k.RotationHistory()
+		if h == nil {
+			continue
+		}
+		kind := "never"
+		switch {
+		case h.OnDemand > MaxOnDemandRotations:
+			t.Errorf("key %s: %d on-demand rotations", k.ID, h.OnDemand)
+		case h.OnDemand == MaxOnDemandRotations:
+			kind = "limit"
+		case h.Automatic > 0 && h.OnDemand > 0:
+			kind = "both"
+		case h.Automatic > 0:
+			kind = "automatic"
+		case h.OnDemand > 0:
+			kind = "on demand"
+		}
+		kinds[kind]++
+		i, _ := s.index(k.ID)
+		if want := s.History(i); len(want) > 0 && !h.LastRotation.Equal(time.UnixMilli(int64(math.Round(want[len(want)-1].At*1000)))) {
+			t.Errorf("key %d: last rotation %s, want %v", i, h.LastRotation, want[len(want)-1])
+		}
+	}
+	for _, kind := range []string{"never", "automatic", "on demand", "both", "limit"} {
+		if kinds[kind] == 0 {
+			t.Errorf("no key rotated %s among %d: %v", kind, n, kinds)
+		}
+	}
+	if calls := s.Calls(); calls["ListKeyRotations"] == 0 || calls["other"] != 0 {
+		t.Errorf("calls: %v", calls)
 	}
 }
 
@@ -570,6 +765,7 @@ func BenchmarkHandler(b *testing.B) {
 		{"DescribeKey", func(i int) string { return `{"KeyId":"` + KeyID(i) + `"}` }},
 		{"GetKeyRotationStatus", func(i int) string { return `{"KeyId":"` + KeyID(first(rotating)+100*i) + `"}` }},
 		{"ListResourceTags", func(i int) string { return `{"KeyId":"` + KeyID(first(exempt)+100*i) + `"}` }},
+		{"ListKeyRotations", func(i int) string { return `{"KeyId":"` + KeyID(first(rotating)+100*i) + `","Limit":1000}` }},
 		{"ListKeys", func(i int) string { return `{"Limit":1000,"Marker":"` + strconv.Itoa(1000*i) + `"}` }},
 		{"ListAliases", func(i int) string { return `{"Limit":100,"Marker":"` + strconv.Itoa(100*i) + `"}` }},
 	} {

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -24,6 +25,11 @@ import (
 //   - EnableKeyRotation keeps RotationPeriodInDays (90..2560);
 //   - keys local-kms cannot hold (AWS-managed, multi-Region) are served by the
 //     proxy itself (FakeKey);
+//   - key material and its rotations (rotation.go): DescribeKey's
+//     CurrentKeyMaterialId, ListKeyRotations and RotateKeyOnDemand (local-kms
+//     answers 501), and automatic rotations completing when a key's next
+//     rotation date passes by the proxy's clock (SetClock), reported as KMS
+//     reports them (SetTrail, SetRotations);
 //   - faults (AccessDenied, throttling, 5xx, a key vanishing) are injected per
 //     operation and key.
 type Proxy struct {
@@ -31,19 +37,28 @@ type Proxy struct {
 	upstream string
 	srv      *httptest.Server
 
-	mu      sync.Mutex
-	periods map[string]int32
-	fakes   map[fakeID]*FakeKey
-	faults  []*Fault
-	calls   map[string]int
-	roles   map[string]bool
-	trail   func(op, region, keyARN string)
+	clock atomic.Pointer[func() time.Time]
+
+	mu sync.Mutex
+	// schedules are the automatic rotations of local-kms keys, by key id.
+	schedules map[string]*schedule
+	// materials are the key materials of keys met, by key id (the copies
+	// of a multi-Region key share theirs).
+	materials map[string]*materials
+	fakes     map[fakeID]*FakeKey
+	faults    []*Fault
+	calls     map[string]int
+	roles     map[string]bool
+	trail     func(op, region, keyARN string)
+	rotated   func(Rotation)
 }
 
-// trailed are the calls SetTrail reports: those that change a key.
+// trailed are the calls SetTrail reports: those that change a key
+// (RotateKeyOnDemand where the proxy answers it, see rotateOnDemand).
 var trailed = map[string]bool{"EnableKeyRotation": true, "DisableKeyRotation": true, "CreateKey": true,
 	"ScheduleKeyDeletion": true, "CancelKeyDeletion": true, "EnableKey": true, "DisableKey": true,
-	"TagResource": true, "UntagResource": true, "CreateAlias": true, "UpdateAlias": true, "PutKeyPolicy": true}
+	"TagResource": true, "UntagResource": true, "CreateAlias": true, "UpdateAlias": true, "PutKeyPolicy": true,
+	"RotateKeyOnDemand": true}
 
 // SetTrail makes the proxy do what CloudTrail does for the calls that change
 // a key: after each that succeeds, trail is told the operation, the region
@@ -52,6 +67,31 @@ func (p *Proxy) SetTrail(trail func(op, region, keyARN string)) {
 	p.mu.Lock()
 	p.trail = trail
 	p.mu.Unlock()
+}
+
+// SetRotations makes the proxy do what KMS does when key material rotates
+// (on demand, or automatically when a key's next rotation date passes):
+// rotated is told each completed rotation, for its "KMS CMK Rotation" event
+// (see eventstest.Bus.Follow). A multi-Region key's rotation is told once
+// per region holding a copy, as each copy's material changes.
+func (p *Proxy) SetRotations(rotated func(Rotation)) {
+	p.mu.Lock()
+	p.rotated = rotated
+	p.mu.Unlock()
+}
+
+// SetClock makes now the proxy's clock (time.Now by default): rotation
+// periods count from it, automatic rotations complete when it passes a
+// key's next rotation date, on-demand rotations are dated by it. Fake keys
+// keep the dates they were made with.
+func (p *Proxy) SetClock(now func() time.Time) { p.clock.Store(&now) }
+
+// Now is the time by the proxy's clock.
+func (p *Proxy) Now() time.Time {
+	if c := p.clock.Load(); c != nil {
+		return (*c)()
+	}
+	return time.Now()
 }
 
 // fakeID names a fake key: a multi-Region primary and its replicas share an id.
@@ -96,7 +136,8 @@ type Fault struct {
 
 // StartProxy starts a proxy in front of the emulator at upstream, on a free loopback port.
 func StartProxy(upstream string) *Proxy {
-	p := &Proxy{upstream: upstream, periods: map[string]int32{}, fakes: map[fakeID]*FakeKey{}, calls: map[string]int{}, roles: map[string]bool{}}
+	p := &Proxy{upstream: upstream, schedules: map[string]*schedule{}, materials: map[string]*materials{},
+		fakes: map[fakeID]*FakeKey{}, calls: map[string]int{}, roles: map[string]bool{}}
 	p.srv = httptest.NewServer(http.HandlerFunc(p.serve))
 	p.URL = p.srv.URL
 	return p
@@ -224,6 +265,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, `<ErrorResponse><Error><Type>Sender</Type><Code>AccessDenied</Code><Message>not authorized to perform sts:AssumeRole</Message></Error><RequestId>0</RequestId></ErrorResponse>`)
 		return
 	}
+	p.rotateDue(r)
 	p.mu.Lock()
 	p.calls[op]++
 	var fault *Fault
@@ -244,17 +286,29 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 	fake := p.fakes[fakeID{signedRegion(r), keyID}]
 	p.mu.Unlock()
 
+	switch op {
+	case "ListKeyRotations":
+		p.listKeyRotations(w, r, keyID, req, fake)
+		return
+	case "RotateKeyOnDemand":
+		if done := p.rotateOnDemand(w, r, body, keyID, fake); done != nil {
+			p.trailCall(op, done[0].Region, done[0].KeyARN) // the key called first
+			p.report(done)
+		}
+		return
+	}
 	if fake != nil {
 		p.serveFake(w, op, fake, req)
 		return
 	}
+	var period int32
 	if op == "EnableKeyRotation" {
 		if days, ok := req["RotationPeriodInDays"].(float64); ok {
 			if days < 90 || days > 2560 {
 				writeError(w, 400, "ValidationException")
 				return
 			}
-			defer func() { p.mu.Lock(); p.periods[keyID] = int32(days); p.mu.Unlock() }()
+			period = int32(days)
 		}
 	}
 	status, out, err := p.forward(r, body)
@@ -263,17 +317,54 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if status == http.StatusOK {
+		p.scheduleChanged(op, keyID, period)
 		out = p.amend(r, op, keyID, out)
 	}
 	w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 	w.WriteHeader(status)
 	_, _ = w.Write(out)
+	if status == http.StatusOK && trailed[op] {
+		if arn := trailedKey(signedRegion(r), op, req, out); arn != "" {
+			p.trailCall(op, signedRegion(r), arn)
+		}
+	}
+}
+
+// trailCall tells SetTrail's hook of a call that changed a key.
+func (p *Proxy) trailCall(op, region, keyARN string) {
 	p.mu.Lock()
 	trail := p.trail
 	p.mu.Unlock()
-	if trail != nil && status == http.StatusOK && trailed[op] {
-		if arn := trailedKey(signedRegion(r), op, req, out); arn != "" {
-			trail(op, signedRegion(r), arn)
+	if trail != nil {
+		trail(op, region, keyARN)
+	}
+}
+
+// scheduleChanged keeps a local-kms key's automatic rotation schedule after
+// a call that succeeded: EnableKeyRotation rotates the key a period (period
+// days; 0: the one set before, else 365) from now and every period after;
+// DisableKeyRotation stops it (API_EnableKeyRotation); EnableKey makes the
+// proxy look again at a key it found not Enabled after its date.
+func (p *Proxy) scheduleChanged(op, keyID string, period int32) {
+	now := p.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch op {
+	case "EnableKeyRotation":
+		s := p.schedules[keyID]
+		if s == nil {
+			s = &schedule{period: 365}
+			p.schedules[keyID] = s
+		}
+		if period != 0 {
+			s.period = period
+		}
+		s.next = now.Add(time.Duration(s.period) * 24 * time.Hour)
+	case "DisableKeyRotation":
+		delete(p.schedules, keyID)
+	case "EnableKey":
+		if m := p.materials[keyID]; m != nil {
+			m.parked = time.Time{} // looked at again, overdue or not
 		}
 	}
 }
@@ -354,7 +445,6 @@ func (p *Proxy) amend(r *http.Request, op, keyID string, out []byte) []byte {
 			fakes = append(fakes, f)
 		}
 	}
-	period := p.periods[keyID]
 	p.mu.Unlock()
 	lastPage := resp["Truncated"] != true
 	switch op {
@@ -377,20 +467,36 @@ func (p *Proxy) amend(r *http.Request, op, keyID string, out []byte) []byte {
 			}
 			resp["Aliases"] = aliases
 		}
+	case "DescribeKey":
+		m, _ := resp["KeyMetadata"].(map[string]any)
+		if m == nil {
+			return out
+		}
+		p.mu.Lock()
+		resp["KeyMetadata"] = p.withMaterialID(m)
+		p.mu.Unlock()
 	case "GetKeyRotationStatus":
 		enabled, _ := resp["KeyRotationEnabled"].(bool)
-		if enabled && p.keyState(r, keyID) == "PendingDeletion" {
-			enabled = false // AWS answers false while a key is pending deletion
-		}
-		resp["KeyRotationEnabled"] = enabled
+		pending := enabled && p.keyState(r, keyID) == "PendingDeletion"
+		resp["KeyRotationEnabled"] = enabled && !pending // AWS answers false while a key is pending deletion
 		resp["KeyId"] = keyID
-		if enabled {
-			if period == 0 {
-				period = 365
-			}
-			resp["RotationPeriodInDays"] = period
-			resp["NextRotationDate"] = float64(time.Now().Add(time.Duration(period) * 24 * time.Hour).Unix())
+		now := p.Now()
+		p.mu.Lock()
+		s := p.schedules[keyID]
+		switch {
+		case enabled && s == nil:
+			// Rotation enabled past the proxy (on local-kms itself): its
+			// schedule starts now.
+			s = &schedule{period: 365, next: now.Add(365 * 24 * time.Hour)}
+			p.schedules[keyID] = s
+		case !enabled:
+			delete(p.schedules, keyID) // disabled past the proxy
 		}
+		if enabled && !pending {
+			resp["RotationPeriodInDays"] = s.period
+			resp["NextRotationDate"] = epoch(s.next)
+		}
+		p.mu.Unlock()
 	default:
 		return out
 	}
@@ -416,7 +522,7 @@ func (p *Proxy) serveFake(w http.ResponseWriter, op string, k *FakeKey, req map[
 	defer p.mu.Unlock()
 	switch op {
 	case "DescribeKey":
-		writeJSON(w, 200, map[string]any{"KeyMetadata": k.Metadata})
+		writeJSON(w, 200, map[string]any{"KeyMetadata": p.withMaterialID(k.Metadata)})
 	case "ListAliases": // with KeyId: the key's own
 		aliases := []map[string]any{}
 		for _, a := range k.Aliases {
@@ -457,7 +563,7 @@ func (p *Proxy) serveFake(w http.ResponseWriter, op string, k *FakeKey, req map[
 			for id, f := range p.fakes {
 				if id.id == k.id() {
 					f.Rotation = map[string]any{"KeyRotationEnabled": true, "KeyId": k.id(), "RotationPeriodInDays": period,
-						"NextRotationDate": float64(time.Now().Add(time.Duration(period) * 24 * time.Hour).Unix())}
+						"NextRotationDate": epoch(p.Now().Add(time.Duration(period) * 24 * time.Hour))}
 				}
 			}
 			writeJSON(w, 200, map[string]any{})
