@@ -104,8 +104,8 @@ func TestHistoryOnMoto(t *testing.T) {
 	if since := time.Since(h.LastRotation); since < 0 || since > time.Minute {
 		t.Errorf("last rotation %s, %s ago; want the minute the test rotated the key", h.LastRotation, since)
 	}
-	if h.MaterialID != "" {
-		t.Errorf("material id %q read from moto, which reports none", h.MaterialID)
+	if h.Material != 0 {
+		t.Errorf("material %x read from moto, which reports no material id", h.Material)
 	}
 	for _, key := range []string{asymmetric, disabled} {
 		if k := keyOf(s, key); k.History != nil || k.Verdict.Status != policy.NotApplicable {

@@ -112,9 +112,9 @@ func TestHistoryThroughProxy(t *testing.T) {
 
 	k, n := refresh("first sight")
 	expect("first sight", k, n, 1, 0, 0, time.Time{}, "") // the RSA and the disabled key are not asked
-	material := k.RotationHistory().MaterialID
-	if len(material) != 64 {
-		t.Errorf("history read with CurrentKeyMaterialId %q", material)
+	material := k.RotationHistory().Material
+	if material == 0 {
+		t.Errorf("history read without the CurrentKeyMaterialId the proxy reports (material %x)", material)
 	}
 
 	clk.Add(time.Minute)
@@ -136,8 +136,8 @@ func TestHistoryThroughProxy(t *testing.T) {
 	clk.Add(time.Minute)
 	k, n = refresh("after two on-demand rotations")
 	expect("after two on-demand rotations", k, n, 1, 0, 2, onDemandAt, policy.RotationOnDemand)
-	if h := k.RotationHistory(); h.MaterialID == material || h.OnDemandLeft() != policy.MaxOnDemandRotations-2 {
-		t.Errorf("after on-demand rotations: material %s (was %s), %d on-demand rotations left", h.MaterialID, material, h.OnDemandLeft())
+	if h := k.RotationHistory(); h.Material == material || h.OnDemandLeft() != policy.MaxOnDemandRotations-2 {
+		t.Errorf("after on-demand rotations: material %x (was %x), %d on-demand rotations left", h.Material, material, h.OnDemandLeft())
 	}
 
 	clk.Add(time.Minute)
