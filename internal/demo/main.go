@@ -17,7 +17,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
@@ -65,11 +64,9 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	proxy.SetTrail(func(op, region, keyARN string) {
-		if err := bus.PutAPICall(context.Background(), op, kmstest.DefaultAccount, region, keyARN, time.Now()); err != nil {
-			log.Printf("putting the %s event on the bus: %v", op, err)
-		}
-	})
+	// Each rotation (on demand, or automatic when a next rotation date
+	// passes) puts its KMS CMK Rotation event on the bus too.
+	bus.Follow(proxy, kmstest.DefaultAccount, func(err error) { log.Print(err) })
 
 	ids, err := kmstest.SeedMixed(ctx, srv.Client())
 	if err != nil {
@@ -86,6 +83,12 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
+	// Rotation history: the rotating sample key rotated on demand twice.
+	for range 2 {
+		if _, err := c.RotateKeyOnDemand(ctx, &kms.RotateKeyOnDemandInput{KeyId: aws.String(ids["payments"])}); err != nil {
+			log.Fatal(err)
+		}
+	}
 	proxy.AddFake(kmstest.AWSManagedKey(*region, kmstest.DefaultAccount, "7c1f5c7e-aaaa-4bbb-8ccc-0000000000a1", "s3"))
 	proxy.AddFake(kmstest.MultiRegionKey(*region, "us-east-1", kmstest.DefaultAccount, "mrk-0d3mo0000000000000000000000000aa", false))
 
@@ -98,6 +101,8 @@ func main() {
 	fmt.Printf("  %-34s %-38s expect %s (%s)\n", "(none)", "(multi-Region replica, from the proxy)", "noncompliant", "rotation_disabled")
 	fmt.Printf("\nExporter: http://%s/  metrics: http://%s/metrics\n", *listen, *listen)
 	fmt.Printf("Try:  curl -s http://%s/metrics | grep '^kms_key_compliance'\n", *listen)
+	fmt.Printf("Rotation history (alias/payments rotated on demand twice):  curl -s http://%s/metrics | grep -E '^kms_key_(rotations|last_rotation)'\n", *listen)
+	fmt.Printf("Evidence report: http://%s/report (CSV: http://%s/report?format=csv)\n", *listen, *listen)
 	fmt.Printf("Change a key: its event reaches the exporter through EventBridge and SQS (moto), and /metrics shows it within a second\n"+
 		"(every key is also re-read once an hour, --refresh.resync-interval; the keys are listed every 15s):\n"+
 		"  AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x aws --endpoint-url %s --region %s kms enable-key-rotation --key-id %s\n\n",
@@ -122,7 +127,7 @@ func main() {
 
 	cmd := exec.CommandContext(ctx, *exporter, "--web.listen-address="+*listen, "--aws.region="+*region, "--refresh.interval=15s",
 		"--refresh.resync-interval=1h", "--events.sqs-queue-url="+bus.QueueURL,
-		"--remediation.enabled", "--remediation.token-file="+tokenFile)
+		"--remediation.enabled", "--remediation.token-file="+tokenFile, "--web.enable-report")
 	cmd.Env = append(os.Environ(), "AWS_ENDPOINT_URL_KMS="+proxy.URL, "AWS_ENDPOINT_URL_SQS="+moto.URL, "AWS_REGION="+*region,
 		"AWS_ACCESS_KEY_ID=demo", "AWS_SECRET_ACCESS_KEY=demo", "AWS_EC2_METADATA_DISABLED=true")
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
