@@ -130,6 +130,11 @@ func TestStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	ids["legacy-archive"] = aws.ToString(slow.KeyMetadata.KeyId)
+	// A rotation in the history of a key, so that every panel of the
+	// rotation evidence has data.
+	if _, err := c.RotateKeyOnDemand(ctx, &kms.RotateKeyOnDemandInput{KeyId: aws.String(ids["payments"])}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := c.EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: slow.KeyMetadata.KeyId, RotationPeriodInDays: aws.Int32(730)}); err != nil {
 		t.Fatal(err)
 	}
@@ -346,13 +351,11 @@ scrape_configs:
 
 // panelNeeds are the panels of the rotation evidence and what they need
 // from KMS to show data: the rotation history (ListKeyRotations), or a key
-// whose history lists a rotation. local-kms answers ListKeyRotations with
-// HTTP 501 and the test proxy passes it on, so the exporter exposes none of
-// kms_key_rotations, kms_key_on_demand_rotations_remaining and
-// kms_key_last_rotation_timestamp_seconds here, and these panels are empty;
-// the dashboard's tests check them on the golden exposition
-// (TestDashboardOnGoldenExposition). Once the endpoint serves the history
-// (and lists a rotation), they must show data here too.
+// whose history lists a rotation. The test proxy serves both (local-kms
+// alone answers ListKeyRotations with HTTP 501), and the test rotates a key
+// on demand, so these panels must show data here; were the endpoint to
+// serve neither, they would only be logged (the dashboard's tests check
+// them on the golden exposition, TestDashboardOnGoldenExposition).
 var panelNeeds = map[string]string{
 	"Oldest key material":               needHistory,
 	"Key material age":                  needHistory,
