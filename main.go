@@ -68,7 +68,10 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 
 	factory := awsclient.NewFactory(awsConfig, cfg.AWS.Client)
 	auditor := &inventory.Auditor{Policy: cfg.Policy, TagLabels: cfg.TagLabels, Workers: cfg.AWS.Client.MaxConcurrency,
-		MaxStale: cfg.MaxStaleAge, Resync: cfg.Resync(), Now: time.Now}
+		MaxStale: cfg.MaxStaleAge, Resync: cfg.Resync(), Now: time.Now, NoHistory: !cfg.ReadsHistory()}
+	if w := cfg.PolicyWarning(); w != "" {
+		logger.Warn(w)
+	}
 	kmsCollector := collector.New(cfg.Metrics, logger)
 	resolver := &inventory.Resolver{Factory: factory, Roles: cfg.AWS.Roles, Regions: cfg.AWS.Regions, DiscoverRegions: cfg.AWS.DiscoverRegions,
 		OrganizationsRoleName: cfg.AWS.OrganizationsRoleName, OrganizationsExternalID: cfg.AWS.OrganizationsExternalID,

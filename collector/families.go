@@ -2,6 +2,7 @@ package collector
 
 import (
 	"bytes"
+	"cmp"
 	"math"
 	"slices"
 	"strconv"
@@ -13,13 +14,19 @@ import (
 	"github.com/kms-exporter/kms_exporter/policy"
 )
 
-const cached = " Cached: read from AWS at every refresh (--refresh.interval), not at scrape time."
+const (
+	cached = " Cached: read from AWS at every refresh (--refresh.interval), not at scrape time."
+	// cachedHistory is the suffix of the families of the rotation history.
+	cachedHistory = " Cached: ListKeyRotations is read when a key is first seen and again only where the history can have changed (a rotation seen, its next rotation date passed), never at scrape time."
+)
 
 // family is one metric family of the inventory: the series of one key, or of
 // one target, appended as text exposition lines.
 type family struct {
 	name, help string
-	key        func(w *lines, k *model.Key) // after w.identify(k)
+	// cached is how its values are read, after help; "": the suffix cached.
+	cached string
+	key    func(w *lines, k *model.Key) // after w.identify(k)
 	// target writes a target's series; n counts its keys.
 	target func(w *lines, t *model.TargetState, n *tally)
 }
@@ -71,7 +78,7 @@ func families(tagLabels []string) []family {
 				}
 				w.value(1)
 			}},
-		{name: "kms_key_last_rotation_timestamp_seconds", help: "When the key material last rotated (automatically or on demand), from ListKeyRotations; absent for a key never rotated (its material is as old as the key: kms_key_creation_timestamp_seconds) and where the history was not read. The history is read when a key is first seen and again only where it can have changed.",
+		{name: "kms_key_last_rotation_timestamp_seconds", help: "When the key material last rotated (automatically or on demand), from ListKeyRotations; absent for a key never rotated (its material is as old as the key: kms_key_creation_timestamp_seconds) and where the history was not read.", cached: cachedHistory,
 			key: func(w *lines, k *model.Key) {
 				if h := k.RotationHistory(); h != nil {
 					w.keyTime("kms_key_last_rotation_timestamp_seconds", h.LastRotation)
@@ -83,7 +90,7 @@ func families(tagLabels []string) []family {
 					w.keyTime("kms_key_next_rotation_timestamp_seconds", k.Rotation.NextRotation)
 				}
 			}},
-		{name: "kms_key_on_demand_rotations_remaining", help: "On-demand rotations the key may still have of the 25 KMS allows a key, ever (RotateKeyOnDemand); present where the rotation history was read.",
+		{name: "kms_key_on_demand_rotations_remaining", help: "On-demand rotations the key may still have of the 25 KMS allows a key, ever (RotateKeyOnDemand); present where the rotation history was read.", cached: cachedHistory,
 			key: func(w *lines, k *model.Key) {
 				if h := k.RotationHistory(); h != nil {
 					w.key("kms_key_on_demand_rotations_remaining")
@@ -120,7 +127,7 @@ func families(tagLabels []string) []family {
 					w.value(float64(k.Rotation.PeriodDays) * 86400)
 				}
 			}},
-		{name: "kms_key_rotations", help: "Completed rotations of the key material by rotation_type (automatic, on_demand), as ListKeyRotations lists them; present where the rotation history was read (for keys in scope).",
+		{name: "kms_key_rotations", help: "Completed rotations of the key material by rotation_type (automatic, on_demand), as ListKeyRotations lists them; present where the rotation history was read (for keys in scope).", cached: cachedHistory,
 			key: func(w *lines, k *model.Key) {
 				if h := k.RotationHistory(); h != nil {
 					w.key("kms_key_rotations")
@@ -179,7 +186,7 @@ func families(tagLabels []string) []family {
 func (f *family) header() []byte {
 	b := append([]byte("# HELP "), f.name...)
 	b = append(b, ' ')
-	b = appendEscaped(b, f.help+cached, false)
+	b = appendEscaped(b, f.help+cmp.Or(f.cached, cached), false)
 	b = append(b, "\n# TYPE "...)
 	b = append(b, f.name...)
 	return append(b, " gauge\n"...)

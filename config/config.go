@@ -343,6 +343,34 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// ReadsHistory tells whether the inventory reads the keys' rotation history
+// (ListKeyRotations): always when serving, and for the commands whose output
+// shows it or whose verdicts need it (not the audit command's table, nor the
+// remediate command, without --compliance.max-key-material-age-days): each
+// run of a command sees every key for the first time, one call per key.
+func (c *Config) ReadsHistory() bool {
+	switch {
+	case c.Policy.MaxKeyMaterialAgeDays > 0, c.Command == CommandServe:
+		return true
+	case c.Command == CommandAudit:
+		return c.Audit.Output != "table"
+	}
+	return false
+}
+
+// PolicyWarning says what is wrong with a policy that Validate accepts but
+// that makes keys noncompliant however they rotate: a material age limit not
+// at least a week above the longest compliant rotation period (a key
+// rotating at that period, a day or two late, would be too old before each
+// rotation). "" when nothing is.
+func (c *Config) PolicyWarning() string {
+	age, period := c.Policy.MaxKeyMaterialAgeDays, c.Policy.MaxRotationPeriodDays
+	if age > 0 && age < period+7 {
+		return fmt.Sprintf("--compliance.max-key-material-age-days=%d is less than a week above --compliance.max-rotation-period-days=%d: keys rotating at that period will be key_material_too_old before each rotation", age, period)
+	}
+	return ""
+}
+
 // Resync is how often a refresh re-reads a known key (inventory.Auditor's
 // Resync): 0, every key at every refresh, when the resync interval is no
 // longer than the refresh interval (the default), so that the jitter of the

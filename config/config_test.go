@@ -341,3 +341,54 @@ func TestLoadAWSRegion(t *testing.T) {
 		})
 	}
 }
+
+// TestReadsHistory: the rotation history is read when serving, for the
+// audit outputs that show it, and wherever the material age policy needs
+// it; not for the audit table or the remediate command otherwise (each run
+// would make one ListKeyRotations call per key for nothing).
+func TestReadsHistory(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, true},
+		{[]string{"audit"}, false},
+		{[]string{"audit", "--output=json"}, true},
+		{[]string{"audit", "--output=csv"}, true},
+		{[]string{"audit", "--output=html"}, true},
+		{[]string{"audit", "--compliance.max-key-material-age-days=400"}, true},
+		{[]string{"remediate", "--all-noncompliant"}, false},
+		{[]string{"remediate", "--all-noncompliant", "--compliance.max-key-material-age-days=400"}, true},
+	} {
+		c, err := parse(t, tt.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.ReadsHistory(); got != tt.want {
+			t.Errorf("%v: ReadsHistory = %v, want %v", tt.args, got, tt.want)
+		}
+	}
+}
+
+// TestPolicyWarning: a material age limit less than a week above the
+// longest compliant period is accepted, with a warning naming both flags.
+func TestPolicyWarning(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		warn bool
+	}{
+		{nil, false},
+		{[]string{"--compliance.max-key-material-age-days=372"}, false},
+		{[]string{"--compliance.max-key-material-age-days=371"}, true},
+		{[]string{"--compliance.max-key-material-age-days=90", "--compliance.max-rotation-period-days=90"}, true},
+	} {
+		c, err := parse(t, tt.args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := c.PolicyWarning()
+		if (w != "") != tt.warn || (tt.warn && (!strings.Contains(w, "--compliance.max-key-material-age-days") || !strings.Contains(w, "--compliance.max-rotation-period-days"))) {
+			t.Errorf("%v: warning %q, want one: %v", tt.args, w, tt.warn)
+		}
+	}
+}

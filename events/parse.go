@@ -141,7 +141,9 @@ type trail struct {
 	EventName          string `json:"eventName"`
 	AWSRegion          string `json:"awsRegion"`
 	RecipientAccountID string `json:"recipientAccountId"`
-	RequestParameters  *struct {
+	// ErrorCode is set for a call that failed.
+	ErrorCode         string `json:"errorCode"`
+	RequestParameters *struct {
 		KeyID         string `json:"keyId"`
 		TargetKeyID   string `json:"targetKeyId"`
 		AliasName     string `json:"aliasName"`
@@ -201,7 +203,9 @@ func Parse(body []byte) (Event, error) {
 			ev.Ignored = ReasonUnrelated
 			return ev, nil
 		}
-		ev.Type, ev.Rotated = t.EventName, t.EventName == "RotateKeyOnDemand"
+		// A RotateKeyOnDemand that failed rotated nothing: its key is read
+		// again (as for any failed call) but not its history.
+		ev.Type, ev.Rotated = t.EventName, t.EventName == "RotateKeyOnDemand" && t.ErrorCode == ""
 		if tm := parseTime(t.EventTime); !tm.IsZero() {
 			ev.Time = tm
 		}

@@ -98,6 +98,22 @@ func TestParseFixtures(t *testing.T) {
 	}
 }
 
+// TestParseFailedRotation: a RotateKeyOnDemand that failed (errorCode)
+// marks its key, but not as rotated.
+func TestParseFailedRotation(t *testing.T) {
+	body := `{"detail-type":"AWS API Call via CloudTrail","source":"aws.kms","account":"111122223333","region":"eu-west-1",
+	 "detail":{"eventSource":"kms.amazonaws.com","eventName":"RotateKeyOnDemand","awsRegion":"eu-west-1","recipientAccountId":"111122223333",
+	 "errorCode":"LimitExceededException","requestParameters":{"keyId":"` + key1 + `"}}}`
+	ev, err := Parse([]byte(body))
+	if err != nil || len(ev.Refs) != 1 || ev.Rotated {
+		t.Errorf("failed RotateKeyOnDemand: refs %v, rotated %v, %v; want its key, not rotated", ev.Refs, ev.Rotated, err)
+	}
+	ok, err := Parse([]byte(strings.Replace(body, `"errorCode":"LimitExceededException",`, "", 1)))
+	if err != nil || !ok.Rotated {
+		t.Errorf("RotateKeyOnDemand: rotated %v, %v", ok.Rotated, err)
+	}
+}
+
 // TestParseFixturesCovered: every fixture is in fixtureCases, and every
 // event name and detail-type the consumer acts on has a fixture that yields
 // a key under that type.

@@ -66,6 +66,11 @@ type Auditor struct {
 	// Resync is how often a refresh re-reads a key it already knows (see
 	// always and byTurn); 0: at every refresh.
 	Resync time.Duration
+	// NoHistory: the rotation history (ListKeyRotations) is not read, for
+	// a run that shows none of it and whose verdicts do not need it (the
+	// audit command's table, the remediate command, without
+	// Policy.MaxKeyMaterialAgeDays).
+	NoHistory bool
 }
 
 // verdict decides a key's verdict from what was read: the one place a
@@ -586,30 +591,41 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *mod
 		}
 	}
 
-	in.Created = k.CreationDate
-	if policy.NeedsHistory(k.Meta) {
+	if policy.NeedsHistory(k.Meta) && !a.NoHistory {
 		now := a.Now()
-		material := materialHash(d.KeyMetadata.CurrentKeyMaterialId)
-		if a.historyDue(prev, material, rotated, now) {
-			h, err := readHistory(ctx, api, k.ID)
+		materialID := aws.ToString(d.KeyMetadata.CurrentKeyMaterialId)
+		if prev != nil {
+			k.History = prev.History
+		}
+		if a.historyDue(prev, materialHash(materialID), rotated, now) {
+			h, err := readHistory(ctx, api, k.ID, materialID)
 			switch {
 			case err == nil:
-			case awsclient.Transient(err) || isNotFound(err):
+			case isNotFound(err):
+				found = false
+				return found, failed
+			case awsclient.Transient(err) && a.Policy.MaxKeyMaterialAgeDays > 0:
+				// The verdict needs the history: the key's last good state
+				// stands, stale, as for its other reads.
 				stop("ListKeyRotations", err, nil)
 				return found, failed
+			case awsclient.Transient(err):
+				// Evidence only: the key keeps the history it had (none on
+				// first sight), due again at its next read.
+				h = nil
 			default:
 				// Kept, so that an IAM policy without kms:ListKeyRotations
 				// costs one failed call per key, not one per read.
-				h = &policy.History{Error: awsclient.ErrorCode(err)}
+				h = &policy.History{Error: awsclient.ErrorCode(err), Material: materialHash(materialID)}
 			}
-			h.Material, h.ReadAt = material, now.UnixNano()
-			k.History = h
-		} else {
-			k.History = prev.History
+			if h != nil {
+				h.ReadAt = now.UnixNano()
+				k.History = h
+			}
 		}
-		hin := k.Input()
-		in.History, in.HistoryError = hin.History, hin.HistoryError
 	}
+	kin := k.Input()
+	in.Created, in.History, in.HistoryError = kin.Created, kin.History, kin.HistoryError
 
 	needTags := policy.NeedsExemptionTags(in, a.Policy, a.Now())
 	if needTags || (len(a.TagLabels) > 0 && k.Meta.KeyManager == policy.ManagerCustomer) {
@@ -663,28 +679,50 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 
 // materialHash is the hash of a CurrentKeyMaterialId kept in
 // policy.History.Material; 0 for none.
-func materialHash(id *string) uint64 {
-	if aws.ToString(id) == "" {
+func materialHash(id string) uint64 {
+	if id == "" {
 		return 0
 	}
 	h := fnv.New64a()
-	_, _ = h.Write([]byte(*id))
+	_, _ = h.Write([]byte(id))
 	return max(1, h.Sum64())
 }
 
-// readHistory reads a key's rotation history: every rotation that
-// completed (ListKeyRotations without IncludeKeyMaterial lists only those),
-// counted by type, and the last. Its own quota is far below the other
-// calls' (awsclient.Options.OperationRates).
-func readHistory(ctx context.Context, api KMS, keyID string) (*policy.History, error) {
+// maxHistoryPages bounds the pages of one key's ListKeyRotations (1,000
+// entries a page): a key has at most 25 on-demand rotations and one
+// automatic rotation every 90 days or more, so more pages are an endpoint
+// gone wrong, not a history.
+const maxHistoryPages = 10
+
+// errHistoryTooLong is the error of a ListKeyRotations answer longer than
+// maxHistoryPages.
+var errHistoryTooLong = errors.New("ListKeyRotations: more pages than a key's history can have")
+
+// readHistory reads a key's rotation history: every rotation that completed
+// (the entries with a RotationDate), counted by type, and the last.
+// materialID is the key's CurrentKeyMaterialId as DescribeKey just said:
+// the history records it (as policy.History.Material) only when the
+// listing's CURRENT material is that one, so that a listing that does not
+// show a rotation yet (ListKeyRotations is eventually consistent, and a
+// rotation's event can come first) is read again at the key's next read.
+// Its own quota is far below the other calls' (awsclient.Options.OperationRates).
+func readHistory(ctx context.Context, api KMS, keyID, materialID string) (*policy.History, error) {
 	h := &policy.History{}
-	p := kms.NewListKeyRotationsPaginator(api, &kms.ListKeyRotationsInput{KeyId: aws.String(keyID), Limit: aws.Int32(1000)})
-	for p.HasMorePages() {
+	current := ""
+	p := kms.NewListKeyRotationsPaginator(api, &kms.ListKeyRotationsInput{KeyId: aws.String(keyID), Limit: aws.Int32(1000),
+		IncludeKeyMaterial: types.IncludeKeyMaterialAllKeyMaterial}, func(o *kms.ListKeyRotationsPaginatorOptions) { o.StopOnDuplicateToken = true })
+	for pages := 0; p.HasMorePages(); pages++ {
+		if pages == maxHistoryPages {
+			return nil, errHistoryTooLong
+		}
 		page, err := p.NextPage(ctx)
 		if err != nil {
 			return nil, err
 		}
 		for _, r := range page.Rotations {
+			if r.KeyMaterialState == types.KeyMaterialStateCurrent {
+				current = aws.ToString(r.KeyMaterialId)
+			}
 			at := aws.ToTime(r.RotationDate)
 			if at.IsZero() { // the first material, or imported material pending rotation
 				continue
@@ -692,13 +730,18 @@ func readHistory(ctx context.Context, api KMS, keyID string) (*policy.History, e
 			switch r.RotationType {
 			case types.RotationTypeOnDemand:
 				h.OnDemand++
-			default:
+			case types.RotationTypeAutomatic:
 				h.Automatic++
+			default: // a type this version does not know: not counted as either
+				continue
 			}
 			if at.After(h.LastRotation) {
 				h.LastRotation, h.LastType = at, intern(string(r.RotationType))
 			}
 		}
+	}
+	if materialID != "" && current == materialID {
+		h.Material = materialHash(materialID)
 	}
 	return h, nil
 }

@@ -33,7 +33,12 @@ type historyKMS struct {
 	noMaterialID bool
 	// historyErr answers every ListKeyRotations while set.
 	historyErr error
-	listed     map[string]int // ListKeyRotations calls per key
+	// lag: ListKeyRotations does not list the last rotation yet (it is
+	// eventually consistent), while DescribeKey reports its material.
+	lag bool
+	// endless: every ListKeyRotations page says another follows.
+	endless bool
+	listed  map[string]int // ListKeyRotations calls per key
 }
 
 type historyKey struct {
@@ -58,7 +63,7 @@ func (h *historyKMS) rotate(id string, typ types.RotationType, at time.Time) {
 	k := h.keys[id]
 	k.material++
 	k.rotations = append(k.rotations, types.RotationsListEntry{KeyId: aws.String(id), RotationDate: aws.Time(at), RotationType: typ,
-		KeyMaterialId: aws.String(materialID(id, k.material)), KeyMaterialState: types.KeyMaterialStateCurrent})
+		KeyMaterialId: aws.String(materialID(id, k.material))})
 }
 
 func (h *historyKMS) calls(id string) int {
@@ -121,7 +126,28 @@ func (h *historyKMS) ListKeyRotations(_ context.Context, in *kms.ListKeyRotation
 	if h.historyErr != nil {
 		return nil, h.historyErr
 	}
-	return &kms.ListKeyRotationsOutput{Rotations: append([]types.RotationsListEntry(nil), h.keys[id].rotations...)}, nil
+	// As KMS lists them: the latest material CURRENT, the others
+	// NON_CURRENT; the first material (no date) only with ALL_KEY_MATERIAL.
+	k := h.keys[id]
+	var out []types.RotationsListEntry
+	if in.IncludeKeyMaterial == types.IncludeKeyMaterialAllKeyMaterial {
+		out = append(out, types.RotationsListEntry{KeyId: aws.String(id), KeyMaterialId: aws.String(materialID(id, 0))})
+	}
+	rotations := k.rotations
+	if h.lag && len(rotations) > 0 {
+		rotations = rotations[:len(rotations)-1]
+	}
+	out = append(out, rotations...)
+	for i := range out {
+		out[i].KeyMaterialState = types.KeyMaterialStateNonCurrent
+	}
+	if len(out) > 0 {
+		out[len(out)-1].KeyMaterialState = types.KeyMaterialStateCurrent
+	}
+	if h.endless {
+		return &kms.ListKeyRotationsOutput{Rotations: out, Truncated: true, NextMarker: aws.String(aws.ToString(in.Marker) + "x")}, nil
+	}
+	return &kms.ListKeyRotationsOutput{Rotations: out}, nil
 }
 
 // historySetup is a refresher over a historyKMS with a clock of the test's.
@@ -306,6 +332,63 @@ func TestHistoryFailures(t *testing.T) {
 		r.Refresh(ctxT(t))
 		if v := verdict(r); v.Status != policy.Compliant {
 			t.Errorf("after the IAM fix: %s/%s, want compliant (material 100 days old)", v.Status, v.Reason)
+		}
+	})
+
+	t.Run("throttled, age not judged: the verdict stands, read again later", func(t *testing.T) {
+		api := newKMS()
+		api.historyErr = throttled
+		r, clk := historySetup(t, api, testPolicy, 0)
+		s := r.Refresh(ctxT(t))
+		k := historyOf(t, r, "k1")
+		if k.Verdict.Status != policy.Compliant || k.Stale || k.History != nil || !s.Targets[0].Success {
+			t.Errorf("first sight, history throttled: %s/%s, stale %v, history %+v, refresh success %v; want compliant, no history, success",
+				k.Verdict.Status, k.Verdict.Reason, k.Stale, k.History, s.Targets[0].Success)
+		}
+		api.mu.Lock()
+		api.historyErr = nil
+		api.mu.Unlock()
+		clk.Add(time.Minute)
+		r.Refresh(ctxT(t))
+		if h := historyOf(t, r, "k1").RotationHistory(); h == nil || api.calls("k1") != 2 {
+			t.Errorf("next read: history %+v after %d calls; want it read at the second call", h, api.calls("k1"))
+		}
+	})
+
+	t.Run("a listing that does not show the rotation yet is read again", func(t *testing.T) {
+		api := newKMS()
+		api.historyErr = nil
+		r, clk := historySetup(t, api, testPolicy, 0)
+		r.Refresh(ctxT(t))
+		api.rotate("k1", types.RotationTypeOnDemand, clk.Now())
+		api.mu.Lock()
+		api.lag = true
+		api.mu.Unlock()
+		clk.Add(time.Minute)
+		r.Refresh(ctxT(t)) // the new material is seen, its rotation not yet listed
+		api.mu.Lock()
+		api.lag = false
+		api.mu.Unlock()
+		clk.Add(time.Minute)
+		r.Refresh(ctxT(t))
+		if h := historyOf(t, r, "k1").RotationHistory(); h == nil || h.OnDemand != 1 || api.calls("k1") != 3 {
+			t.Errorf("history %+v after %d calls; want the on-demand rotation, read at the third call", h, api.calls("k1"))
+		}
+		clk.Add(time.Minute)
+		r.Refresh(ctxT(t))
+		if n := api.calls("k1"); n != 3 {
+			t.Errorf("%d calls once the listing shows the current material, want no more (3)", n)
+		}
+	})
+
+	t.Run("a listing without end is cut, not followed", func(t *testing.T) {
+		api := newKMS()
+		api.historyErr, api.endless = nil, true
+		r, _ := historySetup(t, api, testPolicy, 0)
+		s := r.Refresh(ctxT(t))
+		k := historyOf(t, r, "k1")
+		if n := api.calls("k1"); n > 10 || k.History != nil || k.Verdict.Status != policy.Compliant || !s.Targets[0].Success {
+			t.Errorf("%d pages asked, history %+v, verdict %s; want at most 10 pages, no history, the verdict unchanged", n, k.History, k.Verdict.Status)
 		}
 	})
 

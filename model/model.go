@@ -147,6 +147,10 @@ func sameHistory(a, b *policy.History) bool {
 // rotation status as published.
 func (k *Key) Input() policy.Input {
 	in := policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags, Created: k.CreationDate, History: k.History}
+	if k.MultiRegionType() == policy.MultiRegionReplica {
+		// A replica's material is its primary's, made before the replica.
+		in.Created = time.Time{}
+	}
 	if h := k.History; h != nil && h.Error != "" {
 		in.History, in.HistoryError = nil, h.Error
 	}

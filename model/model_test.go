@@ -85,3 +85,20 @@ func TestSame(t *testing.T) {
 		}
 	}
 }
+
+// TestInputOfAReplica: a multi-Region replica's material is its primary's,
+// made before the replica: its own creation does not date it.
+func TestInputOfAReplica(t *testing.T) {
+	k := sample()
+	if in := k.Input(); !in.Created.Equal(k.CreationDate) {
+		t.Errorf("a primary's input: created %v, want its CreationDate", in.Created)
+	}
+	k.MultiRegion = &MultiRegion{Type: policy.MultiRegionReplica}
+	if in := k.Input(); !in.Created.IsZero() {
+		t.Errorf("a replica's input: created %v, want unknown", in.Created)
+	}
+	k.History = &policy.History{Error: "AccessDeniedException"}
+	if in := k.Input(); in.History != nil || in.HistoryError != "AccessDeniedException" {
+		t.Errorf("a refused history: %+v, %q", in.History, in.HistoryError)
+	}
+}

@@ -40,7 +40,11 @@ const (
 	ReasonMaterialTooOld  = "key_material_too_old"
 	ReasonRotatedOnDemand = "rotated_on_demand"
 	ReasonHistoryNotRead  = "RotationHistoryNotRead"
-	ReasonRotationNotRead = "RotationStatusNotRead"
+	// ReasonMaterialAgeUnknown: the key never rotated and its material's
+	// creation is not known (a multi-Region replica shares the material of
+	// its primary, made before the replica; an endpoint without CreationDate).
+	ReasonMaterialAgeUnknown = "KeyMaterialAgeUnknown"
+	ReasonRotationNotRead    = "RotationStatusNotRead"
 
 	ReasonAWSManaged             = "aws_managed"
 	ReasonAsymmetric             = "asymmetric"
@@ -198,7 +202,8 @@ type Input struct {
 	TagsError string
 	// Tags is nil when the tags were not read.
 	Tags map[string]string
-	// Created is the key's CreationDate: the age of material never rotated.
+	// Created is when the key's first material was made: its CreationDate,
+	// zero where not known (a multi-Region replica's: its primary's).
 	Created      time.Time
 	HistoryError string
 	// History is nil when ListKeyRotations was not read (see NeedsHistory).
@@ -334,6 +339,8 @@ func judge(in Input, p Policy, now time.Time) Verdict {
 		return Verdict{Status: Unknown, Reason: in.HistoryError}
 	case in.History == nil:
 		return Verdict{Status: Unknown, Reason: ReasonHistoryNotRead}
+	case in.History.LastRotation.IsZero() && in.Created.IsZero():
+		return Verdict{Status: Unknown, Reason: ReasonMaterialAgeUnknown}
 	}
 	young := now.Before(MaterialDeadline(in.History, in.Created, p))
 	switch {

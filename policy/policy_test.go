@@ -209,18 +209,23 @@ func TestDecideMaterialAge(t *testing.T) {
 		{"history denied, not rotating: it may be rotated on demand", Input{Rotation: off, HistoryError: "AccessDeniedException"}, Unknown, "AccessDeniedException", false},
 		{"history not read", Input{Rotation: on}, Unknown, ReasonHistoryNotRead, false},
 		{"status denied comes first", Input{RotationError: "AccessDeniedException", History: never}, Unknown, "AccessDeniedException", false},
+		{"period above policy comes before a history error", Input{Rotation: &Rotation{Enabled: true, PeriodDays: 730}, HistoryError: "AccessDeniedException"}, Noncompliant, ReasonPeriodExceedsPolicy, true},
+		{"too old, tags unreadable: cannot tell whether exempt", Input{Rotation: on, History: rotated(500*day, RotationAutomatic), TagsError: "ThrottlingException"}, Unknown, "ThrottlingException", true},
+		{"too old, exemption expired", Input{Rotation: on, History: rotated(500*day, RotationAutomatic), Tags: map[string]string{"kms-rotation-exempt": "x", "kms-rotation-exempt-until": "2020-01-01"}}, Noncompliant, ReasonExemptionExpired, true},
+		{"never rotated, creation unknown (a replica)", Input{Rotation: on, History: never}, Unknown, ReasonMaterialAgeUnknown, false},
+		{"rotated, creation unknown: the rotation dates the material", Input{Rotation: on, History: rotated(10*day, RotationAutomatic)}, Compliant, ReasonRotationEnabled, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			in := tt.in
 			in.Meta = sym("Enabled")
-			if in.Created.IsZero() {
+			if in.Created.IsZero() && !strings.Contains(tt.name, "creation unknown") {
 				in.Created = created
 			}
 			if got := NeedsExemptionTags(in, p, testNow); got != tt.needsTags {
 				t.Errorf("NeedsExemptionTags = %v, want %v", got, tt.needsTags)
 			}
-			if in.Tags == nil {
+			if in.Tags == nil && in.TagsError == "" {
 				in.Tags = map[string]string{}
 			}
 			if v := Decide(in, p, testNow); v.Status != tt.status || v.Reason != tt.reason {
