@@ -130,22 +130,7 @@ func TestHistoryOnMoto(t *testing.T) {
 
 	// The rotation's event (KMS CMK Rotation, RotateKeyOnDemand) reaches the
 	// exporter: the history is read again.
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan struct{})
-	ch, err := r.MarkRotated(runCtx, model.KeyRef{AccountID: k.AccountID, Region: region, KeyID: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.Run(runCtx, time.Hour); close(done) }()
-	defer func() { stop(); <-done }()
-	select {
-	case err := <-ch:
-		if err != nil {
-			t.Fatalf("MarkRotated: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the marked key was not published within 30s")
-	}
+	runAndMarkRotated(t, ctx, r, model.KeyRef{AccountID: k.AccountID, Region: region, KeyID: id})
 	if h := keyOf(r.Snapshot(), id).RotationHistory(); h == nil || h.OnDemand != 4 || lists() != 3 {
 		t.Errorf("marked rotated: history %+v, %d ListKeyRotations calls; want 4 on demand, one more call", h, lists())
 	}

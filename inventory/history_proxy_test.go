@@ -157,22 +157,7 @@ func TestHistoryThroughProxy(t *testing.T) {
 	expect("plain re-read after the automatic rotation", k, n, 0, 1, 2, start.Add(90*24*time.Hour), policy.RotationAutomatic)
 
 	// An event says the key rotated: its history is read again, at once.
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	ch, err := r.MarkRotated(runCtx, model.KeyRef{AccountID: kmstest.DefaultAccount, Region: region, KeyID: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { r.Run(runCtx, time.Hour); close(done) }()
-	defer func() { cancel(); <-done }()
-	select {
-	case err := <-ch:
-		if err != nil {
-			t.Fatalf("MarkRotated: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the marked key was not published within 30s")
-	}
+	runAndMarkRotated(t, ctx, r, model.KeyRef{AccountID: kmstest.DefaultAccount, Region: region, KeyID: id})
 	// Run's own refresh is a plain re-read; the mark's read asks once.
 	if n := proxy.Calls("ListKeyRotations") - lists; n != 1 {
 		t.Errorf("a refresh and a read marked rotated: %d ListKeyRotations calls, want 1", n)

@@ -464,6 +464,23 @@ func TestHistoryAgesOut(t *testing.T) {
 	}
 }
 
+// runAndMarkRotated marks ref as rotated, runs r until the test ends, and
+// waits for the mark's outcome, which must be a success.
+func runAndMarkRotated(t *testing.T, ctx context.Context, r *inventory.Refresher, ref model.KeyRef) {
+	t.Helper()
+	runCtx, stop := context.WithCancel(ctx)
+	ch, err := r.MarkRotated(runCtx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { r.Run(runCtx, time.Hour); close(done) }()
+	t.Cleanup(func() { stop(); <-done })
+	if err := waitMark(t, ch); err != nil {
+		t.Fatalf("MarkRotated: %v", err)
+	}
+}
+
 // waitReady waits for the first refresh of a running refresher.
 func waitReady(t *testing.T, r *inventory.Refresher) {
 	t.Helper()
