@@ -65,6 +65,26 @@ func (s *rotationSetup) newKey(t *testing.T) string {
 	return aws.ToString(out.KeyMetadata.KeyId)
 }
 
+// rotatingKey creates a key whose automatic rotation is on, every days.
+func (s *rotationSetup) rotatingKey(t *testing.T, days int32) string {
+	t.Helper()
+	id := s.newKey(t)
+	if _, err := s.c.EnableKeyRotation(s.ctx, &kms.EnableKeyRotationInput{KeyId: &id, RotationPeriodInDays: aws.Int32(days)}); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// status is what GetKeyRotationStatus answers for a key.
+func (s *rotationSetup) status(t *testing.T, id string) *kms.GetKeyRotationStatusOutput {
+	t.Helper()
+	out, err := s.c.GetKeyRotationStatus(s.ctx, &kms.GetKeyRotationStatusInput{KeyId: &id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 func (s *rotationSetup) materialID(t *testing.T, key string) string {
 	t.Helper()
 	out, err := s.c.DescribeKey(s.ctx, &kms.DescribeKeyInput{KeyId: aws.String(key)})
@@ -224,17 +244,8 @@ func TestListKeyRotationsOfANewKey(t *testing.T) {
 // first, across pages), and leaves the automatic schedule as it was.
 func TestRotateKeyOnDemand(t *testing.T) {
 	s := newRotationSetup(t)
-	id := s.newKey(t)
-	if _, err := s.c.EnableKeyRotation(s.ctx, &kms.EnableKeyRotationInput{KeyId: &id, RotationPeriodInDays: aws.Int32(180)}); err != nil {
-		t.Fatal(err)
-	}
-	status := func() *kms.GetKeyRotationStatusOutput {
-		out, err := s.c.GetKeyRotationStatus(s.ctx, &kms.GetKeyRotationStatusInput{KeyId: &id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
+	id := s.rotatingKey(t, 180)
+	status := func() *kms.GetKeyRotationStatusOutput { return s.status(t, id) }
 	before := status()
 	if next := aws.ToTime(before.NextRotationDate); !next.Equal(start.Add(180 * day)) {
 		t.Fatalf("next rotation %s, want 180 days after enabling (%s)", next, start.Add(180*day))
@@ -586,17 +597,8 @@ func TestListKeyRotationsDefaultLimit(t *testing.T) {
 // is cancelled (API_GetKeyRotationStatus).
 func TestRotationStatusPendingDeletion(t *testing.T) {
 	s := newRotationSetup(t)
-	id := s.newKey(t)
-	if _, err := s.c.EnableKeyRotation(s.ctx, &kms.EnableKeyRotationInput{KeyId: &id, RotationPeriodInDays: aws.Int32(120)}); err != nil {
-		t.Fatal(err)
-	}
-	status := func() *kms.GetKeyRotationStatusOutput {
-		out, err := s.c.GetKeyRotationStatus(s.ctx, &kms.GetKeyRotationStatusInput{KeyId: &id})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
+	id := s.rotatingKey(t, 120)
+	status := func() *kms.GetKeyRotationStatusOutput { return s.status(t, id) }
 	before := status()
 	if _, err := s.c.ScheduleKeyDeletion(s.ctx, &kms.ScheduleKeyDeletionInput{KeyId: &id, PendingWindowInDays: aws.Int32(7)}); err != nil {
 		t.Fatal(err)
