@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,20 +13,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
 )
-
-// historyClock is the clock the proxy, the auditor and the test share.
-type historyClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *historyClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *historyClock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
 
 // historyRefresher audits one region of the KMS at url, every key at every
 // refresh (Resync 0), on the clock given.
@@ -60,7 +51,7 @@ func TestHistoryThroughProxy(t *testing.T) {
 	srv := kmstest.StartT(t, kmstest.Options{Region: region})
 	proxy := kmstest.NewProxy(t, srv.URL)
 	start := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	clk := &historyClock{now: start}
+	clk := harness.NewClock(start) // the proxy, the auditor and the test share it
 	proxy.SetClock(clk.Now)
 	c := kmstest.Client(proxy.URL, region)
 	create := func(in kms.CreateKeyInput) string {

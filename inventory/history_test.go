@@ -154,7 +154,7 @@ func (h *historyKMS) ListKeyRotations(_ context.Context, in *kms.ListKeyRotation
 // resync is the Auditor's Resync (0: every key at every refresh).
 func historySetup(t *testing.T, api *historyKMS, p policy.Policy, resync time.Duration) (*inventory.Refresher, *clock) {
 	t.Helper()
-	clk := &clock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clk := harness.NewClock(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	a := &inventory.Auditor{Policy: p, Workers: 2, Now: clk.Now, MaxStale: time.Hour, Resync: resync}
 	return inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: api}}, a, discard(), nil), clk
 }

@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/collector"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/model"
@@ -29,13 +29,7 @@ import (
 )
 
 // clock is a settable time for the staleness bound.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+type clock = harness.Clock
 
 // exposition is what /metrics shows for a snapshot and the refresher's
 // counters: every sample by its series, as `name{label="value",...}`.
@@ -129,7 +123,7 @@ func TestOutcomesUnderFailure(t *testing.T) {
 	srv, ids := kmstest.StartMixedT(t, region)
 	proxy := kmstest.NewProxy(t, srv.URL)
 	factory := awsclient.NewFactory(testConfig(proxy.URL), awsclient.Options{MaxConcurrency: 8, MaxAttempts: 2, Timeout: 300 * time.Millisecond})
-	clk := &clock{now: time.Now()}
+	clk := harness.NewClock(time.Now())
 	auditor := &inventory.Auditor{Policy: testPolicy, Workers: 8, MaxStale: time.Hour, Now: clk.Now}
 	var log strings.Builder
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: region, API: factory.KMS(awsclient.Role{}, region)}}, auditor,

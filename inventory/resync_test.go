@@ -12,6 +12,7 @@ import (
 
 	"github.com/kms-exporter/kms_exporter/awsclient"
 	"github.com/kms-exporter/kms_exporter/internal/fastkms"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 	"github.com/kms-exporter/kms_exporter/inventory"
 	"github.com/kms-exporter/kms_exporter/policy"
@@ -29,7 +30,7 @@ func TestResyncSpreadsReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	clk := &clock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clk := harness.NewClock(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	a := newAuditor()
 	a.Now, a.Resync = clk.Now, ticks*time.Minute
 	f := newFactory(srv.URL)
@@ -100,7 +101,7 @@ func TestResyncSpreadsReads(t *testing.T) {
 func TestResyncSeesChanges(t *testing.T) {
 	ctx := ctxT(t)
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
-	clk := &clock{now: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clk := harness.NewClock(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	a := newAuditor()
 	a.Now, a.Resync = clk.Now, time.Hour
 	f := newFactory(srv.URL)
@@ -158,7 +159,7 @@ func TestResyncRereadsWhatNoEventAnnounces(t *testing.T) {
 	srv, ids := kmstest.StartMixedT(t, "eu-west-1")
 	proxy := kmstest.NewProxy(t, srv.URL)
 	// vendor-appliance is exempt until 2099-12-31: its exemption ends at 2100-01-01T00:00Z.
-	clk := &clock{now: time.Date(2099, 12, 31, 23, 59, 30, 0, time.UTC)}
+	clk := harness.NewClock(time.Date(2099, 12, 31, 23, 59, 30, 0, time.UTC))
 	a := newAuditor()
 	a.Now, a.Resync = clk.Now, 24*time.Hour
 	f := newFactory(proxy.URL)

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,16 +16,9 @@ import (
 
 	"github.com/kms-exporter/kms_exporter/events"
 	"github.com/kms-exporter/kms_exporter/internal/eventstest"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 	"github.com/kms-exporter/kms_exporter/internal/kmstest"
 )
-
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
 
 // fields returns the sorted field names of a JSON object, and of its
 // "detail" object.
@@ -64,7 +56,7 @@ func TestFollowRotations(t *testing.T) {
 	const region = "eu-west-1"
 	srv := kmstest.StartT(t, kmstest.Options{Region: region})
 	proxy := kmstest.NewProxy(t, srv.URL)
-	clk := &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
+	clk := harness.NewClock(time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC))
 	proxy.SetClock(clk.Now)
 	bus := eventstest.NewBus(t, region)
 	bus.Follow(proxy, kmstest.DefaultAccount, func(err error) { t.Error(err) })

@@ -16,17 +16,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
+	"github.com/kms-exporter/kms_exporter/internal/harness"
 )
-
-// testClock is a clock the test moves.
-type testClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *testClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
-func (c *testClock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
-func (c *testClock) Set(t time.Time)     { c.mu.Lock(); c.now = t; c.mu.Unlock() }
 
 const day = 24 * time.Hour
 
@@ -35,7 +26,7 @@ const day = 24 * time.Hour
 // SDK would retry LimitExceededException, a throttle code to it).
 type rotationSetup struct {
 	proxy *Proxy
-	clock *testClock
+	clock *harness.Clock
 	c     *kms.Client
 	ids   map[string]string
 	ctx   context.Context
@@ -47,7 +38,7 @@ func newRotationSetup(t *testing.T) *rotationSetup {
 	t.Helper()
 	srv, ids := StartMixedT(t, "eu-west-1")
 	p := NewProxy(t, srv.URL)
-	clk := &testClock{now: start}
+	clk := harness.NewClock(start)
 	p.SetClock(clk.Now)
 	c := kms.New(kms.Options{Region: "eu-west-1", BaseEndpoint: aws.String(p.URL), RetryMaxAttempts: 1,
 		Credentials: credentials.NewStaticCredentialsProvider("test", "test", "")})
