@@ -33,10 +33,8 @@ import (
 
 const dashboardFile = "grafana/kms-rotation.json"
 
-// exposedMetricNames lists every metric family the exporter serves (besides
-// Go and process metrics): the snapshot's, from the golden exposition, and
-// the registry's, gathered from the real collectors.
-func exposedMetricNames(t *testing.T) map[string]bool {
+// goldenFamilies parses the golden exposition of the collector's tests.
+func goldenFamilies(t *testing.T) map[string]*dto.MetricFamily {
 	t.Helper()
 	f, err := os.Open("collector/fixtures/snapshot.prom")
 	if err != nil {
@@ -48,6 +46,15 @@ func exposedMetricNames(t *testing.T) map[string]bool {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return families
+}
+
+// exposedMetricNames lists every metric family the exporter serves (besides
+// Go and process metrics): the snapshot's, from the golden exposition, and
+// the registry's, gathered from the real collectors.
+func exposedMetricNames(t *testing.T) map[string]bool {
+	t.Helper()
+	families := goldenFamilies(t)
 	names := map[string]bool{}
 	for n := range families {
 		names[n] = true
@@ -182,16 +189,7 @@ type promSample struct {
 // every query that names only metrics of the inventory returns data, and
 // the panels of goldenPanels return exactly their samples.
 func TestDashboardOnGoldenExposition(t *testing.T) {
-	f, err := os.Open("collector/fixtures/snapshot.prom")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	families := goldenFamilies(t)
 	var b strings.Builder
 	// Two samples per series, at 0 and at goldenNow; an evaluation interval
 	// as long, so that promtool does not step through 57 years.
