@@ -156,6 +156,22 @@ func TestPerKeyAttention(t *testing.T) {
 	}
 }
 
+// In attention mode a block holds eight times the keys (few of which are
+// served): a body has as few pieces as a body of every key's series has per
+// key served, since each piece costs every scrape its time.
+func TestAttentionBlocksHoldMoreKeys(t *testing.T) {
+	s := inventory(20000, rand.New(rand.NewPCG(5, 6)))
+	perBlock := func(mode string) float64 {
+		c := publishedWith(Options{TagLabels: s.TagLabels, PerKey: mode}, s)
+		return 40000 / float64(len(c.current.Load().blocks))
+	}
+	all, attention := perBlock(PerKeyAll), perBlock(PerKeyAttention)
+	if all < 64 || all > 256 || attention < 4*all {
+		t.Errorf("keys per block: %.0f for every key's series, %.0f in attention mode; want about %d and %d",
+			all, attention, blockMean, attentionBlockMean)
+	}
+}
+
 // TestAttentionWhenRotationFallsDue: an unchanged key whose next rotation
 // falls due, or whose key material grows older than its rotation period,
 // between two publishes is served from the second on, although its block is
