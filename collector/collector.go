@@ -158,7 +158,7 @@ func NeedsAttention(k *model.Key, now time.Time) bool {
 	if h := k.RotationHistory(); h != nil && h.OnDemandLeft() <= onDemandLow {
 		return true
 	}
-	return k.Stale || !k.DeletionDate.IsZero() || !now.Before(attentionFrom(k))
+	return k.Stale || k.DeletionDate != nil || !now.Before(attentionFrom(k))
 }
 
 // onDemandLow is the most on-demand rotations left at which a key needs

@@ -31,7 +31,7 @@ func symMeta(state string) policy.Meta {
 func key(region, id string, meta policy.Meta, v policy.Verdict) model.Key {
 	return model.Key{AccountID: account, Region: region, ID: id,
 		ARN:  "arn:aws:kms:" + region + ":" + account + ":key/" + id,
-		Meta: meta, Verdict: v, CreationDate: time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)}
+		Meta: model.MetaOf(meta), Verdict: v, CreationDate: time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)}
 }
 
 // goldenSnapshot has one key of every shape the collector renders.
@@ -52,7 +52,7 @@ func goldenSnapshot() *model.Snapshot {
 	exempt.History = &policy.History{Error: "AccessDeniedException"} // not shown
 
 	retired := key("eu-west-1", "k-retired", symMeta("PendingDeletion"), policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion})
-	retired.DeletionDate = time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	retired.DeletionDate = new(time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC))
 
 	denied := model.Key{AccountID: account, Region: "eu-west-1", ID: "k-denied", ARN: "arn:aws:kms:eu-west-1:" + account + ":key/k-denied",
 		Verdict: policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}}

@@ -41,7 +41,7 @@ func randomKey(region, id string, rnd *rand.Rand) *model.Key {
 		k.Verdict = policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: `vendor "appliance"\n`,
 			ExemptionExpiry: time.Date(2027, 4, 1, 0, 0, 0, 0, time.UTC)}
 	case 2:
-		k.Meta.KeyState, k.DeletionDate = "PendingDeletion", k.CreationDate.AddDate(2, 0, 0)
+		k.Meta, k.DeletionDate = model.MetaOf(symMeta("PendingDeletion")), new(k.CreationDate.AddDate(2, 0, 0))
 		k.Rotation = nil
 		k.Verdict = policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion}
 	case 3:
@@ -191,7 +191,7 @@ func TestAttentionWhenRotationFallsDue(t *testing.T) {
 			s := inventory(300, rand.New(rand.NewPCG(5, 6)))
 			due := s.Targets[0].Keys[7]
 			c := *due
-			c.Verdict, c.Stale, c.DeletionDate = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}, false, time.Time{}
+			c.Verdict, c.Stale, c.DeletionDate = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}, false, nil
 			set(&c)
 			s.Targets[0].Keys[7] = &c
 			col := publishedWith(Options{PerKey: PerKeyAttention}, s)
@@ -284,7 +284,7 @@ func TestNeedsAttention(t *testing.T) {
 		{"unknown", model.Key{Verdict: policy.Verdict{Status: policy.Unknown}}, true},
 		{"exempt", model.Key{Verdict: policy.Verdict{Status: policy.Exempt}}, true},
 		{"compliant but stale", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Stale: true}, true},
-		{"pending deletion", model.Key{Verdict: policy.Verdict{Status: policy.NotApplicable}, DeletionDate: time.Unix(1, 0)}, true},
+		{"pending deletion", model.Key{Verdict: policy.Verdict{Status: policy.NotApplicable}, DeletionDate: new(time.Unix(1, 0))}, true},
 		{"compliant, rotation due later", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(time.Second)}}, false},
 		{"compliant, rotation due now", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now}}, true},
 		{"compliant, rotation overdue", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(-time.Hour)}}, true},

@@ -54,20 +54,21 @@ func families(tagLabels []string) []family {
 		{name: "kms_key_creation_timestamp_seconds", help: "When the key was created.",
 			key: func(w *lines, k *model.Key) { w.keyTime("kms_key_creation_timestamp_seconds", k.CreationDate) }},
 		{name: "kms_key_deletion_timestamp_seconds", help: "When a key pending deletion will be deleted.",
-			key: func(w *lines, k *model.Key) { w.keyTime("kms_key_deletion_timestamp_seconds", k.DeletionDate) }},
+			key: func(w *lines, k *model.Key) { w.keyTime("kms_key_deletion_timestamp_seconds", k.Deletion()) }},
 		{name: "kms_key_info", help: "Metadata of a KMS key, always 1; alias holds the key's aliases, comma-separated and sorted.",
 			key: func(w *lines, k *model.Key) {
+				meta := k.Meta.Get()
 				w.open("kms_key_info")
 				w.label("account_id", k.AccountID)
 				w.labelJoined("alias", k.Aliases)
 				w.label("key_arn", k.ARN)
 				w.label("key_id", k.ID)
-				w.label("key_manager", k.Meta.KeyManager)
-				w.label("key_spec", k.Meta.KeySpec)
-				w.label("key_state", k.Meta.KeyState)
-				w.label("key_usage", k.Meta.KeyUsage)
+				w.label("key_manager", meta.KeyManager)
+				w.label("key_spec", meta.KeySpec)
+				w.label("key_state", meta.KeyState)
+				w.label("key_usage", meta.KeyUsage)
 				w.label("multi_region_type", k.MultiRegionType())
-				w.label("origin", k.Meta.Origin)
+				w.label("origin", meta.Origin)
 				w.label("region", k.Region)
 				for _, i := range tagOrder {
 					v := ""

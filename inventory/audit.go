@@ -407,7 +407,8 @@ func (a *Auditor) Age(last *model.TargetState, code string) ([]*model.Key, []int
 // compact returns k ready to be kept for long: its strings share the
 // memory of prev's (the same key as last published, or nil) where equal,
 // its ARN is detached from the response it was read from and its id is part
-// of the ARN, and the strings of the key's metadata are interned.
+// of the ARN, and the strings of its multi-Region fields are interned (its
+// metadata is, as read: see model.Meta).
 func compact(k *model.Key, prev *model.Key) *model.Key {
 	if prev != nil {
 		if k.ARN == prev.ARN {
@@ -428,10 +429,6 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 		if strings.HasSuffix(k.ARN, "/"+k.ID) {
 			k.ID = k.ARN[len(k.ARN)-len(k.ID):]
 		}
-	}
-	m := &k.Meta
-	for _, s := range []*string{&m.KeyManager, &m.KeySpec, &m.KeyUsage, &m.KeyState, &m.Origin} {
-		*s = intern(*s)
 	}
 	if mr := k.MultiRegion; mr != nil {
 		if prev != nil && prev.MultiRegion != nil && *prev.MultiRegion == *mr {
@@ -578,9 +575,9 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *mod
 		return found, failed
 	}
 	setMetadata(k, d.KeyMetadata)
-	in.Meta = k.Meta
+	in.Meta = k.Meta.Get()
 
-	if policy.NeedsRotationStatus(k.Meta) {
+	if policy.NeedsRotationStatus(in.Meta) {
 		r, err := api.GetKeyRotationStatus(ctx, &kms.GetKeyRotationStatusInput{KeyId: aws.String(k.ID)})
 		switch {
 		case err == nil:
@@ -591,7 +588,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *mod
 		}
 	}
 
-	if policy.NeedsHistory(k.Meta) && !a.NoHistory {
+	if policy.NeedsHistory(in.Meta) && !a.NoHistory {
 		now := a.Now()
 		materialID := aws.ToString(d.KeyMetadata.CurrentKeyMaterialId)
 		if prev != nil {
@@ -628,7 +625,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *mod
 	in.Created, in.History, in.HistoryError = kin.Created, kin.History, kin.HistoryError
 
 	needTags := policy.NeedsExemptionTags(in, a.Policy, a.Now())
-	if needTags || (len(a.TagLabels) > 0 && k.Meta.KeyManager == policy.ManagerCustomer) {
+	if needTags || (len(a.TagLabels) > 0 && in.Meta.KeyManager == policy.ManagerCustomer) {
 		tags, err := listTags(ctx, api, k.ID)
 		switch {
 		case err == nil:
@@ -649,7 +646,7 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 	if m == nil {
 		return
 	}
-	k.Meta = policy.Meta{
+	meta := policy.Meta{
 		KeyManager:       string(m.KeyManager),
 		KeySpec:          string(m.KeySpec),
 		KeyUsage:         string(m.KeyUsage),
@@ -657,17 +654,22 @@ func setMetadata(k *model.Key, m *types.KeyMetadata) {
 		Origin:           string(m.Origin),
 		CustomKeyStoreID: aws.ToString(m.CustomKeyStoreId),
 	}
-	if k.Meta.Origin == "" {
-		k.Meta.Origin = policy.OriginAWSKMS
+	if meta.Origin == "" {
+		meta.Origin = policy.OriginAWSKMS
 	}
-	if k.Meta.KeySpec == "" {
-		k.Meta.KeySpec = string(m.CustomerMasterKeySpec) //nolint:staticcheck // older responses carry only this field
+	if meta.KeySpec == "" {
+		meta.KeySpec = string(m.CustomerMasterKeySpec) //nolint:staticcheck // older responses carry only this field
 	}
+	// Interned: one copy, detached from the response, for all keys alike.
+	k.Meta = model.MetaOf(meta)
 	if k.ARN == "" { // a key read before it was listed (see Refresher.Mark)
 		k.ARN = aws.ToString(m.Arn)
 	}
 	k.CreationDate = aws.ToTime(m.CreationDate)
-	k.DeletionDate = aws.ToTime(m.DeletionDate)
+	k.DeletionDate = nil
+	if d := aws.ToTime(m.DeletionDate); !d.IsZero() {
+		k.DeletionDate = &d
+	}
 	if mrc := m.MultiRegionConfiguration; aws.ToBool(m.MultiRegion) && mrc != nil {
 		k.MultiRegion = &model.MultiRegion{Type: string(mrc.MultiRegionKeyType)}
 		if mrc.PrimaryKey != nil {

@@ -95,7 +95,7 @@ func TestMixedInventoryVerdicts(t *testing.T) {
 			t.Errorf("%s: no creation date", want.Name)
 		}
 	}
-	if k := byID[ids["retired"]]; k.DeletionDate.IsZero() {
+	if k := byID[ids["retired"]]; k.DeletionDate == nil {
 		t.Error("pending-deletion key without deletion date")
 	}
 	if k := byID[ids["vendor-appliance"]]; k.Verdict.ExemptionReason == "" || k.Verdict.ExemptionExpiry.IsZero() {
@@ -326,7 +326,7 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 		t.Errorf("730-day key rotation: %+v", k.Rotation)
 	}
 	if k := check("aws managed", managed, policy.NotApplicable, policy.ReasonAWSManaged); k.Rotation == nil || !k.Rotation.Enabled ||
-		len(k.Aliases) != 1 || k.Aliases[0] != "alias/aws/s3" || k.Meta.KeyManager != "AWS" {
+		len(k.Aliases) != 1 || k.Aliases[0] != "alias/aws/s3" || k.Meta.Get().KeyManager != "AWS" {
 		t.Errorf("aws managed key: %+v", k)
 	}
 	if k := check("aws managed, status denied", managedDenied, policy.NotApplicable, policy.ReasonAWSManaged); k.Rotation != nil {

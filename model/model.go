@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"time"
+	"unique"
 
 	"github.com/kms-exporter/kms_exporter/policy"
 )
@@ -58,9 +59,11 @@ type Key struct {
 	ARN       string
 	// Aliases are the alias names pointing at the key, sorted.
 	Aliases      []string
-	Meta         policy.Meta
+	Meta         Meta
 	CreationDate time.Time
-	DeletionDate time.Time
+	// DeletionDate is when a key pending deletion will be deleted, nil for
+	// the others (most keys: eight bytes, not a time.Time's 24).
+	DeletionDate *time.Time
 	// MultiRegion places a multi-Region key; nil for a single-Region key
 	// (most keys: apart, so that they do not carry its fields).
 	MultiRegion *MultiRegion
@@ -91,11 +94,34 @@ type Key struct {
 func (k *Key) Same(o *Key) bool {
 	return k.AccountID == o.AccountID && k.Region == o.Region && k.ID == o.ID && k.ARN == o.ARN &&
 		slices.Equal(k.Aliases, o.Aliases) && k.Meta == o.Meta &&
-		k.CreationDate.Equal(o.CreationDate) && k.DeletionDate.Equal(o.DeletionDate) &&
+		k.CreationDate.Equal(o.CreationDate) && k.Deletion().Equal(o.Deletion()) &&
 		sameMultiRegion(k.MultiRegion, o.MultiRegion) &&
 		sameRotation(k.Rotation, o.Rotation) && sameHistory(k.History, o.History) && slices.Equal(k.TagValues, o.TagValues) && maps.Equal(k.Tags, o.Tags) &&
 		(k.Tags == nil) == (o.Tags == nil) && sameVerdict(k.Verdict, o.Verdict) &&
 		k.ReadError == o.ReadError && k.Stale == o.Stale
+}
+
+// Meta is a key's metadata (policy.Meta), interned: the keys with the same
+// metadata, most keys of an inventory, share one copy, and a Key holds a
+// pointer to it instead of six strings (96 bytes a key less, a million keys
+// being 96 MB less live heap for the collector to mark). The zero Meta is
+// the zero policy.Meta: a key never described.
+type Meta struct{ h unique.Handle[policy.Meta] }
+
+// MetaOf returns m interned.
+func MetaOf(m policy.Meta) Meta {
+	if m == (policy.Meta{}) {
+		return Meta{}
+	}
+	return Meta{unique.Make(m)}
+}
+
+// Get returns the metadata.
+func (m Meta) Get() policy.Meta {
+	if m == (Meta{}) {
+		return policy.Meta{}
+	}
+	return m.h.Value()
 }
 
 // MultiRegion is what a multi-Region key is: PRIMARY or REPLICA, and its
@@ -103,6 +129,14 @@ func (k *Key) Same(o *Key) bool {
 type MultiRegion struct {
 	Type                      string
 	PrimaryARN, PrimaryRegion string
+}
+
+// Deletion is when the key will be deleted; zero unless it is pending deletion.
+func (k *Key) Deletion() time.Time {
+	if k.DeletionDate == nil {
+		return time.Time{}
+	}
+	return *k.DeletionDate
 }
 
 // MultiRegionType is PRIMARY or REPLICA for a multi-Region key, else "".
@@ -146,7 +180,7 @@ func sameHistory(a, b *policy.History) bool {
 // Input is what is known of k for its verdict, as policy.Decide reads it,
 // rotation status as published.
 func (k *Key) Input() policy.Input {
-	in := policy.Input{Meta: k.Meta, Rotation: k.Rotation, Tags: k.Tags, Created: k.CreationDate, History: k.History}
+	in := policy.Input{Meta: k.Meta.Get(), Rotation: k.Rotation, Tags: k.Tags, Created: k.CreationDate, History: k.History}
 	if k.MultiRegionType() == policy.MultiRegionReplica {
 		// A replica's material is its primary's, made before the replica.
 		in.Created = time.Time{}

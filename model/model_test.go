@@ -11,8 +11,8 @@ import (
 func sample() Key {
 	at := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	return Key{AccountID: "111122223333", Region: "eu-west-1", ID: "k1", ARN: "arn:aws:kms:eu-west-1:111122223333:key/k1",
-		Aliases: []string{"alias/a"}, Meta: policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled"},
-		CreationDate: at, DeletionDate: at.Add(time.Hour), MultiRegion: &MultiRegion{Type: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"},
+		Aliases: []string{"alias/a"}, Meta: MetaOf(policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled"}),
+		CreationDate: at, DeletionDate: new(at.Add(time.Hour)), MultiRegion: &MultiRegion{Type: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"},
 		Rotation: &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: at},
 		History:  &policy.History{LastRotation: at, LastType: "AUTOMATIC", Automatic: 2, OnDemand: 1, Material: 7, ReadAt: 7}, TagValues: []string{"t"},
 		Tags: map[string]string{"team": "t"}, Verdict: policy.Verdict{Status: policy.Exempt, Reason: "r", ExemptionReason: "e", ExemptionExpiry: at},
@@ -29,9 +29,9 @@ func TestSame(t *testing.T) {
 		"ID":           func(k *Key) { k.ID = "k2" },
 		"ARN":          func(k *Key) { k.ARN += "x" },
 		"Aliases":      func(k *Key) { k.Aliases = append(k.Aliases, "alias/b") },
-		"Meta":         func(k *Key) { k.Meta.KeyState = "Disabled" },
+		"Meta":         func(k *Key) { m := k.Meta.Get(); m.KeyState = "Disabled"; k.Meta = MetaOf(m) },
 		"CreationDate": func(k *Key) { k.CreationDate = k.CreationDate.Add(time.Millisecond) },
-		"DeletionDate": func(k *Key) { k.DeletionDate = time.Time{} },
+		"DeletionDate": func(k *Key) { k.DeletionDate = nil },
 		"MultiRegion": func(k *Key) {
 			k.MultiRegion = &MultiRegion{Type: "REPLICA", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"}
 		},

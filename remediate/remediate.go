@@ -411,7 +411,7 @@ func (r *Remediator) eligibility(k *model.Key) *Result {
 	refuse := func(outcome, reason string, stateConflict bool) *Result {
 		return &Result{Outcome: outcome, Reason: reason, stateConflict: stateConflict}
 	}
-	if reason := policy.Scope(k.Meta); reason != "" && k.Verdict.Status != policy.Unknown {
+	if reason := policy.Scope(k.Meta.Get()); reason != "" && k.Verdict.Status != policy.Unknown {
 		return refuse(OutcomeIneligible, "not applicable: "+reason, false)
 	}
 	switch k.Verdict.Status {

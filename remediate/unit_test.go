@@ -141,7 +141,7 @@ func (f *fakeKMS) GetKeyRotationStatus(ctx context.Context, in *kms.GetKeyRotati
 func noncompliant(id string) model.Key {
 	return model.Key{AccountID: unitAccount, Region: "eu-west-1", ID: id,
 		ARN:     "arn:aws:kms:eu-west-1:" + unitAccount + ":key/" + id,
-		Meta:    policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled", Origin: "AWS_KMS"},
+		Meta:    model.MetaOf(policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled", Origin: "AWS_KMS"}),
 		Verdict: policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}}
 }
 

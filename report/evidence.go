@@ -134,9 +134,10 @@ func (e *evidence) Keys() iter.Seq[*KeyRecord] {
 
 // record returns what the reports show of k, its material's age as of now.
 func record(k *model.Key, tagLabels []string, now time.Time) KeyRecord {
+	meta := k.Meta.Get()
 	r := KeyRecord{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, KeyARN: k.ARN, Aliases: k.Aliases,
-		KeyManager: k.Meta.KeyManager, KeySpec: k.Meta.KeySpec, KeyState: k.Meta.KeyState, Origin: k.Meta.Origin,
-		MultiRegionType: k.MultiRegionType(), CreationDate: utc(k.CreationDate), DeletionDate: utc(k.DeletionDate),
+		KeyManager: meta.KeyManager, KeySpec: meta.KeySpec, KeyState: meta.KeyState, Origin: meta.Origin,
+		MultiRegionType: k.MultiRegionType(), CreationDate: utc(k.CreationDate), DeletionDate: utc(k.Deletion()),
 		Status: string(k.Verdict.Status), Reason: k.Verdict.Reason, RotationView: model.ViewRotation(k.Rotation),
 		ExemptionReason: k.Verdict.ExemptionReason, ExemptionExpiry: utc(k.Verdict.ExemptionExpiry),
 		Stale: k.Stale, ReadError: k.ReadError}

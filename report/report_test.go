@@ -34,7 +34,7 @@ func symmetric(state string) policy.Meta {
 
 func key(id string, aliases ...string) model.Key {
 	return model.Key{AccountID: "111122223333", Region: "eu-west-1", ID: id,
-		ARN: "arn:aws:kms:eu-west-1:111122223333:key/" + id, Aliases: aliases, Meta: symmetric(policy.StateEnabled),
+		ARN: "arn:aws:kms:eu-west-1:111122223333:key/" + id, Aliases: aliases, Meta: model.MetaOf(symmetric(policy.StateEnabled)),
 		CreationDate: day("2024-01-10")}
 }
 
@@ -94,8 +94,8 @@ var (
 		k := key("77777777-7777-7777-7777-777777777777", "alias/retired")
 		k.Region = "us-east-1"
 		k.ARN = "arn:aws:kms:us-east-1:111122223333:key/" + k.ID
-		k.Meta = symmetric("PendingDeletion")
-		k.DeletionDate = day("2026-03-08")
+		k.Meta = model.MetaOf(symmetric("PendingDeletion"))
+		k.DeletionDate = new(day("2026-03-08"))
 		k.Verdict = policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion}
 		k.TagValues = []string{"team a"}
 		return k
