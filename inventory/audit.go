@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -196,7 +197,7 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 		}
 		if aliases := l.aliases[p.ID]; !slices.Equal(aliases, p.Aliases) {
 			k := *p
-			k.Aliases = aliases
+			k.Aliases = detached(aliases)
 			p = &k
 		}
 		results[i] = result{p, readAtOf(prevAt, j)}
@@ -423,6 +424,24 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 		if slices.Equal(k.TagValues, prev.TagValues) {
 			k.TagValues = prev.TagValues
 		}
+		if k.Tags != nil && prev.Tags != nil && maps.Equal(k.Tags, prev.Tags) {
+			k.Tags = prev.Tags
+		}
+	}
+	// Alias names and tags are substrings of the responses' string arenas
+	// (4 KB each, of a whole page): copies keep only themselves.
+	if prev == nil || !slices.Equal(k.Aliases, prev.Aliases) {
+		k.Aliases = detached(k.Aliases)
+	}
+	if k.Tags != nil && (prev == nil || !maps.Equal(k.Tags, prev.Tags) || prev.Tags == nil) {
+		tags := make(map[string]string, len(k.Tags))
+		for name, v := range k.Tags {
+			tags[intern(name)] = strings.Clone(v)
+		}
+		k.Tags = tags
+	}
+	if prev == nil || !slices.Equal(k.TagValues, prev.TagValues) {
+		k.TagValues = detached(k.TagValues)
 	}
 	if k.ARN != "" && (prev == nil || k.ARN != prev.ARN) {
 		k.ARN = strings.Clone(k.ARN)
@@ -440,8 +459,20 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 	return k
 }
 
+// detached returns a copy of s whose strings are copies too; nil for none.
+func detached(s []string) []string {
+	if len(s) == 0 {
+		return s
+	}
+	out := make([]string, len(s))
+	for i, v := range s {
+		out[i] = strings.Clone(v)
+	}
+	return out
+}
+
 // interned holds the strings of keys' metadata that take few values (key
-// specs, states, origins, regions): each is kept once, however many keys
+// specs, states, origins, regions, tag names): each is kept once, however many keys
 // carry it. Bounded, so that unexpected values cannot grow it without end.
 var interned = struct {
 	sync.RWMutex
