@@ -51,7 +51,6 @@ func main() {
 
 	// Sub-commands print their results on stdout; logs go to stderr.
 	logger := promslog.New(cfg.Log)
-	setGCPercent(logger)
 	setMemoryLimit("/sys/fs/cgroup", logger)
 	code, err := execute(cfg, awsConfig, logger)
 	if err != nil {

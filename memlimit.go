@@ -46,23 +46,3 @@ func setMemoryLimit(root string, logger *slog.Logger) int64 {
 	}
 	return 0
 }
-
-// gcPercent is the garbage collector's target growth of the heap between
-// collections (GOGC) when the environment sets none: 60%, not the runtime's
-// 100%. Through a refresh the heap holds the snapshot and the SDK's garbage
-// (about 40 KB per key read); at 100% it grows to twice the snapshot before
-// each collection, and the process's peak is that. At 60% the peak is 1.6
-// times, for about two thirds more collections during a refresh (see the
-// README's capacity section for both, measured).
-const gcPercent = 60
-
-// setGCPercent sets the collector's target to gcPercent unless GOGC is set
-// (which the runtime reads itself). It returns the target set, 0 when none.
-func setGCPercent(logger *slog.Logger) int {
-	if v, ok := os.LookupEnv("GOGC"); ok {
-		logger.Info("garbage collector target from GOGC", "GOGC", v)
-		return 0
-	}
-	debug.SetGCPercent(gcPercent)
-	return gcPercent
-}

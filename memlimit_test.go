@@ -56,23 +56,3 @@ func TestSetMemoryLimit(t *testing.T) {
 		}
 	})
 }
-
-func TestSetGCPercent(t *testing.T) {
-	before := debug.SetGCPercent(100)
-	t.Cleanup(func() { debug.SetGCPercent(before) })
-	t.Run("default", func(t *testing.T) {
-		t.Setenv("GOGC", "")
-		os.Unsetenv("GOGC")
-		debug.SetGCPercent(100)
-		if got := setGCPercent(slog.New(slog.DiscardHandler)); got != gcPercent || debug.SetGCPercent(100) != gcPercent {
-			t.Errorf("target set = %d, want %d", got, gcPercent)
-		}
-	})
-	t.Run("GOGC wins", func(t *testing.T) {
-		t.Setenv("GOGC", "200")
-		debug.SetGCPercent(200)
-		if got := setGCPercent(slog.New(slog.DiscardHandler)); got != 0 || debug.SetGCPercent(100) != 200 {
-			t.Errorf("the default target was applied over GOGC (%d)", got)
-		}
-	})
-}
