@@ -372,15 +372,16 @@ func findKey(keys []*model.Key, id string) int {
 // MaxStale; otherwise the key as now read, unknown with the code. Listing is
 // fresh evidence, so the aliases are today's.
 func (a *Auditor) carry(now model.Key, prev *model.Key, readAt int64, code string) *model.Key {
+	code = intern(code) // error codes take few values; the response's text is not kept
 	if prev == nil || readAt == 0 || a.Now().Sub(time.Unix(0, readAt)) > a.MaxStale {
 		now.Rotation, now.Tags, now.TagValues = nil, nil, nil
 		now.Verdict = policy.Verdict{Status: policy.Unknown, Reason: code}
 		now.ReadError, now.Stale = code, false
-		return &now
+		return compact(&now, prev)
 	}
 	k := *prev
 	if !slices.Equal(k.Aliases, now.Aliases) {
-		k.Aliases = now.Aliases
+		k.Aliases = detached(now.Aliases)
 	}
 	k.ReadError, k.Stale = code, true
 	if k.Same(prev) {
@@ -428,20 +429,30 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 			k.Tags = prev.Tags
 		}
 	}
-	// Alias names and tags are substrings of the responses' string arenas
-	// (4 KB each, of a whole page): copies keep only themselves.
+	// Alias names, tags and the exemption's text are substrings of the
+	// responses' string arenas (up to 4 KB each, of a whole page): copies
+	// keep only themselves.
 	if prev == nil || !slices.Equal(k.Aliases, prev.Aliases) {
 		k.Aliases = detached(k.Aliases)
+	}
+	if prev == nil || !slices.Equal(k.TagValues, prev.TagValues) {
+		k.TagValues = detached(k.TagValues)
 	}
 	if k.Tags != nil && (prev == nil || !maps.Equal(k.Tags, prev.Tags) || prev.Tags == nil) {
 		tags := make(map[string]string, len(k.Tags))
 		for name, v := range k.Tags {
-			tags[intern(name)] = strings.Clone(v)
+			if i := slices.Index(k.TagValues, v); i >= 0 {
+				tags[intern(name)] = k.TagValues[i] // one copy for the label and the tag
+			} else {
+				tags[intern(name)] = strings.Clone(v)
+			}
 		}
 		k.Tags = tags
 	}
-	if prev == nil || !slices.Equal(k.TagValues, prev.TagValues) {
-		k.TagValues = detached(k.TagValues)
+	if r := k.Verdict.ExemptionReason; prev != nil && r == prev.Verdict.ExemptionReason {
+		k.Verdict.ExemptionReason = prev.Verdict.ExemptionReason
+	} else {
+		k.Verdict.ExemptionReason = strings.Clone(r)
 	}
 	if k.ARN != "" && (prev == nil || k.ARN != prev.ARN) {
 		k.ARN = strings.Clone(k.ARN)
@@ -471,9 +482,9 @@ func detached(s []string) []string {
 	return out
 }
 
-// interned holds the strings of keys' metadata that take few values (key
-// specs, states, origins, regions, tag names): each is kept once, however many keys
-// carry it. Bounded, so that unexpected values cannot grow it without end.
+// interned holds the strings of keys that take few values (multi-Region
+// types and regions, rotation types, error codes, tag names): each is kept
+// once, however many keys carry it. Bounded, so that unexpected values cannot grow it without end.
 var interned = struct {
 	sync.RWMutex
 	m map[string]string

@@ -8,6 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/kms-exporter/kms_exporter/model"
+	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 // within reports whether s's bytes lie inside arena's.
@@ -24,16 +25,17 @@ func within(s, arena string) bool {
 // the page), and a key read as it was shares its previous copy's.
 func TestCompactDetachesFromResponses(t *testing.T) {
 	const id = "1234abcd-12ab-34cd-56ef-1234567890ab"
-	arena := strings.Repeat("x", 64) + "arn:aws:kms:eu-west-1:111122223333:key/" + id + "alias/app" + "team" + "payments" + "owner"
+	arena := strings.Repeat("x", 64) + "arn:aws:kms:eu-west-1:111122223333:key/" + id + "alias/app" + "team" + "payments" + "owner" + "vendor appliance"
 	cut := func(s string) string { i := strings.Index(arena, s); return arena[i : i+len(s)] }
 	read := func() *model.Key {
 		return &model.Key{ID: cut(id), ARN: cut("arn:aws:kms:eu-west-1:111122223333:key/" + id), Aliases: []string{cut("alias/app")},
-			Tags: map[string]string{cut("team"): cut("payments")}, TagValues: []string{cut("payments")}}
+			Tags: map[string]string{cut("team"): cut("payments")}, TagValues: []string{cut("payments")},
+			Verdict: policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: cut("vendor appliance")}}
 	}
 
 	k := compact(read(), nil)
 	var kept []string
-	kept = append(kept, k.ID, k.ARN)
+	kept = append(kept, k.ID, k.ARN, k.Verdict.ExemptionReason)
 	kept = append(kept, k.Aliases...)
 	kept = append(kept, k.TagValues...)
 	for name, v := range k.Tags {
@@ -49,9 +51,14 @@ func TestCompactDetachesFromResponses(t *testing.T) {
 		t.Errorf("compact changed the key: %+v", k)
 	}
 
+	if unsafe.StringData(k.Tags["team"]) != unsafe.StringData(k.TagValues[0]) {
+		t.Error("a tag's value and its label's are two copies")
+	}
+
 	again := compact(read(), k)
 	if unsafe.StringData(again.ARN) != unsafe.StringData(k.ARN) || &again.Aliases[0] != &k.Aliases[0] ||
-		&again.TagValues[0] != &k.TagValues[0] || !sameMap(again.Tags, k.Tags) {
+		&again.TagValues[0] != &k.TagValues[0] || !sameMap(again.Tags, k.Tags) ||
+		unsafe.StringData(again.Verdict.ExemptionReason) != unsafe.StringData(k.Verdict.ExemptionReason) {
 		t.Errorf("a key read as it was does not share its previous copy's strings")
 	}
 }
