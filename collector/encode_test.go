@@ -86,9 +86,16 @@ func change(s *model.Snapshot, rnd *rand.Rand) *model.Snapshot {
 // after another serves, every time, exactly what a new collector serves for
 // the same snapshot, while it re-encodes only the blocks whose keys changed.
 func TestPublishReusesUnchangedBlocks(t *testing.T) {
+	// Enough keys per target for several blocks in either mode.
+	for mode, n := range map[string]int{PerKeyAll: 3000, PerKeyAttention: 20000} {
+		t.Run(mode, func(t *testing.T) { testReusesUnchangedBlocks(t, mode, n) })
+	}
+}
+
+func testReusesUnchangedBlocks(t *testing.T, mode string, n int) {
 	rnd := rand.New(rand.NewPCG(1, 2))
-	s := inventory(3000, rnd)
-	opts := Options{TagLabels: s.TagLabels}
+	s := inventory(n, rnd)
+	opts := Options{TagLabels: s.TagLabels, PerKey: mode}
 	c := publishedWith(opts, s)
 	for round := range 5 {
 		before := c.current.Load().blocks
@@ -104,7 +111,7 @@ func TestPublishReusesUnchangedBlocks(t *testing.T) {
 				reused++
 			}
 		}
-		// About 9 of the 6,000 keys change per round: most blocks keep theirs.
+		// About 3 keys in 4,000 change per round: most blocks keep theirs.
 		if reused == 0 || reused == total {
 			t.Errorf("round %d: %d of %d blocks reused; want the unchanged ones only", round, reused, total)
 		}

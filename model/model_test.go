@@ -31,7 +31,7 @@ func TestSame(t *testing.T) {
 		"Aliases":      func(k *Key) { k.Aliases = append(k.Aliases, "alias/b") },
 		"Meta":         func(k *Key) { m := k.Meta.Get(); m.KeyState = "Disabled"; k.Meta = MetaOf(m) },
 		"CreationDate": func(k *Key) { k.CreationDate = k.CreationDate.Add(time.Millisecond) },
-		"DeletionDate": func(k *Key) { k.DeletionDate = nil },
+		"DeletionDate": func(k *Key) { k.DeletionDate = new(k.Deletion().Add(time.Second)) },
 		"MultiRegion": func(k *Key) {
 			k.MultiRegion = &MultiRegion{Type: "REPLICA", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"}
 		},
@@ -56,6 +56,10 @@ func TestSame(t *testing.T) {
 		}
 	}
 	k := sample()
+	if k.DeletionDate = nil; base.Same(&k) {
+		t.Error("a key pending deletion and one that is not are the Same")
+	}
+	k = sample()
 	k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: base.Rotation.NextRotation.In(time.Local)}
 	if !base.Same(&k) {
 		t.Error("keys differing only in a time's location are not the Same")
