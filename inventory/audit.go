@@ -409,36 +409,37 @@ func (a *Auditor) Age(last *model.TargetState, code string) ([]*model.Key, []int
 // compact returns k ready to be kept for long: its strings share the
 // memory of prev's (the same key as last published, or nil) where equal,
 // its ARN is detached from the response it was read from and its id is part
-// of the ARN, and the strings of its multi-Region fields are interned (its
-// metadata is, as read: see model.Meta).
+// of the ARN, its other strings are copies, and the strings of its
+// multi-Region fields are interned (its metadata is, as read: model.Meta).
 func compact(k *model.Key, prev *model.Key) *model.Key {
-	if prev != nil {
-		if k.ARN == prev.ARN {
-			k.ARN, k.ID = prev.ARN, prev.ID
-		}
-		if slices.Equal(k.Aliases, prev.Aliases) {
-			k.Aliases = prev.Aliases
-		}
-		if k.Rotation != nil && prev.Rotation != nil && *k.Rotation == *prev.Rotation {
-			k.Rotation = prev.Rotation
-		}
-		if slices.Equal(k.TagValues, prev.TagValues) {
-			k.TagValues = prev.TagValues
-		}
-		if k.Tags != nil && prev.Tags != nil && maps.Equal(k.Tags, prev.Tags) {
-			k.Tags = prev.Tags
-		}
+	if prev == nil {
+		prev = &model.Key{} // nothing to share
 	}
-	// Alias names, tags and the exemption's text are substrings of the
-	// responses' string arenas (up to 4 KB each, of a whole page): copies
-	// keep only themselves.
-	if prev == nil || !slices.Equal(k.Aliases, prev.Aliases) {
-		k.Aliases = detached(k.Aliases)
+	// Each string is prev's where equal, else a copy: the response's are
+	// substrings of the SDK's string arenas (up to 4 KB each, of a whole
+	// page), which a kept substring would keep whole.
+	switch {
+	case k.ARN != "" && k.ARN == prev.ARN:
+		k.ARN, k.ID = prev.ARN, prev.ID
+	case k.ARN != "":
+		k.ARN = strings.Clone(k.ARN)
+		if strings.HasSuffix(k.ARN, "/"+k.ID) {
+			k.ID = k.ARN[len(k.ARN)-len(k.ID):]
+		}
+	case k.ID != prev.ID:
+		k.ID = strings.Clone(k.ID)
+	default:
+		k.ID = prev.ID
 	}
-	if prev == nil || !slices.Equal(k.TagValues, prev.TagValues) {
-		k.TagValues = detached(k.TagValues)
+	if k.Rotation != nil && prev.Rotation != nil && *k.Rotation == *prev.Rotation {
+		k.Rotation = prev.Rotation
 	}
-	if k.Tags != nil && (prev == nil || !maps.Equal(k.Tags, prev.Tags) || prev.Tags == nil) {
+	k.Aliases = sharedOrDetached(k.Aliases, prev.Aliases)
+	k.TagValues = sharedOrDetached(k.TagValues, prev.TagValues)
+	switch {
+	case k.Tags != nil && prev.Tags != nil && maps.Equal(k.Tags, prev.Tags):
+		k.Tags = prev.Tags
+	case k.Tags != nil:
 		tags := make(map[string]string, len(k.Tags))
 		for name, v := range k.Tags {
 			if i := slices.Index(k.TagValues, v); i >= 0 {
@@ -449,25 +450,28 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 		}
 		k.Tags = tags
 	}
-	if r := k.Verdict.ExemptionReason; prev != nil && r == prev.Verdict.ExemptionReason {
+	if r := k.Verdict.ExemptionReason; r == prev.Verdict.ExemptionReason {
 		k.Verdict.ExemptionReason = prev.Verdict.ExemptionReason
 	} else {
 		k.Verdict.ExemptionReason = strings.Clone(r)
 	}
-	if k.ARN != "" && (prev == nil || k.ARN != prev.ARN) {
-		k.ARN = strings.Clone(k.ARN)
-		if strings.HasSuffix(k.ARN, "/"+k.ID) {
-			k.ID = k.ARN[len(k.ARN)-len(k.ID):]
-		}
-	}
 	if mr := k.MultiRegion; mr != nil {
-		if prev != nil && prev.MultiRegion != nil && *prev.MultiRegion == *mr {
+		if prev.MultiRegion != nil && *prev.MultiRegion == *mr {
 			k.MultiRegion = prev.MultiRegion
 		} else {
 			mr.Type, mr.PrimaryRegion, mr.PrimaryARN = intern(mr.Type), intern(mr.PrimaryRegion), strings.Clone(mr.PrimaryARN)
 		}
 	}
 	return k
+}
+
+// sharedOrDetached returns prev where s equals it, else a copy of s whose
+// strings are copies too (nil or empty as s is).
+func sharedOrDetached(s, prev []string) []string {
+	if slices.Equal(s, prev) && prev != nil {
+		return prev
+	}
+	return detached(s)
 }
 
 // detached returns a copy of s whose strings are copies too; nil for none.
@@ -484,7 +488,8 @@ func detached(s []string) []string {
 
 // interned holds the strings of keys that take few values (multi-Region
 // types and regions, rotation types, error codes, tag names): each is kept
-// once, however many keys carry it. Bounded, so that unexpected values cannot grow it without end.
+// once, however many keys carry it. Bounded, so that unexpected values
+// cannot grow it without end.
 var interned = struct {
 	sync.RWMutex
 	m map[string]string
