@@ -228,14 +228,23 @@ func (c *Collector) Publish(s *model.Snapshot) {
 		}
 	}
 	next.body.pieces = make([]piece, 0, len(c.order)*(1+len(blocks)))
+	// from[i] is the block's piece that the body's i-th piece is, nil for
+	// the headers and the per-target families (see stream.join).
+	from := make([]*piece, 0, cap(next.body.pieces))
+	add := func(p piece, of *piece) {
+		if p.size > 0 {
+			next.body.add(p)
+			from = append(from, of)
+		}
+	}
 	for _, i := range c.order {
 		if i < len(c.keyFams) {
 			if !slices.ContainsFunc(blocks, func(b *block) bool { return b.pieces[i].lines > 0 }) {
 				continue // a family without series is not served
 			}
-			next.body.add(c.headers[i])
+			add(c.headers[i], nil)
 			for _, b := range blocks {
-				next.body.add(b.pieces[i])
+				add(b.pieces[i], &b.pieces[i])
 			}
 			continue
 		}
@@ -244,12 +253,28 @@ func (c *Collector) Publish(s *model.Snapshot) {
 			c.tgtFams[i-len(c.keyFams)].target(&w, t, &tallies[j])
 		}
 		if w.n > 0 {
-			next.body.add(c.headers[i])
-			next.body.add(comp.compress(w.b, w.n))
+			add(c.headers[i], nil)
+			add(comp.compress(w.b, w.n), nil)
 		}
+	}
+	if next.body.zsize <= joinedPerKey*keyCount(s) {
+		next.body.join(from)
 	}
 	c.current.Store(next)
 	c.lastPublish.Store(int64(time.Since(start)))
+}
+
+// joinedPerKey is the most compressed bytes per key of a body kept in one
+// piece of memory (see stream.join): an attention-mode body, a few tens of
+// bytes per key, is; an all-mode body, a few hundred, is not, as the copy
+// at every publish would hold it twice in the memory a publish peaks at.
+const joinedPerKey = 64
+
+func keyCount(s *model.Snapshot) (n int) {
+	for _, t := range s.Targets {
+		n += len(t.Keys)
+	}
+	return n
 }
 
 // Average keys in a block, by per-key mode; a block holds at most four

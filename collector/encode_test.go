@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
@@ -104,6 +105,7 @@ func testReusesUnchangedBlocks(t *testing.T, mode string, n int) {
 		if got, want := body(t, c), body(t, publishedWith(opts, next)); !bytes.Equal(got, want) {
 			t.Fatalf("round %d: the exposition after reusing blocks differs from a fresh encoding", round)
 		}
+		checkJoined(t, c, mode == PerKeyAttention)
 		reused, total := 0, 0
 		for first, b := range c.current.Load().blocks {
 			total++
@@ -123,6 +125,28 @@ func testReusesUnchangedBlocks(t *testing.T, mode string, n int) {
 	for first, b := range c.current.Load().blocks {
 		if before[first] != b {
 			t.Fatal("a block of unchanged keys was encoded again")
+		}
+	}
+}
+
+// checkJoined fails unless the body of c is kept in one slice exactly when
+// joined, the blocks' pieces then in that slice (not in copies of their own).
+func checkJoined(t *testing.T, c *Collector, joined bool) {
+	t.Helper()
+	p := c.current.Load()
+	if got := p.body.joined != nil; got != joined {
+		t.Fatalf("body kept in one slice: %v, want %v (%d bytes for %d keys)", got, joined, p.body.zsize, keyCount(p.snapshot))
+	}
+	if !joined {
+		return
+	}
+	lo := uintptr(unsafe.Pointer(unsafe.SliceData(p.body.joined)))
+	hi := lo + uintptr(len(p.body.joined))
+	for _, b := range p.blocks {
+		for _, pc := range b.pieces {
+			if at := uintptr(unsafe.Pointer(unsafe.SliceData(pc.data))); len(pc.data) > 0 && (at < lo || at+uintptr(len(pc.data)) > hi) {
+				t.Fatal("a block's piece is held apart from the joined body: the body is in memory twice")
+			}
 		}
 	}
 }

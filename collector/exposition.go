@@ -44,8 +44,12 @@ func (c *Collector) Handler(g prometheus.Gatherer, logger *slog.Logger) http.Han
 		own := compressOnce(live.Bytes(), 0)
 		pieces := make([][]byte, 0, len(body.pieces)+4)
 		pieces = append(pieces, gzipHeader, own.data)
-		for _, p := range body.pieces {
-			pieces = append(pieces, p.data)
+		if body.joined != nil {
+			pieces = append(pieces, body.joined)
+		} else {
+			for _, p := range body.pieces {
+				pieces = append(pieces, p.data)
+			}
 		}
 		size := own.size + body.size
 		pieces = append(pieces, finalBlock, trailer(crc32Combine(own.crc, body.crc, int64(body.size)), size))

@@ -81,6 +81,9 @@ func (c *compressor) compress(text []byte, lines int) piece {
 // stream is pieces in the order they are served, with their combined CRC.
 type stream struct {
 	pieces []piece
+	// joined, when not nil, holds the data of every piece, one after the
+	// other (see join).
+	joined []byte
 	crc    uint32
 	size   int
 	zsize  int // compressed bytes of the pieces
@@ -96,6 +99,25 @@ func (s *stream) add(p piece) {
 	s.size += p.size
 	s.zsize += len(p.data)
 	s.lines += p.lines
+}
+
+// join copies the data of the pieces into one slice, which a scrape then
+// writes in one call rather than copying thousands of pieces of a few KB
+// through a buffer: on the benchmark's machine, a quarter of the time of a
+// scrape of 26 MB in 4,000 pieces (14 ms, 10.5 ms joined). Each piece, and the block's piece it
+// came from (from[i] for the i-th, nil: none), then holds its part of the
+// slice: the copies encoded apart are garbage, and the next publish reuses
+// what it keeps of a block from this slice.
+func (s *stream) join(from []*piece) {
+	s.joined = make([]byte, 0, s.zsize)
+	for i := range s.pieces {
+		start := len(s.joined)
+		s.joined = append(s.joined, s.pieces[i].data...)
+		s.pieces[i].data = s.joined[start:len(s.joined):len(s.joined)]
+		if from[i] != nil {
+			from[i].data = s.pieces[i].data
+		}
+	}
 }
 
 // trailer returns the gzip trailer of text with this CRC and length.
