@@ -13,9 +13,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/kms-exporter/kms_exporter/collector"
 	"github.com/kms-exporter/kms_exporter/internal/eventstest"
 	"github.com/kms-exporter/kms_exporter/internal/fastkms"
 	"github.com/kms-exporter/kms_exporter/internal/harness"
+	"github.com/kms-exporter/kms_exporter/policy"
 )
 
 // What BenchmarkEvents measures.
@@ -164,12 +166,14 @@ func newBus(b *testing.B) *eventstest.Bus {
 	return bus
 }
 
-// rotatingKeys returns count keys of fastkms.Rotating spread over n keys.
+// rotatingKeys returns count keys of fastkms.Rotating spread over n keys,
+// none of them with so few on-demand rotations left that it needs attention
+// (collector.NeedsAttention) before its rotation is disabled.
 func rotatingKeys(n, count int) []int {
 	var out []int
 	for k := range count {
 		i := k * n / count
-		for !fastkms.Rotating(i) {
+		for !fastkms.Rotating(i) || policy.MaxOnDemandRotations-fastkms.OnDemand(i) <= collector.OnDemandLow {
 			i++
 		}
 		out = append(out, i)

@@ -155,15 +155,15 @@ func NeedsAttention(k *model.Key, now time.Time) bool {
 	case policy.Noncompliant, policy.Unknown, policy.Exempt:
 		return true
 	}
-	if h := k.RotationHistory(); h != nil && h.OnDemandLeft() <= onDemandLow {
+	if h := k.RotationHistory(); h != nil && h.OnDemandLeft() <= OnDemandLow {
 		return true
 	}
 	return k.Stale || k.DeletionDate != nil || !now.Before(attentionFrom(k))
 }
 
-// onDemandLow is the most on-demand rotations left at which a key needs
+// OnDemandLow is the most on-demand rotations left at which a key needs
 // attention: the threshold of the KMSKeyOnDemandRotationsLow alert.
-const onDemandLow = 5
+const OnDemandLow = 5
 
 // attentionFrom is when a key comes to need attention as time passes: its
 // next rotation date (KMSKeyNextRotationOverdue watches those), or, while

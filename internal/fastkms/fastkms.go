@@ -985,6 +985,9 @@ func automaticPeriod(c class) int {
 	return 0
 }
 
+// OnDemand is how many times key i was rotated on demand.
+func OnDemand(i int) int { return onDemand(i, classOf(i)) }
+
 // onDemand is how many times key i of class c was rotated on demand: only
 // customer symmetric keys with AWS_KMS origin, by a hash of i.
 func onDemand(i int, c class) int {
