@@ -107,7 +107,7 @@ func execute(cfg *config.Config, awsConfig aws.Config, logger *slog.Logger) (int
 	}
 	reports := &report.Handler{}
 	if cfg.Web.EnableReport {
-		reports.Snapshot = refresher.Snapshot
+		reports.Snapshot, reports.Ready = refresher.Snapshot, refresher.Ready
 	}
 	registry := prometheus.NewRegistry()
 	// The snapshot's metrics are not in the registry (kmsCollector yields only

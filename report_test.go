@@ -4,12 +4,17 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,6 +152,56 @@ func reason(resp *http.Response, body string) string {
 		return ""
 	}
 	return v.Error
+}
+
+// TestReportBeforeTheFirstRefresh: while the first refresh is under way the
+// report answers 503, not an empty report an auditor could take for "no
+// keys"; once it has finished, the keys.
+func TestReportBeforeTheFirstRefresh(t *testing.T) {
+	srv, _ := kmstest.StartMixedT(t, "eu-west-1")
+	target, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// KMS answers nothing until released: the first refresh cannot finish.
+	release := make(chan struct{})
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	gate := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-release
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(gate.Close)
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(open)
+	// The held request must not time out into a failed (finished) refresh.
+	p := start(t, gate.URL, "--aws.region=eu-west-1", "--web.enable-report", "--aws.timeout=10m")
+	base := "http://" + p.addr
+	harness.Poll(t, 30*time.Second, func() string {
+		if resp, err := http.Get(base + "/-/healthy"); err != nil {
+			return err.Error()
+		} else if resp.Body.Close(); resp.StatusCode != http.StatusOK {
+			return resp.Status
+		}
+		return ""
+	})
+	for _, path := range []string{"/report", "/report?format=csv"} {
+		resp, body := fetch(t, http.MethodGet, base+path, "", "")
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(reason(resp, body), "no refresh has finished") {
+			t.Errorf("GET %s during the first refresh: %s %q", path, resp.Status, body)
+		}
+	}
+	open()
+	harness.Poll(t, 60*time.Second, func() string {
+		resp, body := fetch(t, http.MethodGet, base+"/report?format=csv", "", "")
+		if resp.StatusCode != http.StatusOK {
+			return resp.Status
+		}
+		if rows := csvRows(t, body); len(rows) != len(kmstest.MixedInventory) {
+			return fmt.Sprintf("%d keys in the report, want %d", len(rows), len(kmstest.MixedInventory))
+		}
+		return ""
+	})
 }
 
 func TestServeReport(t *testing.T) {

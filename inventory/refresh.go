@@ -79,15 +79,24 @@ func NewRefresher(source TargetSource, auditor *Auditor, logger *slog.Logger, pu
 // Snapshot returns the current snapshot (empty before the first refresh ends).
 func (r *Refresher) Snapshot() *model.Snapshot { return r.pub.Snapshot() }
 
+// Ready tells whether the first refresh has finished.
+func (r *Refresher) Ready() bool {
+	select {
+	case <-r.ready:
+		return true
+	default:
+		return false
+	}
+}
+
 // ReadyHandler answers 200 once the first refresh has finished, 503 before.
 func (r *Refresher) ReadyHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		select {
-		case <-r.ready:
+		if r.Ready() {
 			fmt.Fprintln(w, "Ready")
-		default:
-			http.Error(w, "Not ready: the first refresh has not finished", http.StatusServiceUnavailable)
+			return
 		}
+		http.Error(w, "Not ready: the first refresh has not finished", http.StatusServiceUnavailable)
 	})
 }
 

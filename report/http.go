@@ -24,13 +24,17 @@ type Handler struct {
 	// Now is the time the report is made at (material ages count to it);
 	// nil: time.Now.
 	Now func() time.Time
+	// Ready tells whether the first refresh has finished; until then every
+	// GET is answered 503, not a report of no keys. nil: always.
+	Ready func() bool
 
 	once     sync.Once
 	requests *prometheus.CounterVec
 }
 
 // The answers of the report's route, counted by Metrics.
-var reportCodes = []int{http.StatusOK, http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed}
+var reportCodes = []int{http.StatusOK, http.StatusBadRequest, http.StatusNotFound, http.StatusMethodNotAllowed,
+	http.StatusServiceUnavailable}
 
 // Enabled tells whether the report is served.
 func (h *Handler) Enabled() bool { return h.Snapshot != nil }
@@ -78,6 +82,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) int {
 		header.Set("Content-Type", "text/csv; charset=utf-8")
 	default:
 		return refuse(w, http.StatusBadRequest, fmt.Sprintf("unknown format %q: html (the default) or csv", format))
+	}
+	if h.Ready != nil && !h.Ready() {
+		header.Set("Retry-After", "30")
+		return refuse(w, http.StatusServiceUnavailable, "no refresh has finished since the exporter started: the report would show no keys")
 	}
 	now := time.Now
 	if h.Now != nil {

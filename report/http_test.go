@@ -69,6 +69,29 @@ func TestHandlerDisabled(t *testing.T) {
 	}
 }
 
+func TestHandlerBeforeTheFirstRefresh(t *testing.T) {
+	ready := false
+	h := enabled()
+	h.Ready = func() bool { return ready }
+	for _, target := range []string{"/report", "/report?format=csv"} {
+		a := request(t, h, http.MethodGet, target)
+		a.refusal(t, http.StatusServiceUnavailable, "no refresh has finished")
+		a.secured(t)
+		if a.header.Get("Retry-After") == "" {
+			t.Errorf("%s: 503 without Retry-After", target)
+		}
+	}
+	ready = true
+	if a := request(t, h, http.MethodGet, "/report?format=csv"); a.code != http.StatusOK || !strings.Contains(a.body, "account_id") {
+		t.Errorf("after the first refresh: %d %q", a.code, a.body)
+	}
+	for code, want := range map[string]float64{"200": 1, "503": 2} {
+		if got := testutil.ToFloat64(h.Metrics().WithLabelValues(code)); got != want {
+			t.Errorf("kms_report_requests_total{code=%q} = %v, want %v", code, got, want)
+		}
+	}
+}
+
 func TestHandlerRefuses(t *testing.T) {
 	h := enabled()
 	for _, method := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodOptions} {
