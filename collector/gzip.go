@@ -104,10 +104,10 @@ func (s *stream) add(p piece) {
 // join copies the data of the pieces into one slice, which a scrape then
 // writes in one call rather than copying thousands of pieces of a few KB
 // through a buffer: on the benchmark's machine, a quarter of the time of a
-// scrape of 26 MB in 4,000 pieces (14 ms, 10.5 ms joined). Each piece, and the block's piece it
-// came from (from[i] for the i-th, nil: none), then holds its part of the
-// slice: the copies encoded apart are garbage, and the next publish reuses
-// what it keeps of a block from this slice.
+// scrape of 26 MB in 4,000 pieces (14 ms, 10.5 ms joined). Each piece, and
+// the block's piece it came from (from[i] for the i-th, nil: none), then
+// holds its part of the slice: the copies encoded apart are garbage, and the
+// next publish reuses what it keeps of a block from this slice.
 func (s *stream) join(from []*piece) {
 	s.joined = make([]byte, 0, s.zsize)
 	for i := range s.pieces {
