@@ -259,6 +259,8 @@ func (c *Collector) Publish(s *model.Snapshot) {
 	}
 	if next.body.zsize <= joinedPerKey*keyCount(s) {
 		next.body.join(from)
+	} else {
+		next.body.detach(from)
 	}
 	c.current.Store(next)
 	c.lastPublish.Store(int64(time.Since(start)))

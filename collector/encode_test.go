@@ -140,13 +140,63 @@ func checkJoined(t *testing.T, c *Collector, joined bool) {
 	if !joined {
 		return
 	}
-	lo := uintptr(unsafe.Pointer(unsafe.SliceData(p.body.joined)))
-	hi := lo + uintptr(len(p.body.joined))
 	for _, b := range p.blocks {
 		for _, pc := range b.pieces {
-			if at := uintptr(unsafe.Pointer(unsafe.SliceData(pc.data))); len(pc.data) > 0 && (at < lo || at+uintptr(len(pc.data)) > hi) {
+			if len(pc.data) > 0 && !within(pc.data, p.body.joined) {
 				t.Fatal("a block's piece is held apart from the joined body: the body is in memory twice")
 			}
+		}
+	}
+}
+
+// within tells whether data is memory of slab.
+func within(data, slab []byte) bool {
+	at, lo := uintptr(unsafe.Pointer(unsafe.SliceData(data))), uintptr(unsafe.Pointer(unsafe.SliceData(slab)))
+	return at >= lo && at+uintptr(len(data)) <= lo+uintptr(len(slab))
+}
+
+// TestPublishLetsAJoinedBodyGo: once a body grows too large to be joined,
+// the blocks the publish reuses no longer hold the earlier body's slice.
+func TestPublishLetsAJoinedBodyGo(t *testing.T) {
+	s := inventory(20000, rand.New(rand.NewPCG(5, 6)))
+	opts := Options{TagLabels: s.TagLabels, PerKey: PerKeyAttention}
+	c := publishedWith(opts, s)
+	checkJoined(t, c, true)
+	before := c.current.Load()
+	// Every key of the first target needs attention, with aliases and
+	// tags: the body outgrows joinedPerKey. The second target is as it was.
+	first := *s.Targets[0]
+	first.Keys = nil
+	for _, k := range s.Targets[0].Keys {
+		nk := *k
+		nk.Verdict = policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}
+		nk.ReadError, nk.Stale = "ThrottlingException", true
+		nk.Aliases, nk.TagValues = []string{"alias/" + k.ID}, []string{"payments", "cc-" + k.ID[:8]}
+		first.Keys = append(first.Keys, &nk)
+	}
+	next := &model.Snapshot{TagLabels: s.TagLabels, Targets: []*model.TargetState{&first, s.Targets[1]}}
+	c.Publish(next)
+	checkJoined(t, c, false)
+	if got, want := body(t, c), body(t, publishedWith(opts, next)); !bytes.Equal(got, want) {
+		t.Fatal("the exposition differs from a fresh encoding")
+	}
+	reused := 0
+	for first, b := range c.current.Load().blocks {
+		if before.blocks[first] == b {
+			reused++
+		}
+		for _, p := range b.pieces {
+			if len(p.data) > 0 && within(p.data, before.body.joined) {
+				t.Fatal("a reused block still holds the earlier joined body's slice")
+			}
+		}
+	}
+	if reused == 0 {
+		t.Fatal("no block reused: the test does not test reuse")
+	}
+	for _, p := range c.current.Load().body.pieces {
+		if within(p.data, before.body.joined) {
+			t.Fatal("the body still holds the earlier joined body's slice")
 		}
 	}
 }

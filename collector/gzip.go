@@ -34,6 +34,8 @@ type piece struct {
 	// with this piece's multiplies it by (see crc32Combine), computed once
 	// so that putting a body together costs one multiplication per piece.
 	shift uint32
+	// joined: data is part of a joined body's slice (see stream.join).
+	joined bool
 }
 
 // compressor turns text into pieces; not safe for concurrent use.
@@ -111,11 +113,27 @@ func (s *stream) add(p piece) {
 func (s *stream) join(from []*piece) {
 	s.joined = make([]byte, 0, s.zsize)
 	for i := range s.pieces {
+		p := &s.pieces[i]
 		start := len(s.joined)
-		s.joined = append(s.joined, s.pieces[i].data...)
-		s.pieces[i].data = s.joined[start:len(s.joined):len(s.joined)]
+		s.joined = append(s.joined, p.data...)
+		p.data, p.joined = s.joined[start:len(s.joined):len(s.joined)], true
 		if from[i] != nil {
-			from[i].data = s.pieces[i].data
+			*from[i] = *p
+		}
+	}
+}
+
+// detach gives each piece that is part of an earlier body's joined slice
+// (and the block's piece it came from, as in join) data of its own: when
+// this body is not joined, the earlier slice is garbage once its publish
+// is, rather than kept whole by the blocks this one reuses.
+func (s *stream) detach(from []*piece) {
+	for i := range s.pieces {
+		if p := &s.pieces[i]; p.joined {
+			p.data, p.joined = bytes.Clone(p.data), false
+			if from[i] != nil {
+				*from[i] = *p
+			}
 		}
 	}
 }
