@@ -25,7 +25,7 @@ type Handler struct {
 	// nil: time.Now.
 	Now func() time.Time
 	// Ready tells whether the first refresh has finished; until then every
-	// GET is answered 503, not a report of no keys. nil: always.
+	// GET and HEAD is answered 503, not a report of no keys. nil: always.
 	Ready func() bool
 
 	once     sync.Once
