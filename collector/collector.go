@@ -151,7 +151,7 @@ func TagLabelName(tag string) string {
 // it has few on-demand rotations left (KMSKeyOnDemandRotationsLow), or by
 // now it needs attention for a date (see attentionFrom).
 func NeedsAttention(k *model.Key, now time.Time) bool {
-	switch k.Verdict.Status {
+	switch k.Verdict.Get().Status {
 	case policy.Noncompliant, policy.Unknown, policy.Exempt:
 		return true
 	}
@@ -350,7 +350,7 @@ type tally struct {
 }
 
 func (t *tally) add(k *model.Key) {
-	if i := slices.Index(policy.Statuses[:], k.Verdict.Status); i >= 0 {
+	if i := slices.Index(policy.Statuses[:], k.Verdict.Get().Status); i >= 0 {
 		t.status[i]++
 	}
 	if k.Stale {

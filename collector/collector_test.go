@@ -31,7 +31,7 @@ func symMeta(state string) policy.Meta {
 func key(region, id string, meta policy.Meta, v policy.Verdict) model.Key {
 	return model.Key{AccountID: account, Region: region, ID: id,
 		ARN:  "arn:aws:kms:" + region + ":" + account + ":key/" + id,
-		Meta: model.MetaOf(meta), Verdict: v, CreationDate: time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)}
+		Meta: model.MetaOf(meta), Verdict: model.VerdictOf(v), CreationDate: time.Date(2024, 1, 2, 3, 4, 5, 0, time.UTC)}
 }
 
 // goldenSnapshot has one key of every shape the collector renders.
@@ -55,7 +55,7 @@ func goldenSnapshot() *model.Snapshot {
 	retired.DeletionDate = new(time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC))
 
 	denied := model.Key{AccountID: account, Region: "eu-west-1", ID: "k-denied", ARN: "arn:aws:kms:eu-west-1:" + account + ":key/k-denied",
-		Verdict: policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}}
+		Verdict: model.VerdictOf(policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"})}
 
 	replica := key("us-east-1", "mrk-1", symMeta("Enabled"), policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
 	replica.MultiRegion = &model.MultiRegion{Type: "REPLICA"}

@@ -37,14 +37,14 @@ func randomKey(region, id string, rnd *rand.Rand) *model.Key {
 	switch rnd.IntN(9) {
 	case 0:
 		k.Rotation.Enabled = false
-		k.Verdict = policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled})
 	case 1:
-		k.Verdict = policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: `vendor "appliance"\n`,
-			ExemptionExpiry: time.Date(2027, 4, 1, 0, 0, 0, 0, time.UTC)}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: `vendor "appliance"\n`,
+			ExemptionExpiry: time.Date(2027, 4, 1, 0, 0, 0, 0, time.UTC)})
 	case 2:
 		k.Meta, k.DeletionDate = model.MetaOf(symMeta("PendingDeletion")), new(k.CreationDate.AddDate(2, 0, 0))
 		k.Rotation = nil
-		k.Verdict = policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion})
 	case 3:
 		k.ReadError, k.Stale = "ThrottlingException", true
 	case 4:
@@ -69,7 +69,7 @@ func change(s *model.Snapshot, rnd *rand.Rand) *model.Snapshot {
 				continue
 			case 1: // changed
 				c := *k
-				c.Verdict = policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}
+				c.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"})
 				c.Rotation = nil
 				k = &c
 			case 2: // a key created next to it
@@ -169,7 +169,7 @@ func TestPublishLetsAJoinedBodyGo(t *testing.T) {
 	first.Keys = nil
 	for _, k := range s.Targets[0].Keys {
 		nk := *k
-		nk.Verdict = policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}
+		nk.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"})
 		nk.ReadError, nk.Stale = "ThrottlingException", true
 		nk.Aliases, nk.TagValues = []string{"alias/" + k.ID}, []string{"payments", "cc-" + k.ID[:8]}
 		first.Keys = append(first.Keys, &nk)
@@ -272,7 +272,7 @@ func TestAttentionWhenRotationFallsDue(t *testing.T) {
 			s := inventory(300, rand.New(rand.NewPCG(5, 6)))
 			due := s.Targets[0].Keys[7]
 			c := *due
-			c.Verdict, c.Stale, c.DeletionDate = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}, false, nil
+			c.Verdict, c.Stale, c.DeletionDate = model.VerdictOf(policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}), false, nil
 			set(&c)
 			s.Targets[0].Keys[7] = &c
 			col := publishedWith(Options{PerKey: PerKeyAttention}, s)
@@ -359,27 +359,27 @@ func TestNeedsAttention(t *testing.T) {
 		k    model.Key
 		want bool
 	}{
-		{"compliant", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}}, false},
-		{"not applicable", model.Key{Verdict: policy.Verdict{Status: policy.NotApplicable}}, false},
-		{"noncompliant", model.Key{Verdict: policy.Verdict{Status: policy.Noncompliant}}, true},
-		{"unknown", model.Key{Verdict: policy.Verdict{Status: policy.Unknown}}, true},
-		{"exempt", model.Key{Verdict: policy.Verdict{Status: policy.Exempt}}, true},
-		{"compliant but stale", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Stale: true}, true},
-		{"pending deletion", model.Key{Verdict: policy.Verdict{Status: policy.NotApplicable}, DeletionDate: new(time.Unix(1, 0))}, true},
-		{"compliant, rotation due later", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(time.Second)}}, false},
-		{"compliant, rotation due now", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now}}, true},
-		{"compliant, rotation overdue", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(-time.Hour)}}, true},
-		{"compliant, material younger than its period", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, PeriodDays: 90},
+		{"compliant", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant})}, false},
+		{"not applicable", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.NotApplicable})}, false},
+		{"noncompliant", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Noncompliant})}, true},
+		{"unknown", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Unknown})}, true},
+		{"exempt", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Exempt})}, true},
+		{"compliant but stale", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Stale: true}, true},
+		{"pending deletion", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.NotApplicable}), DeletionDate: new(time.Unix(1, 0))}, true},
+		{"compliant, rotation due later", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(time.Second)}}, false},
+		{"compliant, rotation due now", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Rotation: &policy.Rotation{Enabled: true, NextRotation: now}}, true},
+		{"compliant, rotation overdue", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Rotation: &policy.Rotation{Enabled: true, NextRotation: now.Add(-time.Hour)}}, true},
+		{"compliant, material younger than its period", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Rotation: &policy.Rotation{Enabled: true, PeriodDays: 90},
 			History: &policy.History{LastRotation: now.AddDate(0, 0, -89)}}, false},
-		{"compliant, material older than its period (rotation not happening)", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{Enabled: true, PeriodDays: 90},
+		{"compliant, material older than its period (rotation not happening)", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Rotation: &policy.Rotation{Enabled: true, PeriodDays: 90},
 			History: &policy.History{LastRotation: now.AddDate(0, 0, -90)}}, true},
-		{"compliant, never rotated, created over 365 days ago, no period reported", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, CreationDate: now.AddDate(-1, 0, -1),
+		{"compliant, never rotated, created over 365 days ago, no period reported", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), CreationDate: now.AddDate(-1, 0, -1),
 			Rotation: &policy.Rotation{Enabled: true}, History: &policy.History{}}, true},
-		{"compliant, old material but history not read", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, CreationDate: now.AddDate(-2, 0, 0),
+		{"compliant, old material but history not read", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), CreationDate: now.AddDate(-2, 0, 0),
 			Rotation: &policy.Rotation{Enabled: true}, History: &policy.History{Error: "AccessDeniedException"}}, false},
-		{"compliant (on demand), 5 on-demand rotations left", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{},
+		{"compliant (on demand), 5 on-demand rotations left", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Rotation: &policy.Rotation{},
 			History: &policy.History{LastRotation: now, OnDemand: 20}}, true},
-		{"compliant (on demand), 6 left", model.Key{Verdict: policy.Verdict{Status: policy.Compliant}, Rotation: &policy.Rotation{},
+		{"compliant (on demand), 6 left", model.Key{Verdict: model.VerdictOf(policy.Verdict{Status: policy.Compliant}), Rotation: &policy.Rotation{},
 			History: &policy.History{LastRotation: now, OnDemand: 19}}, false},
 	} {
 		if got := NeedsAttention(&tt.k, now); got != tt.want {

@@ -46,9 +46,9 @@ func families(tagLabels []string) []family {
 			key: func(w *lines, k *model.Key) {
 				w.open("kms_key_compliance")
 				w.raw(w.accountKey)
-				w.label("reason", k.Verdict.Reason)
+				w.label("reason", k.Verdict.Get().Reason)
 				w.raw(w.region)
-				w.label("status", string(k.Verdict.Status))
+				w.label("status", string(k.Verdict.Get().Status))
 				w.value(1)
 			}},
 		{name: "kms_key_creation_timestamp_seconds", help: "When the key was created.",
@@ -107,16 +107,16 @@ func families(tagLabels []string) []family {
 			}},
 		{name: "kms_key_rotation_exemption_expiry_timestamp_seconds", help: "When the key's rotation exemption ends (the day after its -until tag date, 00:00 UTC).",
 			key: func(w *lines, k *model.Key) {
-				if k.Verdict.ExemptionReason != "" {
-					w.keyTime("kms_key_rotation_exemption_expiry_timestamp_seconds", k.Verdict.ExemptionExpiry)
+				if k.Verdict.Get().ExemptionReason != "" {
+					w.keyTime("kms_key_rotation_exemption_expiry_timestamp_seconds", k.Verdict.Get().ExemptionExpiry)
 				}
 			}},
 		{name: "kms_key_rotation_exemption_info", help: "Always 1 for a key carrying a rotation exemption tag; reason is the tag's text.",
 			key: func(w *lines, k *model.Key) {
-				if k.Verdict.ExemptionReason != "" {
+				if k.Verdict.Get().ExemptionReason != "" {
 					w.open("kms_key_rotation_exemption_info")
 					w.raw(w.accountKey)
-					w.label("reason", k.Verdict.ExemptionReason)
+					w.label("reason", k.Verdict.Get().ExemptionReason)
 					w.raw(w.region)
 					w.value(1)
 				}

@@ -110,7 +110,7 @@ func (e ReadErrors) Error() string {
 // listing is what ListKeys and ListAliases returned for a target.
 type listing struct {
 	accountID string
-	keys      []listedKey
+	keys      *keyList
 	aliases   map[string][]string
 }
 
@@ -170,26 +170,21 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 		k  *model.Key
 		at int64
 	}
-	results := make([]result, len(l.keys))
+	n := l.keys.len()
+	results := make([]result, n)
 	var toRead []int
-	resync := make([]bool, len(l.keys)) // read by its turn in the resync only: a change found is news
+	resync := make([]bool, n) // read by its turn in the resync only: a change found is news
 	// prevIdx[i] is the index in prev of the i-th listed key; -1: new.
-	prevIdx := make([]int, len(l.keys))
+	prevIdx := make([]int, n)
 	var changes atomic.Int64
-	for i, lk := range l.keys {
-		j := findKey(prev, lk.id)
+	for i := range n {
+		j := findKey(prev, l.keys.id(i))
 		prevIdx[i] = j
 		if j < 0 {
 			toRead = append(toRead, i)
 			continue
 		}
 		p := prev[j]
-		// A key listed as before keeps the strings it was published with:
-		// the listing's copies are garbage at once instead of live through
-		// the whole refresh (a million keys' ARNs).
-		if p.ARN == lk.arn {
-			l.keys[i] = listedKey{p.ID, p.ARN}
-		}
 		if always := a.always(p, prevTick, attempt); always || a.byTurn(p, prevTick, attempt) {
 			toRead = append(toRead, i)
 			resync[i] = !always
@@ -198,7 +193,7 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 		if aliases := l.aliases[p.ID]; !slices.Equal(aliases, p.Aliases) {
 			k := *p
 			k.Aliases = detached(aliases)
-			p = &k
+			p = k.Kept()
 		}
 		results[i] = result{p, readAtOf(prevAt, j)}
 	}
@@ -210,8 +205,8 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 	for range max(1, min(a.Workers, len(toRead))) {
 		wg.Go(func() {
 			for i := range work {
-				id := l.keys[i].id
-				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys[i].arn, Aliases: l.aliases[id]}
+				id := l.keys.id(i)
+				k := model.Key{AccountID: l.accountID, Region: t.Region, ID: id, ARN: l.keys.arn(i), Aliases: l.aliases[id]}
 				j := prevIdx[i]
 				var p *model.Key
 				var pAt int64
@@ -277,14 +272,14 @@ func (a *Auditor) auditListed(ctx context.Context, t Target, l *listing, last *m
 // rotation date has passed (its rotation is due to show), and every key with
 // Resync 0 or a refresh Resync or more after the last.
 func (a *Auditor) always(k *model.Key, prevTick, now time.Time) bool {
-	return k.ReadError != "" || k.Verdict.Status == policy.Unknown || a.Resync <= 0 || prevTick.IsZero() ||
+	return k.ReadError != "" || k.Verdict.Get().Status == policy.Unknown || a.Resync <= 0 || prevTick.IsZero() ||
 		now.Sub(prevTick) >= a.Resync || exemptionEnded(k, now) || a.materialAged(k, now) || rotationPassed(k, now)
 }
 
 // materialAged tells whether k shows a verdict that rests on its key
 // material being young enough, and the material has grown too old by now.
 func (a *Auditor) materialAged(k *model.Key, now time.Time) bool {
-	if k.Verdict.Status != policy.Compliant || k.History == nil {
+	if k.Verdict.Get().Status != policy.Compliant || k.History == nil {
 		return false
 	}
 	deadline := policy.MaterialDeadline(k.History, k.CreationDate, a.Policy)
@@ -337,7 +332,7 @@ func (a *Auditor) byTurn(k *model.Key, prevTick, now time.Time) bool {
 // exemptionEnded tells whether k shows an exemption that has ended by now:
 // its verdict is due again.
 func exemptionEnded(k *model.Key, now time.Time) bool {
-	v := k.Verdict
+	v := k.Verdict.Get()
 	return v.Status == policy.Exempt && !v.ExemptionExpiry.IsZero() && !now.Before(v.ExemptionExpiry)
 }
 
@@ -375,7 +370,7 @@ func (a *Auditor) carry(now model.Key, prev *model.Key, readAt int64, code strin
 	code = intern(code) // error codes take few values; the response's text is not kept
 	if prev == nil || readAt == 0 || a.Now().Sub(time.Unix(0, readAt)) > a.MaxStale {
 		now.Rotation, now.Tags, now.TagValues = nil, nil, nil
-		now.Verdict = policy.Verdict{Status: policy.Unknown, Reason: code}
+		now.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Unknown, Reason: code})
 		now.ReadError, now.Stale = code, false
 		return compact(&now, prev)
 	}
@@ -387,7 +382,7 @@ func (a *Auditor) carry(now model.Key, prev *model.Key, readAt int64, code strin
 	if k.Same(prev) {
 		return prev
 	}
-	return &k
+	return k.Kept()
 }
 
 // Age marks the keys of a target that could not be listed (last, as last
@@ -406,11 +401,12 @@ func (a *Auditor) Age(last *model.TargetState, code string) ([]*model.Key, []int
 	return out, at
 }
 
-// compact returns k ready to be kept for long: its strings share the
-// memory of prev's (the same key as last published, or nil) where equal,
-// its ARN is detached from the response it was read from and its id is part
-// of the ARN, its other strings are copies, and the strings of its
-// multi-Region fields are interned (its metadata is, as read: model.Meta).
+// compact returns a copy of k ready to be kept for long (model.Key.Kept):
+// its strings share the memory of prev's (the same key as last published,
+// or nil) where equal, its ARN is detached from the response or listing it
+// was read from and its id is part of the ARN, its other strings are
+// copies, and the strings of its multi-Region fields are interned (its
+// metadata is, as read: model.Meta).
 func compact(k *model.Key, prev *model.Key) *model.Key {
 	if prev == nil {
 		prev = &model.Key{} // nothing to share
@@ -421,18 +417,11 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 	switch {
 	case k.ARN != "" && k.ARN == prev.ARN:
 		k.ARN, k.ID = prev.ARN, prev.ID
-	case k.ARN != "":
+	case k.ARN != "" && strings.HasSuffix(k.ARN, "/"+k.ID):
 		k.ARN = strings.Clone(k.ARN)
-		if strings.HasSuffix(k.ARN, "/"+k.ID) {
-			k.ID = k.ARN[len(k.ARN)-len(k.ID):]
-		}
-	case k.ID != prev.ID:
-		k.ID = strings.Clone(k.ID)
+		k.ID = k.ARN[len(k.ARN)-len(k.ID):]
 	default:
-		k.ID = prev.ID
-	}
-	if k.Rotation != nil && prev.Rotation != nil && *k.Rotation == *prev.Rotation {
-		k.Rotation = prev.Rotation
+		k.ARN, k.ID = sharedOrCopy(k.ARN, prev.ARN), sharedOrCopy(k.ID, prev.ID)
 	}
 	k.Aliases = sharedOrDetached(k.Aliases, prev.Aliases)
 	k.TagValues = sharedOrDetached(k.TagValues, prev.TagValues)
@@ -450,11 +439,6 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 		}
 		k.Tags = tags
 	}
-	if r := k.Verdict.ExemptionReason; r == prev.Verdict.ExemptionReason {
-		k.Verdict.ExemptionReason = prev.Verdict.ExemptionReason
-	} else {
-		k.Verdict.ExemptionReason = strings.Clone(r)
-	}
 	if mr := k.MultiRegion; mr != nil {
 		if prev.MultiRegion != nil && *prev.MultiRegion == *mr {
 			k.MultiRegion = prev.MultiRegion
@@ -462,7 +446,15 @@ func compact(k *model.Key, prev *model.Key) *model.Key {
 			mr.Type, mr.PrimaryRegion, mr.PrimaryARN = intern(mr.Type), intern(mr.PrimaryRegion), strings.Clone(mr.PrimaryARN)
 		}
 	}
-	return k
+	return k.Kept()
+}
+
+// sharedOrCopy returns prev where s equals it, else a copy of s.
+func sharedOrCopy(s, prev string) string {
+	if s == prev {
+		return prev
+	}
+	return strings.Clone(s)
 }
 
 // sharedOrDetached returns prev where s equals it, else a copy of s whose
@@ -519,19 +511,45 @@ func intern(s string) string {
 	return s
 }
 
-// listedKey is a key as ListKeys lists it; id is part of arn where it can
-// be (a listing of a million keys is held through the whole refresh).
-type listedKey struct{ id, arn string }
-
-func newListedKey(id, arn string) listedKey {
-	if strings.HasSuffix(arn, "/"+id) {
-		id = arn[len(arn)-len(id):]
-	}
-	return listedKey{id, arn}
+// keyList is a ListKeys listing, held through a whole refresh: the key ids
+// back to back in one string, and each key's ARN as a prefix common to the
+// listing's ("arn:aws:kms:REGION:ACCOUNT:key/") and its id. Without a
+// pointer per key, a listing of a million keys costs the garbage collector
+// nothing to mark while the keys are read, and it holds none of the SDK's
+// response memory (as strings, the ids and ARNs were two pointers and, on
+// first sight, about 120 bytes a key with the SDK's string arenas).
+type keyList struct {
+	ids  string
+	ends []uint32 // the i-th id is ids[ends[i-1]:ends[i]]
+	// arnPrefix+id is a key's ARN, but for the keys in odd, whose ARN was
+	// listed otherwise (or not at all): odd holds it as listed.
+	arnPrefix string
+	odd       map[int]string
 }
 
-func listKeys(ctx context.Context, api KMS) ([]listedKey, string, error) {
-	var out []listedKey
+func (l *keyList) len() int { return len(l.ends) }
+
+// id is the i-th listed key id, a substring of the listing: not to be kept
+// beyond the refresh (compact copies what a key keeps).
+func (l *keyList) id(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = l.ends[i-1]
+	}
+	return l.ids[start:l.ends[i]]
+}
+
+// arn is the i-th listed key's ARN, a new string.
+func (l *keyList) arn(i int) string {
+	if a, ok := l.odd[i]; ok {
+		return a
+	}
+	return l.arnPrefix + l.id(i)
+}
+
+func listKeys(ctx context.Context, api KMS) (*keyList, string, error) {
+	var ids strings.Builder
+	l := &keyList{}
 	account := ""
 	p := kms.NewListKeysPaginator(api, &kms.ListKeysInput{Limit: aws.Int32(1000)})
 	for p.HasMorePages() {
@@ -540,13 +558,26 @@ func listKeys(ctx context.Context, api KMS) ([]listedKey, string, error) {
 			return nil, "", err
 		}
 		for _, k := range page.Keys {
-			out = append(out, newListedKey(aws.ToString(k.KeyId), aws.ToString(k.KeyArn)))
+			id, keyARN := aws.ToString(k.KeyId), aws.ToString(k.KeyArn)
+			if l.arnPrefix == "" && len(keyARN) > len(id) && strings.HasSuffix(keyARN, "/"+id) {
+				l.arnPrefix = strings.Clone(keyARN[:len(keyARN)-len(id)])
+			}
+			if len(keyARN) != len(l.arnPrefix)+len(id) || !strings.HasPrefix(keyARN, l.arnPrefix) || !strings.HasSuffix(keyARN, id) {
+				if l.odd == nil {
+					l.odd = map[int]string{}
+				}
+				l.odd[len(l.ends)] = strings.Clone(keyARN)
+			}
+			ids.WriteString(id)
+			l.ends = append(l.ends, uint32(ids.Len()))
 			if account == "" {
-				account = accountOf(aws.ToString(k.KeyArn))
+				account = accountOf(keyARN)
 			}
 		}
 	}
-	return out, account, nil
+	l.ids = ids.String()
+	l.ends = slices.Clip(l.ends)
+	return l, account, nil
 }
 
 // listAliases returns the sorted alias names per target key id: of every
@@ -564,8 +595,14 @@ func listAliases(ctx context.Context, api KMS, keyID *string) (map[string][]stri
 			if account == "" {
 				account = accountOf(aws.ToString(al.AliasArn))
 			}
+			// Copies, held through the refresh instead of the pages' string
+			// arenas (about 200 bytes an alias).
 			if id := aws.ToString(al.TargetKeyId); id != "" {
-				out[id] = append(out[id], aws.ToString(al.AliasName))
+				names, ok := out[id]
+				if !ok {
+					id = strings.Clone(id)
+				}
+				out[id] = append(names, strings.Clone(aws.ToString(al.AliasName)))
 			}
 		}
 	}
@@ -612,7 +649,7 @@ func (a *Auditor) auditKey(ctx context.Context, api KMS, k *model.Key, prev *mod
 	found = true
 	defer func() {
 		if found && failed.Code == "" {
-			k.Verdict = a.verdict(in)
+			k.Verdict = model.VerdictOf(a.verdict(in))
 		}
 	}()
 

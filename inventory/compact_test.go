@@ -1,11 +1,17 @@
 package inventory
 
 import (
+	"context"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/kms-exporter/kms_exporter/model"
 	"github.com/kms-exporter/kms_exporter/policy"
@@ -30,12 +36,12 @@ func TestCompactDetachesFromResponses(t *testing.T) {
 	read := func() *model.Key {
 		return &model.Key{ID: cut(id), ARN: cut("arn:aws:kms:eu-west-1:111122223333:key/" + id), Aliases: []string{cut("alias/app")},
 			Tags: map[string]string{cut("team"): cut("payments")}, TagValues: []string{cut("payments")},
-			Verdict: policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: cut("vendor appliance")}}
+			Verdict: model.VerdictOf(policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: cut("vendor appliance")})}
 	}
 
 	k := compact(read(), nil)
 	var kept []string
-	kept = append(kept, k.ID, k.ARN, k.Verdict.ExemptionReason)
+	kept = append(kept, k.ID, k.ARN, k.Verdict.Get().ExemptionReason)
 	kept = append(kept, k.Aliases...)
 	kept = append(kept, k.TagValues...)
 	for name, v := range k.Tags {
@@ -58,7 +64,7 @@ func TestCompactDetachesFromResponses(t *testing.T) {
 	again := compact(read(), k)
 	if unsafe.StringData(again.ARN) != unsafe.StringData(k.ARN) || &again.Aliases[0] != &k.Aliases[0] ||
 		&again.TagValues[0] != &k.TagValues[0] || !sameMap(again.Tags, k.Tags) ||
-		unsafe.StringData(again.Verdict.ExemptionReason) != unsafe.StringData(k.Verdict.ExemptionReason) {
+		unsafe.StringData(again.Verdict.Get().ExemptionReason) != unsafe.StringData(k.Verdict.Get().ExemptionReason) {
 		t.Errorf("a key read as it was does not share its previous copy's strings")
 	}
 }
@@ -66,4 +72,92 @@ func TestCompactDetachesFromResponses(t *testing.T) {
 // sameMap reports whether a and b are the same map (not only equal).
 func sameMap(a, b map[string]string) bool {
 	return *(*unsafe.Pointer)(unsafe.Pointer(&a)) == *(*unsafe.Pointer)(unsafe.Pointer(&b))
+}
+
+// pagedKeys answers ListKeys with pages; nothing else is called.
+type pagedKeys struct {
+	KMS
+	pages [][]types.KeyListEntry
+}
+
+func (p *pagedKeys) ListKeys(_ context.Context, in *kms.ListKeysInput, _ ...func(*kms.Options)) (*kms.ListKeysOutput, error) {
+	i := 0
+	if in.Marker != nil {
+		i, _ = strconv.Atoi(*in.Marker)
+	}
+	out := &kms.ListKeysOutput{Keys: p.pages[i]}
+	if i+1 < len(p.pages) {
+		out.Truncated, out.NextMarker = true, aws.String(strconv.Itoa(i+1))
+	}
+	return out, nil
+}
+
+// The listing gives back every key's id and ARN as listed, over pages,
+// those not of the listing's common form too (another partition or
+// region, an ARN not ending in the id, none at all), and holds none of the
+// responses' memory.
+func TestListKeysKeepsEveryKeyAsListed(t *testing.T) {
+	const prefix = "arn:aws:kms:eu-west-1:111122223333:key/"
+	arena := strings.Repeat("x", 64)
+	cut := func(s string) *string {
+		i := len(arena)
+		arena += s
+		return aws.String(arena[i:])
+	}
+	want := [][2]string{
+		{"1234abcd-12ab-34cd-56ef-1234567890ab", prefix + "1234abcd-12ab-34cd-56ef-1234567890ab"},
+		{"mrk-1234abcd12ab34cd56ef1234567890ab", prefix + "mrk-1234abcd12ab34cd56ef1234567890ab"},
+		{"k-other-region", "arn:aws:kms:us-east-1:111122223333:key/k-other-region"},
+		{"k-cn", "arn:aws-cn:kms:cn-north-1:111122223333:key/k-cn"},
+		{"k-odd", prefix + "k-different"},
+		{"k-no-arn", ""},
+		{"k-last", prefix + "k-last"},
+	}
+	var pages [][]types.KeyListEntry
+	for i, k := range want {
+		if i%3 == 0 {
+			pages = append(pages, nil)
+		}
+		e := types.KeyListEntry{KeyId: cut(k[0])}
+		if k[1] != "" {
+			e.KeyArn = cut(k[1])
+		}
+		pages[len(pages)-1] = append(pages[len(pages)-1], e)
+	}
+	l, account, err := listKeys(t.Context(), &pagedKeys{pages: pages})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if account != "111122223333" {
+		t.Errorf("account %q, want 111122223333", account)
+	}
+	if l.len() != len(want) {
+		t.Fatalf("%d keys listed, want %d", l.len(), len(want))
+	}
+	for i, k := range want {
+		if id, arn := l.id(i), l.arn(i); id != k[0] || arn != k[1] {
+			t.Errorf("key %d: id %q, ARN %q; want %q, %q", i, id, arn, k[0], k[1])
+		}
+		if within(l.id(i), arena) || within(l.arn(i), arena) {
+			t.Errorf("key %d: the listing holds the response's memory", i)
+		}
+	}
+}
+
+// A kept key shows what the key showed, its rotation status and history
+// copies of their own: the read they came from can change or go.
+func TestKeptKeyHoldsCopies(t *testing.T) {
+	k := &model.Key{ID: "k1", Rotation: &policy.Rotation{Enabled: true, PeriodDays: 90},
+		History: &policy.History{Automatic: 3, LastType: policy.RotationAutomatic}}
+	kept := k.Kept()
+	if !kept.Same(k) {
+		t.Fatalf("kept %+v, want the same as %+v", kept, k)
+	}
+	k.Rotation.PeriodDays, k.History.Automatic = 365, 4
+	if kept.Rotation.PeriodDays != 90 || kept.History.Automatic != 3 {
+		t.Errorf("the kept key changed with the read: period %d, %d automatic rotations", kept.Rotation.PeriodDays, kept.History.Automatic)
+	}
+	if none := (&model.Key{ID: "k2"}).Kept(); none.Rotation != nil || none.History != nil {
+		t.Errorf("a key whose rotation was not read kept %+v, %+v", none.Rotation, none.History)
+	}
 }

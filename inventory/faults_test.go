@@ -21,7 +21,7 @@ func verdicts(s *model.Snapshot) verdictMap {
 	out := verdictMap{}
 	for _, t := range s.Targets {
 		for _, k := range t.Keys {
-			out[t.Region+"/"+k.ID] = k.Verdict
+			out[t.Region+"/"+k.ID] = k.Verdict.Get()
 		}
 	}
 	return out

@@ -108,8 +108,8 @@ func TestHistoryOnMoto(t *testing.T) {
 		t.Errorf("material %x read from moto, which reports no material id", h.Material)
 	}
 	for _, key := range []string{asymmetric, disabled} {
-		if k := keyOf(s, key); k.History != nil || k.Verdict.Status != policy.NotApplicable {
-			t.Errorf("key %s out of scope, rotated on moto: verdict %s, history %+v; want not_applicable and none", key, k.Verdict.Status, k.History)
+		if k := keyOf(s, key); k.History != nil || k.Verdict.Get().Status != policy.NotApplicable {
+			t.Errorf("key %s out of scope, rotated on moto: verdict %s, history %+v; want not_applicable and none", key, k.Verdict.Get().Status, k.History)
 		}
 	}
 	if h := keyOf(s, spent).RotationHistory(); h == nil {

@@ -290,7 +290,7 @@ func TestHistoryFailures(t *testing.T) {
 		api.historyErr = denied
 		return api
 	}
-	verdict := func(r *inventory.Refresher) policy.Verdict { return historyOf(t, r, "k1").Verdict }
+	verdict := func(r *inventory.Refresher) policy.Verdict { return historyOf(t, r, "k1").Verdict.Get() }
 
 	t.Run("denied, age not judged", func(t *testing.T) {
 		api := newKMS()
@@ -303,7 +303,7 @@ func TestHistoryFailures(t *testing.T) {
 			t.Errorf("%d ListKeyRotations calls over three refreshes, want 1", n)
 		}
 		k := historyOf(t, r, "k1")
-		if v := k.Verdict; v.Status != policy.Compliant {
+		if v := k.Verdict.Get(); v.Status != policy.Compliant {
 			t.Errorf("verdict %s/%s, want compliant: the history is evidence only", v.Status, v.Reason)
 		}
 		if k.RotationHistory() != nil || k.History.Error != "AccessDeniedException" {
@@ -341,9 +341,9 @@ func TestHistoryFailures(t *testing.T) {
 		r, clk := historySetup(t, api, testPolicy, 0)
 		s := r.Refresh(ctxT(t))
 		k := historyOf(t, r, "k1")
-		if k.Verdict.Status != policy.Compliant || k.Stale || k.History != nil || !s.Targets[0].Success {
+		if k.Verdict.Get().Status != policy.Compliant || k.Stale || k.History != nil || !s.Targets[0].Success {
 			t.Errorf("first sight, history throttled: %s/%s, stale %v, history %+v, refresh success %v; want compliant, no history, success",
-				k.Verdict.Status, k.Verdict.Reason, k.Stale, k.History, s.Targets[0].Success)
+				k.Verdict.Get().Status, k.Verdict.Get().Reason, k.Stale, k.History, s.Targets[0].Success)
 		}
 		api.mu.Lock()
 		api.historyErr = nil
@@ -387,8 +387,8 @@ func TestHistoryFailures(t *testing.T) {
 		r, _ := historySetup(t, api, testPolicy, 0)
 		s := r.Refresh(ctxT(t))
 		k := historyOf(t, r, "k1")
-		if n := api.calls("k1"); n > 10 || k.History != nil || k.Verdict.Status != policy.Compliant || !s.Targets[0].Success {
-			t.Errorf("%d pages asked, history %+v, verdict %s; want at most 10 pages, no history, the verdict unchanged", n, k.History, k.Verdict.Status)
+		if n := api.calls("k1"); n > 10 || k.History != nil || k.Verdict.Get().Status != policy.Compliant || !s.Targets[0].Success {
+			t.Errorf("%d pages asked, history %+v, verdict %s; want at most 10 pages, no history, the verdict unchanged", n, k.History, k.Verdict.Get().Status)
 		}
 	})
 
@@ -400,8 +400,8 @@ func TestHistoryFailures(t *testing.T) {
 		r, clk := historySetup(t, api, p, 0)
 		r.Refresh(ctxT(t))
 		good := historyOf(t, r, "k1")
-		if good.Verdict.Status != policy.Compliant || good.RotationHistory() == nil {
-			t.Fatalf("first refresh: %+v", good.Verdict)
+		if good.Verdict.Get().Status != policy.Compliant || good.RotationHistory() == nil {
+			t.Fatalf("first refresh: %+v", good.Verdict.Get())
 		}
 		// A rotation on demand makes the history due; its read is throttled.
 		api.rotate("k1", types.RotationTypeOnDemand, clk.Now())
@@ -411,8 +411,8 @@ func TestHistoryFailures(t *testing.T) {
 		clk.Add(time.Minute)
 		s := r.Refresh(ctxT(t))
 		k := historyOf(t, r, "k1")
-		if !k.Stale || k.ReadError != "ThrottlingException" || k.Verdict != good.Verdict || k.History != good.History {
-			t.Errorf("throttled: stale %v (%s), verdict %+v, history %+v; want the last good state, stale", k.Stale, k.ReadError, k.Verdict, k.History)
+		if !k.Stale || k.ReadError != "ThrottlingException" || k.Verdict != good.Verdict || k.History == nil || *k.History != *good.History {
+			t.Errorf("throttled: stale %v (%s), verdict %+v, history %+v; want the last good state, stale", k.Stale, k.ReadError, k.Verdict.Get(), k.History)
 		}
 		if s.Targets[0].Success {
 			t.Error("the refresh succeeded though a read failed")
@@ -441,17 +441,17 @@ func TestHistoryAgesOut(t *testing.T) {
 	p.MaxKeyMaterialAgeDays = 90
 	r, clk := historySetup(t, api, p, 30*day)
 	r.Refresh(ctxT(t))
-	if v := historyOf(t, r, "k1").Verdict; v.Status != policy.Compliant || v.Reason != policy.ReasonRotatedOnDemand {
+	if v := historyOf(t, r, "k1").Verdict.Get(); v.Status != policy.Compliant || v.Reason != policy.ReasonRotatedOnDemand {
 		t.Fatalf("rotated on demand 80 days ago, automatic rotation off: %s/%s", v.Status, v.Reason)
 	}
 	clk.Add(9 * day)
 	r.Refresh(ctxT(t))
-	if v := historyOf(t, r, "k1").Verdict; v.Status != policy.Compliant {
+	if v := historyOf(t, r, "k1").Verdict.Get(); v.Status != policy.Compliant {
 		t.Fatalf("at 89 days: %s/%s", v.Status, v.Reason)
 	}
 	clk.Add(day + time.Minute)
 	r.Refresh(ctxT(t))
-	if v := historyOf(t, r, "k1").Verdict; v.Status != policy.Noncompliant || v.Reason != policy.ReasonRotationDisabled {
+	if v := historyOf(t, r, "k1").Verdict.Get(); v.Status != policy.Noncompliant || v.Reason != policy.ReasonRotationDisabled {
 		t.Errorf("past 90 days: %s/%s, want noncompliant/rotation_disabled", v.Status, v.Reason)
 	}
 	// Rotated on demand again: seen at the key's next resync (or at once
@@ -459,7 +459,7 @@ func TestHistoryAgesOut(t *testing.T) {
 	api.rotate("k1", types.RotationTypeOnDemand, clk.Now())
 	clk.Add(30 * day)
 	r.Refresh(ctxT(t))
-	if v := historyOf(t, r, "k1").Verdict; v.Status != policy.Compliant || v.Reason != policy.ReasonRotatedOnDemand {
+	if v := historyOf(t, r, "k1").Verdict.Get(); v.Status != policy.Compliant || v.Reason != policy.ReasonRotatedOnDemand {
 		t.Errorf("rotated on demand again, 30 days ago: %s/%s", v.Status, v.Reason)
 	}
 }

@@ -85,8 +85,8 @@ func TestMixedInventoryVerdicts(t *testing.T) {
 			t.Errorf("%s: not in the inventory", want.Name)
 			continue
 		}
-		if string(k.Verdict.Status) != want.Status || k.Verdict.Reason != want.Reason {
-			t.Errorf("%s: verdict %s/%s, want %s/%s", want.Name, k.Verdict.Status, k.Verdict.Reason, want.Status, want.Reason)
+		if string(k.Verdict.Get().Status) != want.Status || k.Verdict.Get().Reason != want.Reason {
+			t.Errorf("%s: verdict %s/%s, want %s/%s", want.Name, k.Verdict.Get().Status, k.Verdict.Get().Reason, want.Status, want.Reason)
 		}
 		if len(k.Aliases) != 1 || k.Aliases[0] != "alias/"+want.Name {
 			t.Errorf("%s: aliases %v", want.Name, k.Aliases)
@@ -98,8 +98,8 @@ func TestMixedInventoryVerdicts(t *testing.T) {
 	if k := byID[ids["retired"]]; k.DeletionDate == nil {
 		t.Error("pending-deletion key without deletion date")
 	}
-	if k := byID[ids["vendor-appliance"]]; k.Verdict.ExemptionReason == "" || k.Verdict.ExemptionExpiry.IsZero() {
-		t.Errorf("exempt key without exemption details: %+v", k.Verdict)
+	if k := byID[ids["vendor-appliance"]]; k.Verdict.Get().ExemptionReason == "" || k.Verdict.Get().ExemptionExpiry.IsZero() {
+		t.Errorf("exempt key without exemption details: %+v", k.Verdict.Get())
 	}
 
 	// Only the calls the verdicts need: no rotation status for keys that
@@ -152,7 +152,7 @@ func TestPaginationPastOneThousandKeys(t *testing.T) {
 			t.Fatalf("key %s listed twice", k.ID)
 		}
 		seen[k.ID] = true
-		if k.Verdict.Status == policy.Compliant {
+		if k.Verdict.Get().Status == policy.Compliant {
 			compliant++
 		}
 	}
@@ -168,17 +168,17 @@ func TestRotationChangeSeenOnNextRefresh(t *testing.T) {
 	f := newFactory(srv.URL)
 	r := inventory.NewRefresher(inventory.StaticTargets{{Region: "eu-west-1", API: f.KMS(awsclient.Role{}, "eu-west-1")}}, newAuditor(), discard(), nil)
 	id := ids["legacy-billing"]
-	if _, k := r.Refresh(ctx).Locate("", "eu-west-1", id); k == nil || k.Verdict.Status != policy.Noncompliant {
+	if _, k := r.Refresh(ctx).Locate("", "eu-west-1", id); k == nil || k.Verdict.Get().Status != policy.Noncompliant {
 		t.Fatalf("before: %+v", k)
 	}
 	if _, err := srv.Client().EnableKeyRotation(ctx, &kms.EnableKeyRotationInput{KeyId: aws.String(id)}); err != nil {
 		t.Fatal(err)
 	}
-	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
-		t.Fatalf("the published snapshot changed without a refresh: %s", k.Verdict.Status)
+	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Get().Status != policy.Noncompliant {
+		t.Fatalf("the published snapshot changed without a refresh: %s", k.Verdict.Get().Status)
 	}
 	_, k := r.Refresh(ctx).Locate(kmstest.DefaultAccount, "eu-west-1", id)
-	if k == nil || k.Verdict.Status != policy.Compliant || k.Rotation == nil || !k.Rotation.Enabled {
+	if k == nil || k.Verdict.Get().Status != policy.Compliant || k.Rotation == nil || !k.Rotation.Enabled {
 		t.Fatalf("after: %+v", k)
 	}
 }
@@ -212,8 +212,8 @@ func TestUnchangedKeysAreShared(t *testing.T) {
 		if (third[i] != second[i]) != changed {
 			t.Errorf("key %s: new *model.Key = %v, want %v", second[i].ID, third[i] != second[i], changed)
 		}
-		if changed && (second[i].Verdict.Status != policy.Noncompliant || third[i].Verdict.Status != policy.Compliant) {
-			t.Errorf("changed key: %s then %s", second[i].Verdict.Status, third[i].Verdict.Status)
+		if changed && (second[i].Verdict.Get().Status != policy.Noncompliant || third[i].Verdict.Get().Status != policy.Compliant) {
+			t.Errorf("changed key: %s then %s", second[i].Verdict.Get().Status, third[i].Verdict.Get().Status)
 		}
 	}
 }
@@ -316,8 +316,8 @@ func TestAWSOnlyBehaviour(t *testing.T) {
 			t.Errorf("%s: missing", name)
 			return &model.Key{}
 		}
-		if k.Verdict.Status != status || k.Verdict.Reason != reason {
-			t.Errorf("%s: %s/%s, want %s/%s", name, k.Verdict.Status, k.Verdict.Reason, status, reason)
+		if k.Verdict.Get().Status != status || k.Verdict.Get().Reason != reason {
+			t.Errorf("%s: %s/%s, want %s/%s", name, k.Verdict.Get().Status, k.Verdict.Get().Reason, status, reason)
 		}
 		return k
 	}

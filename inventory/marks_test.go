@@ -74,14 +74,14 @@ func TestMarkReadsAKeyAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	others := r.Snapshot().Targets[0].Keys
-	if k := keyOf(id); k.Verdict.Status != policy.Compliant {
-		t.Fatalf("before the mark: %s", k.Verdict.Status)
+	if k := keyOf(id); k.Verdict.Get().Status != policy.Compliant {
+		t.Fatalf("before the mark: %s", k.Verdict.Get().Status)
 	}
 	if err := mark(id); err != nil {
 		t.Fatal(err)
 	}
-	if k := keyOf(id); k.Verdict.Status != policy.Noncompliant {
-		t.Fatalf("after the mark: %s, want noncompliant", k.Verdict.Status)
+	if k := keyOf(id); k.Verdict.Get().Status != policy.Noncompliant {
+		t.Fatalf("after the mark: %s, want noncompliant", k.Verdict.Get().Status)
 	}
 	for i, k := range r.Snapshot().Targets[0].Keys {
 		if k.ID != id && k != others[i] {
@@ -102,7 +102,7 @@ func TestMarkReadsAKeyAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	k := keyOf(newID)
-	if k == nil || k.Verdict.Status != policy.Noncompliant || k.ARN != aws.ToString(created.KeyMetadata.Arn) || len(k.Aliases) != 1 || k.Aliases[0] != "alias/new" {
+	if k == nil || k.Verdict.Get().Status != policy.Noncompliant || k.ARN != aws.ToString(created.KeyMetadata.Arn) || len(k.Aliases) != 1 || k.Aliases[0] != "alias/new" {
 		t.Fatalf("a created key, marked: %+v", k)
 	}
 
@@ -111,7 +111,7 @@ func TestMarkReadsAKeyAtOnce(t *testing.T) {
 	if err := mark(newID); err == nil {
 		t.Fatal("a mark whose read was throttled reported success")
 	}
-	if k := keyOf(newID); k == nil || !k.Stale || k.Verdict.Status != policy.Noncompliant {
+	if k := keyOf(newID); k == nil || !k.Stale || k.Verdict.Get().Status != policy.Noncompliant {
 		t.Fatalf("a key whose read failed: %+v, want its last verdict, stale", k)
 	}
 	proxy.ClearFaults()
@@ -159,7 +159,7 @@ func TestMarkReadsEveryCopyOfAMultiRegionKey(t *testing.T) {
 		if k == nil {
 			return "absent"
 		}
-		return k.Verdict.Status
+		return k.Verdict.Get().Status
 	}
 	harness.Poll(t, 10*time.Second, func() string {
 		if s := status("eu-west-1"); s != policy.Noncompliant {
@@ -199,7 +199,7 @@ func TestMarkDuringARefresh(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	id := ids["payments"]
 	harness.Poll(t, 10*time.Second, func() string {
-		if _, k := r.Snapshot().Locate("", "eu-west-1", id); k == nil || k.Verdict.Status != policy.Compliant {
+		if _, k := r.Snapshot().Locate("", "eu-west-1", id); k == nil || k.Verdict.Get().Status != policy.Compliant {
 			return "first refresh not published"
 		}
 		return ""
@@ -224,11 +224,11 @@ func TestMarkDuringARefresh(t *testing.T) {
 		t.Fatal("the mark was answered only after the refresh ended")
 	default:
 	}
-	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
-		t.Fatalf("during the refresh, after the mark: %s", k.Verdict.Status)
+	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Get().Status != policy.Noncompliant {
+		t.Fatalf("during the refresh, after the mark: %s", k.Verdict.Get().Status)
 	}
 	<-refreshed
-	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Status != policy.Noncompliant {
-		t.Errorf("the refresh published its older read over the mark's: %s", k.Verdict.Status)
+	if _, k := r.Snapshot().Locate("", "eu-west-1", id); k.Verdict.Get().Status != policy.Noncompliant {
+		t.Errorf("the refresh published its older read over the mark's: %s", k.Verdict.Get().Status)
 	}
 }

@@ -53,8 +53,8 @@ func (r *Refresher) patched(s *model.Snapshot, changes []model.RotationChange) *
 			if at := out.Targets[i].ReadAt; j < len(at) {
 				at[j] = c.At.UnixNano()
 			}
-			k.Verdict = r.auditor.verdict(k.Input())
-			out.Targets[i].Keys[j] = &k
+			k.Verdict = model.VerdictOf(r.auditor.verdict(k.Input()))
+			out.Targets[i].Keys[j] = k.Kept()
 		}
 	}
 	return out

@@ -42,7 +42,7 @@ func TestChangeSurvivesARefreshThatStartedBefore(t *testing.T) {
 	id := ids["legacy-billing"]
 	verdict := func() policy.Status {
 		_, k := r.Snapshot().Locate(kmstest.DefaultAccount, "eu-west-1", id)
-		return k.Verdict.Status
+		return k.Verdict.Get().Status
 	}
 
 	src.started, src.release = make(chan struct{}), make(chan struct{})
@@ -57,8 +57,8 @@ func TestChangeSurvivesARefreshThatStartedBefore(t *testing.T) {
 		t.Fatalf("after the change: %s", v)
 	}
 	// A published snapshot is never changed: the change made a new one.
-	if _, k := published.Locate(kmstest.DefaultAccount, "eu-west-1", id); k.Verdict.Status != policy.Noncompliant || k.Rotation.Enabled {
-		t.Errorf("the change modified the snapshot published before it: %s", k.Verdict.Status)
+	if _, k := published.Locate(kmstest.DefaultAccount, "eu-west-1", id); k.Verdict.Get().Status != policy.Noncompliant || k.Rotation.Enabled {
+		t.Errorf("the change modified the snapshot published before it: %s", k.Verdict.Get().Status)
 	}
 	close(src.release)
 	<-done

@@ -184,7 +184,7 @@ func TestKeySpecOfOlderAnswers(t *testing.T) {
 	want := map[string]string{"current-rsa": "not_applicable/asymmetric", "older-rsa": "not_applicable/asymmetric",
 		"older-sym": "noncompliant/rotation_disabled"}
 	for _, k := range keys {
-		if got := string(k.Verdict.Status) + "/" + k.Verdict.Reason; got != want[k.ID] {
+		if got := string(k.Verdict.Get().Status) + "/" + k.Verdict.Get().Reason; got != want[k.ID] {
 			t.Errorf("%s: %s, want %s", k.ID, got, want[k.ID])
 		}
 	}

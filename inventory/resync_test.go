@@ -120,13 +120,13 @@ func TestResyncSeesChanges(t *testing.T) {
 
 	clk.Add(time.Minute)
 	s := r.Refresh(ctx)
-	if _, k := s.Locate("", "eu-west-1", newID); k == nil || k.Verdict.Status != policy.Noncompliant {
+	if _, k := s.Locate("", "eu-west-1", newID); k == nil || k.Verdict.Get().Status != policy.Noncompliant {
 		t.Fatalf("a key created since the last refresh: %+v, want it read at once (noncompliant)", k)
 	}
 	seen := false
 	for range 60 {
 		_, k := r.Snapshot().Locate("", "eu-west-1", id)
-		if k.Verdict.Status == policy.Compliant {
+		if k.Verdict.Get().Status == policy.Compliant {
 			seen = true
 			break
 		}
@@ -167,20 +167,20 @@ func TestResyncRereadsWhatNoEventAnnounces(t *testing.T) {
 	denied := ids["payments"]
 	proxy.AddFault(&kmstest.Fault{Op: "GetKeyRotationStatus", KeyID: denied, Code: "AccessDeniedException"})
 	s := r.Refresh(ctx)
-	if _, k := s.Locate("", "eu-west-1", ids["vendor-appliance"]); k.Verdict.Status != policy.Exempt {
-		t.Fatalf("before its end: %s", k.Verdict.Status)
+	if _, k := s.Locate("", "eu-west-1", ids["vendor-appliance"]); k.Verdict.Get().Status != policy.Exempt {
+		t.Fatalf("before its end: %s", k.Verdict.Get().Status)
 	}
-	if _, k := s.Locate("", "eu-west-1", denied); k.Verdict.Status != policy.Unknown {
-		t.Fatalf("denied: %s", k.Verdict.Status)
+	if _, k := s.Locate("", "eu-west-1", denied); k.Verdict.Get().Status != policy.Unknown {
+		t.Fatalf("denied: %s", k.Verdict.Get().Status)
 	}
 	proxy.ClearFaults()
 
 	clk.Add(time.Minute)
 	s = r.Refresh(ctx)
-	if _, k := s.Locate("", "eu-west-1", ids["vendor-appliance"]); k.Verdict.Status != policy.Noncompliant || k.Verdict.Reason != policy.ReasonExemptionExpired {
-		t.Errorf("a minute after its exemption ended: %s (%s), want noncompliant (exemption_expired)", k.Verdict.Status, k.Verdict.Reason)
+	if _, k := s.Locate("", "eu-west-1", ids["vendor-appliance"]); k.Verdict.Get().Status != policy.Noncompliant || k.Verdict.Get().Reason != policy.ReasonExemptionExpired {
+		t.Errorf("a minute after its exemption ended: %s (%s), want noncompliant (exemption_expired)", k.Verdict.Get().Status, k.Verdict.Get().Reason)
 	}
-	if _, k := s.Locate("", "eu-west-1", denied); k.Verdict.Status != policy.Compliant {
-		t.Errorf("access allowed again: %s, want compliant at the next refresh", k.Verdict.Status)
+	if _, k := s.Locate("", "eu-west-1", denied); k.Verdict.Get().Status != policy.Compliant {
+		t.Errorf("access allowed again: %s, want compliant at the next refresh", k.Verdict.Get().Status)
 	}
 }

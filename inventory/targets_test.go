@@ -125,7 +125,7 @@ func TestSameAccountTwiceAuditedOnce(t *testing.T) {
 		t.Errorf("%d DescribeKey calls for %d keys", n, len(kmstest.MixedInventory))
 	}
 	_, k := s.Locate(kmstest.DefaultAccount, "eu-west-1", ids["legacy-billing"])
-	if k == nil || !k.Stale || k.Verdict.Status != policy.Noncompliant || s.Targets[0].Success {
+	if k == nil || !k.Stale || k.Verdict.Get().Status != policy.Noncompliant || s.Targets[0].Success {
 		t.Errorf("key failing through the role: %+v, target success %v; want its verdict read before, stale", k, s.Targets[0].Success)
 	}
 }

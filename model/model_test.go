@@ -15,7 +15,7 @@ func sample() Key {
 		CreationDate: at, DeletionDate: new(at.Add(time.Hour)), MultiRegion: &MultiRegion{Type: "PRIMARY", PrimaryARN: "arn:p", PrimaryRegion: "us-east-1"},
 		Rotation: &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: at},
 		History:  &policy.History{LastRotation: at, LastType: "AUTOMATIC", Automatic: 2, OnDemand: 1, Material: 7, ReadAt: 7}, TagValues: []string{"t"},
-		Tags: map[string]string{"team": "t"}, Verdict: policy.Verdict{Status: policy.Exempt, Reason: "r", ExemptionReason: "e", ExemptionExpiry: at},
+		Tags: map[string]string{"team": "t"}, Verdict: VerdictOf(policy.Verdict{Status: policy.Exempt, Reason: "r", ExemptionReason: "e", ExemptionExpiry: at}),
 		ReadError: "ThrottlingException", Stale: true}
 }
 
@@ -39,7 +39,7 @@ func TestSame(t *testing.T) {
 		"History":   func(k *Key) { k.History = nil },
 		"TagValues": func(k *Key) { k.TagValues = []string{"u"} },
 		"Tags":      func(k *Key) { k.Tags = nil },
-		"Verdict":   func(k *Key) { k.Verdict.ExemptionExpiry = time.Time{} },
+		"Verdict":   func(k *Key) { v := k.Verdict.Get(); v.ExemptionExpiry = time.Time{}; k.Verdict = VerdictOf(v) },
 		"ReadError": func(k *Key) { k.ReadError = "" },
 		"Stale":     func(k *Key) { k.Stale = false },
 	}
@@ -76,9 +76,9 @@ func TestSame(t *testing.T) {
 		"material id":       func(k *Key) { h := *k.History; h.Material++; k.History = &h },
 		"history read at":   func(k *Key) { h := *k.History; h.ReadAt++; k.History = &h },
 		"history error":     func(k *Key) { h := *k.History; h.Error = "AccessDeniedException"; k.History = &h },
-		"verdict status":    func(k *Key) { k.Verdict.Status = policy.Noncompliant },
-		"verdict reason":    func(k *Key) { k.Verdict.Reason = "s" },
-		"exemption reason":  func(k *Key) { k.Verdict.ExemptionReason = "f" },
+		"verdict status":    func(k *Key) { v := k.Verdict.Get(); v.Status = policy.Noncompliant; k.Verdict = VerdictOf(v) },
+		"verdict reason":    func(k *Key) { v := k.Verdict.Get(); v.Reason = "s"; k.Verdict = VerdictOf(v) },
+		"exemption reason":  func(k *Key) { v := k.Verdict.Get(); v.ExemptionReason = "f"; k.Verdict = VerdictOf(v) },
 		"tag value":         func(k *Key) { k.Tags = map[string]string{"team": "u"} },
 		"tags empty, read":  func(k *Key) { k.Tags = map[string]string{} },
 	} {

@@ -327,7 +327,7 @@ func (r *Remediator) publish(results []Result, changes []*model.RotationChange) 
 			continue
 		}
 		if _, k := snap.Locate(results[i].AccountID, results[i].Region, results[i].KeyID); k != nil {
-			results[i].Verdict = string(k.Verdict.Status)
+			results[i].Verdict = string(k.Verdict.Get().Status)
 		}
 	}
 }
@@ -362,7 +362,7 @@ func (r *Remediator) RemediateAll(ctx context.Context, sel Selector, who string)
 			continue
 		}
 		for _, k := range t.Keys {
-			if k.Verdict.Status != policy.Noncompliant || !matches(k, sel.AliasPrefix, sel.Tag) {
+			if k.Verdict.Get().Status != policy.Noncompliant || !matches(k, sel.AliasPrefix, sel.Tag) {
 				continue
 			}
 			if ctx.Err() != nil {
@@ -411,16 +411,16 @@ func (r *Remediator) eligibility(k *model.Key) *Result {
 	refuse := func(outcome, reason string, stateConflict bool) *Result {
 		return &Result{Outcome: outcome, Reason: reason, stateConflict: stateConflict}
 	}
-	if reason := policy.Scope(k.Meta.Get()); reason != "" && k.Verdict.Status != policy.Unknown {
+	if reason := policy.Scope(k.Meta.Get()); reason != "" && k.Verdict.Get().Status != policy.Unknown {
 		return refuse(OutcomeIneligible, "not applicable: "+reason, false)
 	}
-	switch k.Verdict.Status {
+	switch k.Verdict.Get().Status {
 	case policy.Compliant:
 		return refuse(OutcomeNoAction, "already compliant", true)
 	case policy.Exempt:
-		return refuse(OutcomeIneligible, "exempt: "+k.Verdict.ExemptionReason, true)
+		return refuse(OutcomeIneligible, "exempt: "+k.Verdict.Get().ExemptionReason, true)
 	case policy.Unknown:
-		return refuse(OutcomeIneligible, "verdict unknown ("+k.Verdict.Reason+"): refresh first", true)
+		return refuse(OutcomeIneligible, "verdict unknown ("+k.Verdict.Get().Reason+"): refresh first", true)
 	case policy.Noncompliant:
 		if rot := k.Rotation; rot != nil && rot.Enabled && !policy.PeriodExceeds(rot, r.Policy) {
 			// Noncompliant for its key material's age (or an ended exemption of it):
@@ -428,7 +428,7 @@ func (r *Remediator) eligibility(k *model.Key) *Result {
 			return refuse(OutcomeIneligible, "rotation is already enabled within the policy's period; the key material is older than --compliance.max-key-material-age-days: rotate it on demand (aws kms rotate-key-on-demand)", true)
 		}
 	default:
-		return refuse(OutcomeIneligible, "verdict "+string(k.Verdict.Status), true)
+		return refuse(OutcomeIneligible, "verdict "+string(k.Verdict.Get().Status), true)
 	}
 	if len(r.AllowTags)+len(r.AllowAliasPrefixes) > 0 && !hasTag(k, r.AllowTags) && !hasAliasPrefix(k, r.AllowAliasPrefixes) {
 		return refuse(OutcomeIneligible, "not in the remediation allow-list (--remediation.allow-tag, --remediation.allow-alias-prefix)", false)
@@ -444,7 +444,7 @@ func (r *Remediator) eligibility(k *model.Key) *Result {
 // and re-reads the status; it returns what AWS said, to publish.
 func (r *Remediator) act(ctx context.Context, t *model.TargetState, k *model.Key, days int, dryRun bool, admit func() bool) (Result, *model.RotationChange) {
 	res := Result{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, Aliases: strings.Join(k.Aliases, ","), DryRun: dryRun,
-		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Status)}
+		ActedOnRegion: k.Region, ActedOnKeyID: k.ID, Verdict: string(k.Verdict.Get().Status)}
 	if refusal := r.eligibility(k); refusal != nil {
 		refusal.AccountID, refusal.Region, refusal.KeyID, refusal.Aliases, refusal.DryRun, refusal.Verdict =
 			res.AccountID, res.Region, res.KeyID, res.Aliases, dryRun, res.Verdict

@@ -174,7 +174,7 @@ func (e *env) verdict(id string) policy.Status {
 	if k == nil {
 		return ""
 	}
-	return k.Verdict.Status
+	return k.Verdict.Get().Status
 }
 
 // rotation reads a key's rotation status from KMS with the SDK (through the

@@ -59,7 +59,7 @@ func (f *fakeInventory) ApplyRotationChanges(cs ...model.RotationChange) *model.
 				if c.AccountID == k.AccountID && c.KeyID == k.ID {
 					rot := c.Rotation
 					k.Rotation = &rot
-					k.Verdict = policy.Decide(k.Input(), f.policy, c.At)
+					k.Verdict = model.VerdictOf(policy.Decide(k.Input(), f.policy, c.At))
 				}
 			}
 		}
@@ -142,7 +142,7 @@ func noncompliant(id string) model.Key {
 	return model.Key{AccountID: unitAccount, Region: "eu-west-1", ID: id,
 		ARN:     "arn:aws:kms:eu-west-1:" + unitAccount + ":key/" + id,
 		Meta:    model.MetaOf(policy.Meta{KeyManager: "CUSTOMER", KeySpec: "SYMMETRIC_DEFAULT", KeyState: "Enabled", Origin: "AWS_KMS"}),
-		Verdict: policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}}
+		Verdict: model.VerdictOf(policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled})}
 }
 
 func newRemediator(inv Inventory, api KMS) *Remediator {
@@ -567,7 +567,9 @@ func TestMaterialTooOldNotRemediated(t *testing.T) {
 	}
 	tooOld := inv.snap.Targets[0].Keys[0]
 	tooOld.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365}
-	tooOld.Verdict.Reason = policy.ReasonMaterialTooOld
+	v := tooOld.Verdict.Get()
+	v.Reason = policy.ReasonMaterialTooOld
+	tooOld.Verdict = model.VerdictOf(v)
 	api := newFakeKMS()
 	api.enabled[old] = 365
 	r := newRemediator(inv, api)
@@ -582,7 +584,7 @@ func TestMaterialTooOldNotRemediated(t *testing.T) {
 		t.Fatalf("rotation off: %s (%s)", res.Outcome, res.Reason)
 	}
 	_, k := inv.Snapshot().Locate(unitAccount, "eu-west-1", off)
-	if k.Verdict.Status != policy.Noncompliant || k.Verdict.Reason != policy.ReasonMaterialTooOld {
-		t.Errorf("after enabling rotation on 400-day-old material: %s/%s, want noncompliant/%s", k.Verdict.Status, k.Verdict.Reason, policy.ReasonMaterialTooOld)
+	if k.Verdict.Get().Status != policy.Noncompliant || k.Verdict.Get().Reason != policy.ReasonMaterialTooOld {
+		t.Errorf("after enabling rotation on 400-day-old material: %s/%s, want noncompliant/%s", k.Verdict.Get().Status, k.Verdict.Get().Reason, policy.ReasonMaterialTooOld)
 	}
 }

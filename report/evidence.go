@@ -98,8 +98,8 @@ func newEvidence(s *model.Snapshot, now time.Time) *evidence {
 		tr := TargetRecord{AccountID: t.AccountID, Region: t.Region, Success: t.Success, Error: t.Error,
 			LastSuccess: utc(t.LastSuccess), Keys: len(t.Keys), Counts: zeroCounts()}
 		for _, k := range t.Keys {
-			tr.Counts[k.Verdict.Status]++
-			e.Counts[k.Verdict.Status]++
+			tr.Counts[k.Verdict.Get().Status]++
+			e.Counts[k.Verdict.Get().Status]++
 			if k.Stale {
 				tr.Stale++
 			}
@@ -138,8 +138,8 @@ func record(k *model.Key, tagLabels []string, now time.Time) KeyRecord {
 	r := KeyRecord{AccountID: k.AccountID, Region: k.Region, KeyID: k.ID, KeyARN: k.ARN, Aliases: k.Aliases,
 		KeyManager: meta.KeyManager, KeySpec: meta.KeySpec, KeyState: meta.KeyState, Origin: meta.Origin,
 		MultiRegionType: k.MultiRegionType(), CreationDate: utc(k.CreationDate), DeletionDate: utc(k.Deletion()),
-		Status: string(k.Verdict.Status), Reason: k.Verdict.Reason, RotationView: model.ViewRotation(k.Rotation),
-		ExemptionReason: k.Verdict.ExemptionReason, ExemptionExpiry: utc(k.Verdict.ExemptionExpiry),
+		Status: string(k.Verdict.Get().Status), Reason: k.Verdict.Get().Reason, RotationView: model.ViewRotation(k.Rotation),
+		ExemptionReason: k.Verdict.Get().ExemptionReason, ExemptionExpiry: utc(k.Verdict.Get().ExemptionExpiry),
 		Stale: k.Stale, ReadError: k.ReadError}
 	if r.Aliases == nil {
 		r.Aliases = []string{}

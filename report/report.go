@@ -97,7 +97,7 @@ func writeTable(w io.Writer, s *model.Snapshot) error {
 	fmt.Fprintln(tw, "ACCOUNT\tREGION\tKEY ID\tALIASES\tSTATUS\tREASON")
 	for _, t := range s.Targets {
 		for _, k := range t.Keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.AccountID, k.Region, k.ID, orDash(strings.Join(k.Aliases, ",")), k.Verdict.Status, k.Verdict.Reason)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.AccountID, k.Region, k.ID, orDash(strings.Join(k.Aliases, ",")), k.Verdict.Get().Status, k.Verdict.Get().Reason)
 		}
 	}
 	if err := tw.Flush(); err != nil {

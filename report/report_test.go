@@ -44,7 +44,7 @@ var (
 		k := key("11111111-1111-1111-1111-111111111111", "alias/payments", "alias/payments-v2")
 		k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 90, NextRotation: day("2026-04-02")}
 		k.History = &policy.History{LastRotation: day("2026-01-02"), LastType: policy.RotationAutomatic, Automatic: 9, OnDemand: 2}
-		k.Verdict = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
 		k.TagValues = []string{"=HYPERLINK(\"http://attacker.example/\",\"open\")"}
 		return k
 	}()
@@ -52,7 +52,7 @@ var (
 		k := key("22222222-2222-2222-2222-222222222222", "alias/legacy-billing")
 		k.Rotation = &policy.Rotation{}
 		k.History = &policy.History{}
-		k.Verdict = policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Noncompliant, Reason: policy.ReasonRotationDisabled})
 		k.TagValues = []string{"+1"}
 		return k
 	}()
@@ -60,7 +60,7 @@ var (
 		k := key("33333333-3333-3333-3333-333333333333")
 		k.Rotation = &policy.Rotation{Enabled: true}
 		k.History = &policy.History{Error: "AccessDeniedException"}
-		k.Verdict = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
 		k.TagValues = []string{"-2"}
 		return k
 	}()
@@ -68,14 +68,14 @@ var (
 		k := key("44444444-4444-4444-4444-444444444444", "alias/vendor-appliance", hostileAlias)
 		k.Rotation = &policy.Rotation{}
 		k.History = &policy.History{LastRotation: day("2025-02-01"), LastType: policy.RotationOnDemand, OnDemand: 25}
-		k.Verdict = policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: hostile,
-			ExemptionExpiry: day("2100-01-01")}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Exempt, Reason: policy.ReasonExemptionTag, ExemptionReason: hostile,
+			ExemptionExpiry: day("2100-01-01")})
 		k.TagValues = []string{"@SUM(1+1)"}
 		return k
 	}()
 	unknownKey = func() model.Key {
 		k := key("55555555-5555-5555-5555-555555555555", "alias/locked")
-		k.Verdict = policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Unknown, Reason: "AccessDeniedException"})
 		k.TagValues = []string{"\tx"}
 		return k
 	}()
@@ -85,7 +85,7 @@ var (
 		k.ARN = "arn:aws:kms:us-east-1:111122223333:key/" + k.ID
 		k.Rotation = &policy.Rotation{Enabled: true, PeriodDays: 365, NextRotation: day("2026-06-30")}
 		k.History = &policy.History{LastRotation: day("2025-06-30"), LastType: policy.RotationAutomatic, Automatic: 1}
-		k.Verdict = policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.Compliant, Reason: policy.ReasonRotationEnabled})
 		k.Stale, k.ReadError = true, "ThrottlingException"
 		k.TagValues = []string{"\rx"}
 		return k
@@ -96,7 +96,7 @@ var (
 		k.ARN = "arn:aws:kms:us-east-1:111122223333:key/" + k.ID
 		k.Meta = model.MetaOf(symmetric("PendingDeletion"))
 		k.DeletionDate = new(day("2026-03-08"))
-		k.Verdict = policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion}
+		k.Verdict = model.VerdictOf(policy.Verdict{Status: policy.NotApplicable, Reason: policy.ReasonPendingDeletion})
 		k.TagValues = []string{"team a"}
 		return k
 	}()

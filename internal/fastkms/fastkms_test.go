@@ -555,7 +555,7 @@ func TestAudit(t *testing.T) {
 		got[string(st)] = 0
 	}
 	for _, k := range audit(t, s) {
-		got[string(k.Verdict.Status)]++
+		got[string(k.Verdict.Get().Status)]++
 	}
 	if want := Expected(n); !maps.Equal(got, want) {
 		t.Errorf("audit of %d keys: %v, want %v", n, got, want)
@@ -716,7 +716,7 @@ func TestRotationChangeVerdicts(t *testing.T) {
 		i      int
 		status policy.Status
 	}{{on, policy.Noncompliant}, {off, policy.Compliant}, {on + 100, policy.Compliant}, {off + 100, policy.Noncompliant}} {
-		if k := keys[KeyID(tc.i)]; k == nil || k.Verdict.Status != tc.status {
+		if k := keys[KeyID(tc.i)]; k == nil || k.Verdict.Get().Status != tc.status {
 			t.Errorf("key %d: %+v, want %s", tc.i, k, tc.status)
 		}
 	}
