@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -404,9 +405,10 @@ func (a *Auditor) Age(last *model.TargetState, code string) ([]*model.Key, []int
 // compact returns a copy of k ready to be kept for long (model.Key.Kept):
 // its strings share the memory of prev's (the same key as last published,
 // or nil) where equal, its ARN is detached from the response or listing it
-// was read from and its id is part of the ARN, its other strings are
-// copies, and the strings of its multi-Region fields are interned (its
-// metadata is, as read: model.Meta).
+// was read from and its id is part of the ARN (a copy of its own where the
+// ARN does not end in it), its other strings are copies, and the strings
+// of its multi-Region fields are interned (its metadata is, as read:
+// model.Meta).
 func compact(k *model.Key, prev *model.Key) *model.Key {
 	if prev == nil {
 		prev = &model.Key{} // nothing to share
@@ -539,7 +541,8 @@ func (l *keyList) id(i int) string {
 	return l.ids[start:l.ends[i]]
 }
 
-// arn is the i-th listed key's ARN, a new string.
+// arn is the i-th listed key's ARN: a new string, or the listing's copy
+// of an odd one.
 func (l *keyList) arn(i int) string {
 	if a, ok := l.odd[i]; ok {
 		return a
@@ -569,14 +572,18 @@ func listKeys(ctx context.Context, api KMS) (*keyList, string, error) {
 				l.odd[len(l.ends)] = strings.Clone(keyARN)
 			}
 			ids.WriteString(id)
+			if ids.Len() > math.MaxUint32 {
+				return nil, "", fmt.Errorf("ListKeys listed more than %d bytes of key ids", uint64(math.MaxUint32))
+			}
 			l.ends = append(l.ends, uint32(ids.Len()))
 			if account == "" {
 				account = accountOf(keyARN)
 			}
 		}
 	}
-	l.ids = ids.String()
-	l.ends = slices.Clip(l.ends)
+	// Copies of their exact size: the builder and the appends leave up to
+	// as much room again, which the refresh would hold.
+	l.ids, l.ends = strings.Clone(ids.String()), slices.Clone(l.ends)
 	return l, account, nil
 }
 
@@ -597,12 +604,10 @@ func listAliases(ctx context.Context, api KMS, keyID *string) (map[string][]stri
 			}
 			// Copies, held through the refresh instead of the pages' string
 			// arenas (about 200 bytes an alias).
+			// (A map assignment stores the key it is given, so the id is
+			// copied at every one, not only the first.)
 			if id := aws.ToString(al.TargetKeyId); id != "" {
-				names, ok := out[id]
-				if !ok {
-					id = strings.Clone(id)
-				}
-				out[id] = append(names, strings.Clone(aws.ToString(al.AliasName)))
+				out[strings.Clone(id)] = append(out[id], strings.Clone(aws.ToString(al.AliasName)))
 			}
 		}
 	}

@@ -74,22 +74,29 @@ func sameMap(a, b map[string]string) bool {
 	return *(*unsafe.Pointer)(unsafe.Pointer(&a)) == *(*unsafe.Pointer)(unsafe.Pointer(&b))
 }
 
-// pagedKeys answers ListKeys with pages; nothing else is called.
-type pagedKeys struct {
+// paged answers ListKeys and ListAliases with pages; nothing else is called.
+type paged struct {
 	KMS
-	pages [][]types.KeyListEntry
+	keys    [][]types.KeyListEntry
+	aliases [][]types.AliasListEntry
 }
 
-func (p *pagedKeys) ListKeys(_ context.Context, in *kms.ListKeysInput, _ ...func(*kms.Options)) (*kms.ListKeysOutput, error) {
+func (p *paged) ListKeys(_ context.Context, in *kms.ListKeysInput, _ ...func(*kms.Options)) (*kms.ListKeysOutput, error) {
+	keys, next := page(p.keys, in.Marker)
+	return &kms.ListKeysOutput{Keys: keys, Truncated: next != nil, NextMarker: next}, nil
+}
+
+// page returns the page a marker names (nil: the first) and the next one's
+// marker, nil after the last.
+func page[T any](pages [][]T, marker *string) ([]T, *string) {
 	i := 0
-	if in.Marker != nil {
-		i, _ = strconv.Atoi(*in.Marker)
+	if marker != nil {
+		i, _ = strconv.Atoi(*marker)
 	}
-	out := &kms.ListKeysOutput{Keys: p.pages[i]}
-	if i+1 < len(p.pages) {
-		out.Truncated, out.NextMarker = true, aws.String(strconv.Itoa(i+1))
+	if i+1 < len(pages) {
+		return pages[i], aws.String(strconv.Itoa(i + 1))
 	}
-	return out, nil
+	return pages[i], nil
 }
 
 // The listing gives back every key's id and ARN as listed, over pages,
@@ -124,7 +131,7 @@ func TestListKeysKeepsEveryKeyAsListed(t *testing.T) {
 		}
 		pages[len(pages)-1] = append(pages[len(pages)-1], e)
 	}
-	l, account, err := listKeys(t.Context(), &pagedKeys{pages: pages})
+	l, account, err := listKeys(t.Context(), &paged{keys: pages})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,5 +166,41 @@ func TestKeptKeyHoldsCopies(t *testing.T) {
 	}
 	if none := (&model.Key{ID: "k2"}).Kept(); none.Rotation != nil || none.History != nil {
 		t.Errorf("a key whose rotation was not read kept %+v, %+v", none.Rotation, none.History)
+	}
+}
+
+func (p *paged) ListAliases(_ context.Context, in *kms.ListAliasesInput, _ ...func(*kms.Options)) (*kms.ListAliasesOutput, error) {
+	aliases, next := page(p.aliases, in.Marker)
+	return &kms.ListAliasesOutput{Aliases: aliases, Truncated: next != nil, NextMarker: next}, nil
+}
+
+// The alias listing, held through a refresh, holds none of the pages'
+// memory: not for a key named on several pages either.
+func TestListAliasesHoldsCopies(t *testing.T) {
+	arena := strings.Repeat("x", 64) + "k1" + "alias/a" + "k1" + "alias/b" + "k2" + "alias/c"
+	cut := func(s string, from int) *string {
+		i := strings.Index(arena[from:], s) + from
+		return aws.String(arena[i : i+len(s)])
+	}
+	api := &paged{aliases: [][]types.AliasListEntry{
+		{{TargetKeyId: cut("k1", 0), AliasName: cut("alias/a", 0)}},
+		{{TargetKeyId: cut("k1", 70), AliasName: cut("alias/b", 0)}, {TargetKeyId: cut("k2", 0), AliasName: cut("alias/c", 0)}},
+	}}
+	got, _, err := listAliases(t.Context(), api, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string][]string{"k1": {"alias/a", "alias/b"}, "k2": {"alias/c"}}; !maps.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("aliases %v, want %v", got, want)
+	}
+	for id, names := range got {
+		if within(id, arena) {
+			t.Errorf("key id %q is the page's memory", id)
+		}
+		for _, n := range names {
+			if within(n, arena) {
+				t.Errorf("alias %q of %s is the page's memory", n, id)
+			}
+		}
 	}
 }
