@@ -28,6 +28,7 @@ type fakeAWS struct {
 	kmsAuth     []string
 	denyAssume  bool
 	throttle    int // ListKeys calls to throttle first
+	stall       int // KMS calls to leave unanswered first (until the client gives up)
 	delay       time.Duration
 	inFlight    atomic.Int32
 	maxInFlight atomic.Int32
@@ -61,11 +62,21 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(f.delay)
 		f.mu.Lock()
 		f.kmsAuth = append(f.kmsAuth, r.Header.Get("Authorization"))
-		throttle := f.throttle > 0
+		throttle, stall := f.throttle > 0, f.stall > 0
 		if throttle {
 			f.throttle--
 		}
+		if stall {
+			f.stall--
+		}
 		f.mu.Unlock()
+		if stall {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
 		w.Header().Set("Content-Type", "application/x-amz-json-1.1")
 		if throttle {
 			w.WriteHeader(400)
@@ -94,6 +105,14 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 <AssumedRoleUser><Arn>arn:aws:sts::444455556666:assumed-role/kms-audit/kms_exporter</Arn><AssumedRoleId>AROAFAKE:kms_exporter</AssumedRoleId></AssumedRoleUser>
 </AssumeRoleResult><ResponseMetadata><RequestId>r2</RequestId></ResponseMetadata></AssumeRoleResponse>`)
 	}
+}
+
+// setStall sets how many KMS calls to leave unanswered first; the handlers
+// of calls given up by the client may still be running.
+func (f *fakeAWS) setStall(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stall = n
 }
 
 func newFake(t *testing.T, opts Options) (*fakeAWS, *Factory) {
@@ -232,6 +251,49 @@ kms_api_requests_total{account_id="111122223333",operation="ListResourceTags",re
 	}
 	if problems, err := testutil.CollectAndLint(factory); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+// TestAttemptTimeoutRetried: an attempt left unanswered past Options.Timeout
+// is abandoned, counted as a RequestTimeout and retried; past the attempts the
+// call fails as a transient timeout. The caller's own cancellation is not
+// retried.
+func TestAttemptTimeoutRetried(t *testing.T) {
+	fake, factory := newFake(t, Options{MaxConcurrency: 2, MaxAttempts: 3, Timeout: 200 * time.Millisecond})
+	c := factory.KMS(Role{}, "eu-west-1")
+	c.LearnAccountID("111122223333")
+	fake.setStall(1)
+	start := time.Now()
+	if err := listKeys(context.Background(), c); err != nil {
+		t.Fatalf("one attempt unanswered with 3 attempts: %v", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("the call took %s: the unanswered attempt was not abandoned at its timeout", waited)
+	}
+	fake.setStall(3)
+	err := listKeys(context.Background(), c)
+	if ErrorCode(err) != "RequestTimeout" || !Transient(err) {
+		t.Errorf("every attempt unanswered: %v (code %q, transient %v), want a transient RequestTimeout", err, ErrorCode(err), Transient(err))
+	}
+	if got := factory.Counts()["ListKeys"]; got != 5 {
+		t.Errorf("ListKeys attempts = %d, want 5 (2 for the first call, 3 for the second)", got)
+	}
+	c.stats.mu.Lock()
+	timeouts := c.stats.errors[opCode{"ListKeys", "RequestTimeout"}]
+	c.stats.mu.Unlock()
+	if got := timeouts; got != 4 {
+		t.Errorf("ListKeys attempts counted as RequestTimeout = %v, want 4", got)
+	}
+
+	fake.setStall(1)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err = listKeys(ctx, c)
+	if ErrorCode(err) != "RequestTimeout" && ErrorCode(err) != "RequestCanceled" {
+		t.Errorf("caller's deadline: %v (code %q)", err, ErrorCode(err))
+	}
+	if got := factory.Counts()["ListKeys"]; got != 6 {
+		t.Errorf("ListKeys attempts = %d after the caller's own deadline, want 6 (not retried)", got)
 	}
 }
 
