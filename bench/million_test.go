@@ -109,8 +109,21 @@ func BenchmarkMillion(b *testing.B) {
 			}
 			defer srv.Close()
 			f := millionFigures{keys: n}
-			bareMillion(b, srv, &f)
-			exporterMillion(b, srv, bin, &f)
+			// The bare client's runs and the exporter's alternate, so that
+			// a machine getting slower or faster within the run (other
+			// tenants of its host) weighs on both alike: a bare first
+			// sight, the exporter refreshing once, a bare first sight and
+			// a later audit, the exporter refreshing back to back.
+			kinds := refreshKinds()
+			bare := &bareAudits{srv: srv, f: &f}
+			bare.run(b, kinds[0])
+			first := exporterOnce(b, srv, bin, &f)
+			for _, firstSight := range kinds[1:] {
+				bare.run(b, firstSight)
+			}
+			bare.finish()
+			exporterLoop(b, srv, bin, &f, first)
+			exporterAttention(b, srv, bin, &f)
 			b.ReportMetric(f.bare.Seconds(), "s-bare")
 			b.ReportMetric(f.exporter.Seconds(), "s-exporter")
 			b.ReportMetric(f.rss/float64(n), "B/key-RSS")
@@ -168,9 +181,9 @@ func median[T int64 | float64 | time.Duration](v []T) T {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// refreshKinds says, for each refresh of the exporter that exporterMillion
-// times (the refresh of an exporter refreshing once, then the first and
-// the later ones of one refreshing back to back), whether it is a first
+// refreshKinds says, for each refresh of the exporter that exporterOnce and
+// exporterLoop time (the refresh of an exporter refreshing once, then the
+// first and the later ones of one refreshing back to back), whether it is a first
 // sight of the keys: the exporter reads every key's rotation history then
 // (ListKeyRotations), and at a later refresh only where it can have changed
 // (another CurrentKeyMaterialId, a rotation date passed: none here). The
@@ -184,8 +197,8 @@ func refreshKinds() []bool {
 	return kinds
 }
 
-// bareMillion times whole audits by a bare SDK client, one per refresh
-// exporterMillion times (refreshKinds): those mirroring a first sight read
+// bareAudits times whole audits by a bare SDK client, one per refresh the
+// exporter's runs time (refreshKinds): those mirroring a first sight read
 // every key's rotation history, the others do not, as a client keeping the
 // histories it read would. Each runs in a process of its own
 // (TestBareAuditProcess in this test binary), as the exporter does: a
@@ -193,44 +206,53 @@ func refreshKinds() []bool {
 // between processes (measured at 100k keys: 26 s of CPU in process, 35 s out
 // of it). The calls and CPU compared with the exporter's later refresh are
 // the last run's, a later refresh too.
-func bareMillion(b *testing.B, srv *fastkms.Server, f *millionFigures) {
-	kinds := refreshKinds()
-	f.bareRuns = len(kinds)
+type bareAudits struct {
+	srv   *fastkms.Server
+	f     *millionFigures
+	times []time.Duration
+	cpu   time.Duration
+	calls int64
+}
+
+// run times one bare audit.
+func (a *bareAudits) run(b *testing.B, firstSight bool) {
+	srv, f := a.srv, a.f
 	want := fastkms.Expected(f.keys)
-	var times, cpu []time.Duration
-	var calls int64
-	for run, firstSight := range kinds {
-		before, fakeBefore := srv.Calls(), selfCPU()
-		cmd := exec.Command(os.Args[0], "-test.run=^TestBareAuditProcess$", "-test.timeout=0")
-		cmd.Env = append(os.Environ(), bareURLEnv+"="+srv.URL, bareHistoryEnv+"="+strconv.FormatBool(firstSight))
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			b.Fatalf("bare audit of %d keys: %v\n%s", f.keys, err, out)
-		}
-		var r bareResult
-		_, line, _ := strings.Cut(string(out), bareResultPrefix)
-		line, _, _ = strings.Cut(line, "\n")
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			b.Fatalf("bare audit of %d keys: no result (%v) in its output:\n%s", f.keys, err, out)
-		}
-		if !maps.Equal(r.Counts, want) {
-			b.Fatalf("bare audit of %d keys: %v, want %v", f.keys, r.Counts, want)
-		}
-		usage := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-		cpu = append(cpu, time.Duration(usage.Utime.Nano()+usage.Stime.Nano())+selfCPU()-fakeBefore)
-		calls = totalCalls(srv.Calls()) - totalCalls(before)
-		if run == 0 {
-			f.bareFirstCalls = float64(calls) / float64(f.keys)
-		}
-		elapsed := time.Duration(r.Nanoseconds)
-		times = append(times, elapsed)
-		fmt.Fprintf(os.Stderr, "%d keys: bare audit %s (first sight: %v), CPU %s, %.0f calls/s\n", f.keys, elapsed.Round(time.Millisecond),
-			firstSight, cpu[len(cpu)-1].Round(time.Millisecond), float64(calls)/elapsed.Seconds())
-		f.fakeRate = float64(calls) / elapsed.Seconds()
+	before, fakeBefore := srv.Calls(), selfCPU()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBareAuditProcess$", "-test.timeout=0")
+	cmd.Env = append(os.Environ(), bareURLEnv+"="+srv.URL, bareHistoryEnv+"="+strconv.FormatBool(firstSight))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("bare audit of %d keys: %v\n%s", f.keys, err, out)
 	}
-	f.bare, f.bareCPU = median(times), cpu[len(cpu)-1]
-	f.bareCalls = float64(calls) / float64(f.keys)
+	var r bareResult
+	_, line, _ := strings.Cut(string(out), bareResultPrefix)
+	line, _, _ = strings.Cut(line, "\n")
+	if err := json.Unmarshal([]byte(line), &r); err != nil {
+		b.Fatalf("bare audit of %d keys: no result (%v) in its output:\n%s", f.keys, err, out)
+	}
+	if !maps.Equal(r.Counts, want) {
+		b.Fatalf("bare audit of %d keys: %v, want %v", f.keys, r.Counts, want)
+	}
+	usage := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	a.cpu = time.Duration(usage.Utime.Nano()+usage.Stime.Nano()) + selfCPU() - fakeBefore
+	a.calls = totalCalls(srv.Calls()) - totalCalls(before)
+	if len(a.times) == 0 {
+		f.bareFirstCalls = float64(a.calls) / float64(f.keys)
+	}
+	elapsed := time.Duration(r.Nanoseconds)
+	a.times = append(a.times, elapsed)
+	fmt.Fprintf(os.Stderr, "%d keys: bare audit %s (first sight: %v), CPU %s, %.0f calls/s\n", f.keys, elapsed.Round(time.Millisecond),
+		firstSight, a.cpu.Round(time.Millisecond), float64(a.calls)/elapsed.Seconds())
+	f.fakeRate = float64(a.calls) / elapsed.Seconds()
+}
+
+// finish records the median time and the last run's calls and CPU.
+func (a *bareAudits) finish() {
+	a.f.bareRuns = len(a.times)
+	a.f.bare, a.f.bareCPU = median(a.times), a.cpu
+	a.f.bareCalls = float64(a.calls) / float64(a.f.keys)
 }
 
 // The bare audit's process: BenchmarkMillion runs this test binary with
@@ -550,19 +572,22 @@ func (e *exporter) stop() {
 	<-e.exited
 }
 
-// exporterMillion measures the binary against the fake in three runs:
-//   - refreshing once (--refresh.interval=1h): the full refresh and publish,
-//     the resident memory 2 s after it (what an exporter keeps between
-//     refreshes), and scrapes of an idle exporter;
-//   - refreshing back to back (--refresh.interval=1s), twice: the refresh
-//     times and the peak resident memory, which the second refresh reaches
-//     (the previous snapshot and its encoding are live through it);
-//   - with --metrics.per-key=attention, refreshing once: its series, memory
-//     and scrapes.
+// The exporter binary is measured against the fake in three runs:
+//   - exporterOnce, refreshing once (--refresh.interval=1h): the full
+//     refresh and publish, the resident memory 2 s after it (what an
+//     exporter keeps between refreshes), and scrapes of an idle exporter;
+//   - exporterLoop, refreshing back to back (--refresh.interval=1s), twice:
+//     the refresh times and the peak resident memory, which the second
+//     refresh reaches (the previous snapshot and its encoding are live
+//     through it);
+//   - exporterAttention, with --metrics.per-key=attention, refreshing once:
+//     its series, memory and scrapes.
 //
 // The refresh time compared with the bare client is the median of the three
 // refreshes of the first two runs.
-func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFigures) {
+
+// exporterOnce runs the exporter refreshing once and returns that refresh.
+func exporterOnce(b *testing.B, srv *fastkms.Server, bin string, f *millionFigures) refreshLog {
 	before := totalCalls(srv.Calls())
 	once := startExporter(b, srv, bin, f.keys, "1h")
 	first := once.next()
@@ -579,7 +604,12 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 	}
 	f.series = series
 	once.stop()
+	return first
+}
 
+// exporterLoop runs the exporter refreshing back to back; the bare
+// client's figures must be in f already, for the calls to be compared.
+func exporterLoop(b *testing.B, srv *fastkms.Server, bin string, f *millionFigures, first refreshLog) {
 	loop := startExporter(b, srv, bin, f.keys, "1s")
 	got := []refreshLog{first}
 	for range millionRefreshes - 1 {
@@ -615,7 +645,11 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 	if d := f.exporterCalls - f.bareCalls; d > 0.01 || d < -0.01 {
 		b.Errorf("later refresh: the exporter made %.3f calls per key, the bare client %.3f", f.exporterCalls, f.bareCalls)
 	}
+}
 
+// exporterAttention runs the exporter with --metrics.per-key=attention,
+// refreshing once (skipped with KMS_BENCH_ATTENTION=0).
+func exporterAttention(b *testing.B, srv *fastkms.Server, bin string, f *millionFigures) {
 	if os.Getenv("KMS_BENCH_ATTENTION") == "0" {
 		return
 	}
@@ -623,6 +657,7 @@ func exporterMillion(b *testing.B, srv *fastkms.Server, bin string, f *millionFi
 	att.next()
 	time.Sleep(2 * time.Second)
 	f.attentionRSS, _ = att.memory()
+	var counts map[string]int
 	f.attentionScrape, f.attentionSize = timeScrapes(b, att.url, "gzip", scrapesGzip)
 	f.attentionSeries, counts = readExposition(b, att.url)
 	if !maps.Equal(counts, att.want) {
