@@ -108,7 +108,7 @@ var knownErrorCodes = []string{"ThrottlingException", "AccessDeniedException"}
 type Factory struct {
 	base aws.Config
 	// kmsHTTP is the KMS clients' HTTP client: without a timeout of its own
-	// (perAttempt bounds each attempt with its context instead).
+	// (attemptTimeout bounds each attempt with its context instead).
 	kmsHTTP aws.HTTPClient
 	opts    Options
 	sem     chan struct{}
@@ -219,7 +219,10 @@ func (f *Factory) KMS(role Role, region string) *Client {
 		Client: kms.NewFromConfig(f.config(role, region), func(o *kms.Options) {
 			o.HTTPClient = f.kmsHTTP
 			o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
-				return s.Finalize.Insert(f.perAttempt(limiters, stats), "Retry", middleware.After)
+				if err := s.Finalize.Insert(f.perAttempt(limiters, stats), "Retry", middleware.After); err != nil {
+					return err
+				}
+				return s.Finalize.Add(f.attemptTimeout(), middleware.After)
 			})
 		}),
 		Region: region,
@@ -335,14 +338,7 @@ func newLimiter(rps float64) *rate.Limiter {
 
 // perAttempt returns the middleware run for every attempt of every call: wait
 // for the operation's rate limit, take a place among the requests in flight,
-// bound the attempt by Options.Timeout, count.
-//
-// The timeout is the attempt's context deadline rather than net/http's
-// Client.Timeout, which starts a goroutine and a timer for every request
-// (about 2% of the exporter's CPU in a refresh of 300,000 keys). The
-// response is read within the attempt (the SDK's deserialization runs
-// inside the finalize step), so the deadline covers the whole exchange as
-// Client.Timeout did.
+// count.
 func (f *Factory) perAttempt(limiters limits, stats *callStats) middleware.FinalizeMiddleware {
 	return middleware.FinalizeMiddlewareFunc("KMSExporterPerAttempt", func(
 		ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler,
@@ -357,42 +353,60 @@ func (f *Factory) perAttempt(limiters limits, stats *callStats) middleware.Final
 		case <-ctx.Done():
 			return middleware.FinalizeOutput{}, middleware.Metadata{}, ctx.Err()
 		}
-		out, md, err := f.attempt(ctx, in, next)
+		out, md, err := next.HandleFinalize(ctx, in)
 		<-f.sem
 		stats.add(middleware.GetOperationName(ctx), err)
 		return out, md, err
 	})
 }
 
-// attempt makes one attempt within Options.Timeout.
-func (f *Factory) attempt(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler,
-) (middleware.FinalizeOutput, middleware.Metadata, error) {
-	if f.opts.Timeout <= 0 {
-		return next.HandleFinalize(ctx, in)
-	}
-	attemptCtx, cancel := context.WithTimeoutCause(ctx, f.opts.Timeout, errAttemptTimeout)
-	defer cancel()
-	out, md, err := next.HandleFinalize(attemptCtx, in)
-	if err != nil && ctx.Err() == nil && context.Cause(attemptCtx) == errAttemptTimeout {
-		// The SDK reports a call whose context ended as cancelled, which its
-		// retryer never retries; this attempt's deadline is not the caller's.
-		err = attemptTimeout{f.opts.Timeout}
-	}
-	return out, md, err
+// attemptTimeout returns the middleware that bounds an attempt's exchange
+// with AWS by Options.Timeout: the last of the finalize step, after the
+// credentials and the signature (an AssumeRole has its own timeout), around
+// sending the request and reading the whole answer (the SDK deserializes it
+// within this step, into the operation's output).
+//
+// The bound is the attempt's context deadline rather than net/http's
+// Client.Timeout, which starts a goroutine and a timer for every request
+// (about 2% of the exporter's CPU in a refresh of 300,000 keys).
+func (f *Factory) attemptTimeout() middleware.FinalizeMiddleware {
+	return middleware.FinalizeMiddlewareFunc("KMSExporterAttemptTimeout", func(
+		ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler,
+	) (middleware.FinalizeOutput, middleware.Metadata, error) {
+		if f.opts.Timeout <= 0 {
+			return next.HandleFinalize(ctx, in)
+		}
+		attemptCtx, cancel := context.WithTimeoutCause(ctx, f.opts.Timeout, errAttemptTimeout)
+		defer cancel()
+		out, md, err := next.HandleFinalize(attemptCtx, in)
+		var apiErr smithy.APIError
+		if err != nil && ctx.Err() == nil && context.Cause(attemptCtx) == errAttemptTimeout && !errors.As(err, &apiErr) {
+			// The SDK reports a call whose context ended as cancelled, which
+			// its retryer never retries: this deadline is the attempt's, not
+			// the caller's. Only the text of the error is kept (wrapped, it
+			// would be a cancellation again). An answer from AWS that came
+			// just as the time ran out stays what it is.
+			err = timedOut{after: f.opts.Timeout, detail: err.Error()}
+		}
+		return out, md, err
+	})
 }
 
 var errAttemptTimeout = errors.New("attempt timed out")
 
-// attemptTimeout is an attempt that outlasted Options.Timeout: a timeout
+// timedOut is an attempt that outlasted Options.Timeout: a timeout
 // (ErrorCode: RequestTimeout; Transient) that the SDK's retryer retries.
-type attemptTimeout struct{ after time.Duration }
-
-func (e attemptTimeout) Error() string {
-	return fmt.Sprintf("no complete answer within the attempt timeout (%s, --aws.timeout)", e.after)
+type timedOut struct {
+	after  time.Duration
+	detail string // the error the SDK returned, as text
 }
-func (attemptTimeout) Unwrap() error        { return context.DeadlineExceeded }
-func (attemptTimeout) Timeout() bool        { return true }
-func (attemptTimeout) RetryableError() bool { return true }
+
+func (e timedOut) Error() string {
+	return fmt.Sprintf("no complete answer within the attempt timeout (%s, --aws.timeout): %s", e.after, e.detail)
+}
+func (timedOut) Unwrap() error        { return context.DeadlineExceeded }
+func (timedOut) Timeout() bool        { return true }
+func (timedOut) RetryableError() bool { return true }
 
 // ErrorCode names an error from an AWS call for labels and verdict reasons:
 // the API error code where AWS sent one, otherwise the kind of failure.

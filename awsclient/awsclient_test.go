@@ -29,6 +29,7 @@ type fakeAWS struct {
 	denyAssume  bool
 	throttle    int // ListKeys calls to throttle first
 	stall       int // KMS calls to leave unanswered first (until the client gives up)
+	stallBody   bool // the stalled calls get their headers and half a body first
 	delay       time.Duration
 	inFlight    atomic.Int32
 	maxInFlight atomic.Int32
@@ -62,7 +63,7 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		time.Sleep(f.delay)
 		f.mu.Lock()
 		f.kmsAuth = append(f.kmsAuth, r.Header.Get("Authorization"))
-		throttle, stall := f.throttle > 0, f.stall > 0
+		throttle, stall, stallBody := f.throttle > 0, f.stall > 0, f.stallBody
 		if throttle {
 			f.throttle--
 		}
@@ -71,6 +72,11 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.mu.Unlock()
 		if stall {
+			if stallBody {
+				w.Header().Set("Content-Type", "application/x-amz-json-1.1")
+				fmt.Fprint(w, `{"Keys":[{"KeyId":"`)
+				w.(http.Flusher).Flush()
+			}
 			select {
 			case <-r.Context().Done():
 			case <-time.After(10 * time.Second):
@@ -109,10 +115,10 @@ func (f *fakeAWS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // setStall sets how many KMS calls to leave unanswered first; the handlers
 // of calls given up by the client may still be running.
-func (f *fakeAWS) setStall(n int) {
+func (f *fakeAWS) setStall(n int, body bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.stall = n
+	f.stall, f.stallBody = n, body
 }
 
 func newFake(t *testing.T, opts Options) (*fakeAWS, *Factory) {
@@ -255,45 +261,73 @@ kms_api_requests_total{account_id="111122223333",operation="ListResourceTags",re
 }
 
 // TestAttemptTimeoutRetried: an attempt left unanswered past Options.Timeout
-// is abandoned, counted as a RequestTimeout and retried; past the attempts the
-// call fails as a transient timeout. The caller's own cancellation is not
+// (no answer at all, or headers and half a body) is abandoned, counted as a
+// RequestTimeout and retried; past the attempts the call fails as a
+// transient timeout. The caller's own deadline or cancellation is not
 // retried.
 func TestAttemptTimeoutRetried(t *testing.T) {
-	fake, factory := newFake(t, Options{MaxConcurrency: 2, MaxAttempts: 3, Timeout: 200 * time.Millisecond})
+	fake, factory := newFake(t, Options{MaxConcurrency: 2, MaxAttempts: 3, Timeout: 300 * time.Millisecond})
 	c := factory.KMS(Role{}, "eu-west-1")
 	c.LearnAccountID("111122223333")
-	fake.setStall(1)
-	start := time.Now()
-	if err := listKeys(context.Background(), c); err != nil {
-		t.Fatalf("one attempt unanswered with 3 attempts: %v", err)
+	attempts := func() int { return factory.Counts()["ListKeys"] }
+	timeouts := func() float64 {
+		c.stats.mu.Lock()
+		defer c.stats.mu.Unlock()
+		return c.stats.errors[opCode{"ListKeys", "RequestTimeout"}]
 	}
-	if waited := time.Since(start); waited > 5*time.Second {
-		t.Errorf("the call took %s: the unanswered attempt was not abandoned at its timeout", waited)
-	}
-	fake.setStall(3)
-	err := listKeys(context.Background(), c)
-	if ErrorCode(err) != "RequestTimeout" || !Transient(err) {
-		t.Errorf("every attempt unanswered: %v (code %q, transient %v), want a transient RequestTimeout", err, ErrorCode(err), Transient(err))
-	}
-	if got := factory.Counts()["ListKeys"]; got != 5 {
-		t.Errorf("ListKeys attempts = %d, want 5 (2 for the first call, 3 for the second)", got)
-	}
-	c.stats.mu.Lock()
-	timeouts := c.stats.errors[opCode{"ListKeys", "RequestTimeout"}]
-	c.stats.mu.Unlock()
-	if got := timeouts; got != 4 {
-		t.Errorf("ListKeys attempts counted as RequestTimeout = %v, want 4", got)
+	for _, body := range []bool{false, true} {
+		before, timedOutBefore := attempts(), timeouts()
+		fake.setStall(1, body)
+		start := time.Now()
+		if err := listKeys(context.Background(), c); err != nil {
+			t.Fatalf("one attempt unanswered (half a body: %v) with 3 attempts: %v", body, err)
+		}
+		if waited := time.Since(start); waited > 5*time.Second {
+			t.Errorf("half a body: %v: the call took %s, the unanswered attempt was not abandoned at its timeout", body, waited)
+		}
+		if got := attempts() - before; got != 2 {
+			t.Errorf("half a body: %v: %d attempts, want 2", body, got)
+		}
+		if got := timeouts() - timedOutBefore; got != 1 {
+			t.Errorf("half a body: %v: %v attempts counted as RequestTimeout, want 1", body, got)
+		}
 	}
 
-	fake.setStall(1)
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	err = listKeys(ctx, c)
-	if ErrorCode(err) != "RequestTimeout" && ErrorCode(err) != "RequestCanceled" {
-		t.Errorf("caller's deadline: %v (code %q)", err, ErrorCode(err))
+	before := attempts()
+	fake.setStall(3, false)
+	err := listKeys(context.Background(), c)
+	if ErrorCode(err) != "RequestTimeout" || !Transient(err) || !strings.Contains(err.Error(), "--aws.timeout") {
+		t.Errorf("every attempt unanswered: %v (code %q, transient %v), want a transient RequestTimeout naming --aws.timeout", err, ErrorCode(err), Transient(err))
 	}
-	if got := factory.Counts()["ListKeys"]; got != 6 {
-		t.Errorf("ListKeys attempts = %d after the caller's own deadline, want 6 (not retried)", got)
+	if got := attempts() - before; got != 3 {
+		t.Errorf("every attempt unanswered: %d attempts, want 3", got)
+	}
+
+	for _, c2 := range []struct {
+		name string
+		ctx  func() (context.Context, context.CancelFunc)
+		code string
+	}{
+		{"the caller's deadline", func() (context.Context, context.CancelFunc) {
+			return context.WithTimeout(context.Background(), 100*time.Millisecond)
+		}, "RequestTimeout"},
+		{"the caller's cancellation", func() (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(context.Background())
+			time.AfterFunc(100*time.Millisecond, cancel)
+			return ctx, cancel
+		}, "RequestCanceled"},
+	} {
+		before := attempts()
+		fake.setStall(1, false)
+		ctx, cancel := c2.ctx()
+		err := listKeys(ctx, c)
+		cancel()
+		if ErrorCode(err) != c2.code || !Transient(err) {
+			t.Errorf("%s: %v (code %q, transient %v), want a transient %s", c2.name, err, ErrorCode(err), Transient(err), c2.code)
+		}
+		if got := attempts() - before; got != 1 {
+			t.Errorf("%s: %d attempts, want 1 (not retried)", c2.name, got)
+		}
 	}
 }
 
