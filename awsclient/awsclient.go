@@ -158,7 +158,15 @@ func NewFactory(base aws.Config, opts Options) *Factory {
 		opts.MaxAttempts = 1
 	}
 	base = base.Copy()
-	transport := func(t *http.Transport) { t.MaxIdleConnsPerHost = opts.MaxConcurrency }
+	transport := func(t *http.Transport) {
+		// Every request in flight may come back to an idle connection: the
+		// SDK's defaults (10 per host, 100 in all) would close and reopen
+		// connections all the time beyond them.
+		t.MaxIdleConnsPerHost = opts.MaxConcurrency
+		if t.MaxIdleConns != 0 { // 0: no bound
+			t.MaxIdleConns = max(t.MaxIdleConns, opts.MaxConcurrency)
+		}
+	}
 	// STS, Account and Organizations calls are few: net/http's own timeout
 	// bounds them.
 	base.HTTPClient = awshttp.NewBuildableClient().WithTimeout(opts.Timeout).WithTransportOptions(transport)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -27,8 +28,8 @@ type fakeAWS struct {
 	assumed     []url.Values
 	kmsAuth     []string
 	denyAssume  bool
-	throttle    int // ListKeys calls to throttle first
-	stall       int // KMS calls to leave unanswered first (until the client gives up)
+	throttle    int  // ListKeys calls to throttle first
+	stall       int  // KMS calls to leave unanswered first (until the client gives up)
 	stallBody   bool // the stalled calls get their headers and half a body first
 	delay       time.Duration
 	inFlight    atomic.Int32
@@ -413,5 +414,43 @@ func TestParseRegions(t *testing.T) {
 		if _, _, err := ParseRegions(bad); err == nil {
 			t.Errorf("ParseRegions(%q) accepted", bad)
 		}
+	}
+}
+
+// TestConnectionsKeptForEveryRequestInFlight: with more requests in flight
+// than net/http's default bound on idle connections (100), a second round of
+// calls reuses the first round's connections instead of opening new ones.
+func TestConnectionsKeptForEveryRequestInFlight(t *testing.T) {
+	const inFlight = 130
+	f := &fakeAWS{delay: 100 * time.Millisecond}
+	var opened atomic.Int32
+	srv := httptest.NewUnstartedServer(f)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	factory := NewFactory(aws.Config{Region: "eu-west-1", BaseEndpoint: aws.String(srv.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("AKIAOWNCREDS", "secret", "")},
+		Options{MaxConcurrency: inFlight, MaxAttempts: 1, Timeout: 10 * time.Second})
+	c := factory.KMS(Role{}, "eu-west-1")
+	round := func() {
+		var wg sync.WaitGroup
+		for range inFlight {
+			wg.Go(func() {
+				if err := listKeys(context.Background(), c); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	round()
+	first := opened.Load()
+	round()
+	if again := opened.Load() - first; again > 0 {
+		t.Errorf("the second round of %d calls opened %d new connections (the first opened %d): idle ones were closed", inFlight, again, first)
 	}
 }
