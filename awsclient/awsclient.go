@@ -169,7 +169,7 @@ func NewFactory(base aws.Config, opts Options) *Factory {
 	}
 	// STS, Account and Organizations calls are few: net/http's own timeout
 	// bounds them.
-	base.HTTPClient = awshttp.NewBuildableClient().WithTimeout(opts.Timeout).WithTransportOptions(transport)
+	base.HTTPClient = bodyReadAfterClose{awshttp.NewBuildableClient().WithTimeout(opts.Timeout).WithTransportOptions(transport)}
 	base.Retryer = func() aws.Retryer {
 		return retry.NewStandard(func(o *retry.StandardOptions) {
 			o.MaxAttempts = opts.MaxAttempts
@@ -181,7 +181,7 @@ func NewFactory(base aws.Config, opts Options) *Factory {
 	}
 	return &Factory{
 		base:    base,
-		kmsHTTP: awshttp.NewBuildableClient().WithTransportOptions(transport),
+		kmsHTTP: newKMSHTTP(transport),
 		opts:    opts,
 		sem:     make(chan struct{}, opts.MaxConcurrency),
 		clients: map[clientKey]*Client{},
@@ -343,6 +343,39 @@ func newLimiter(rps float64) *rate.Limiter {
 	}
 	return rate.NewLimiter(rate.Limit(rps), max(1, int(rps)))
 }
+
+// newKMSHTTP returns the KMS clients' HTTP client, on a transport set by
+// options.
+func newKMSHTTP(options ...func(*http.Transport)) aws.HTTPClient {
+	return bodyReadAfterClose{awshttp.NewBuildableClient().WithTransportOptions(options...)}
+}
+
+// bodyReadAfterClose is an HTTP client that keeps its connection when the SDK
+// closes a request's body while net/http is still writing the request.
+//
+// The SDK closes the body as soon as the response's headers are back
+// (smithy-go's ClientHandler), and its body then reads as ended; but the
+// body's WriteTo answers io.EOF as an error. net/http reads a body of known
+// length once more after sending it, to check that nothing is left, with
+// io.Copy, which calls WriteTo; when AWS answered first (a busy machine can
+// hold the writing goroutine that long), net/http takes the io.EOF for a
+// failed write and closes the connection: the next call opens a new one, and
+// the answer still on its way is lost ("use of closed network connection",
+// one more attempt). Hiding WriteTo makes that last read a plain Read, whose
+// io.EOF is the end of the body.
+type bodyReadAfterClose struct{ aws.HTTPClient }
+
+func (c bodyReadAfterClose) Do(req *http.Request) (*http.Response, error) {
+	if req.Body != nil && req.Body != http.NoBody {
+		// The request is the SDK's own, built for this attempt; it closes
+		// Body after Do, and readCloser passes that on.
+		req.Body = readCloser{req.Body}
+	}
+	return c.HTTPClient.Do(req)
+}
+
+// readCloser is an io.ReadCloser with no other method.
+type readCloser struct{ io.ReadCloser }
 
 // perAttempt returns the middleware run for every attempt of every call: wait
 // for the operation's rate limit, take a place among the requests in flight,

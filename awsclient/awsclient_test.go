@@ -1,6 +1,7 @@
 package awsclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -419,6 +420,57 @@ func TestParseRegions(t *testing.T) {
 
 // TestConnectionsKeptForEveryRequestInFlight: with more requests in flight
 // than net/http's default bound on idle connections (100), a second round of
+// TestConnectionKeptWhenTheAnswerComesFirst: the SDK closes a request's
+// body as soon as the answer's headers are back; when they come back before
+// net/http has finished writing the request (a busy machine holding its
+// writing goroutine), the connection is still kept for the next call and the
+// answer is read whole. (Before bodyReadAfterClose every such call closed its
+// connection, and an answer not yet read was lost.)
+func TestConnectionKeptWhenTheAnswerComesFirst(t *testing.T) {
+	var opened atomic.Int32
+	srv := httptest.NewUnstartedServer(&fakeAWS{})
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	factory := NewFactory(aws.Config{Region: "eu-west-1", BaseEndpoint: aws.String(srv.URL),
+		Credentials: credentials.NewStaticCredentialsProvider("AKIAOWNCREDS", "secret", "")},
+		Options{MaxConcurrency: 1, MaxAttempts: 1, Timeout: 10 * time.Second})
+	var dialer net.Dialer
+	factory.kmsHTTP = newKMSHTTP(func(tr *http.Transport) {
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := dialer.DialContext(ctx, network, addr)
+			return slowAfterBody{conn}, err
+		}
+	})
+	c := factory.KMS(Role{}, "eu-west-1")
+	for i := range 3 {
+		if err := listKeys(context.Background(), c); err != nil {
+			t.Fatalf("call %d: %v", i+1, err)
+		}
+	}
+	if got := opened.Load(); got != 1 {
+		t.Errorf("3 calls one after the other opened %d connections, want 1", got)
+	}
+}
+
+// slowAfterBody is a connection whose writer, having sent a request's body
+// (any write but the headers), is held long enough for the answer to come
+// back first, and not so long that net/http gives up the connection anyway.
+type slowAfterBody struct{ net.Conn }
+
+func (c slowAfterBody) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if !bytes.HasPrefix(b, []byte("POST ")) {
+		time.Sleep(10 * time.Millisecond) // net/http keeps a connection only if its write ends within 50 ms of the answer
+
+	}
+	return n, err
+}
+
 // calls reuses the first round's connections instead of opening new ones.
 func TestConnectionsKeptForEveryRequestInFlight(t *testing.T) {
 	const inFlight = 130
