@@ -169,7 +169,7 @@ func NewFactory(base aws.Config, opts Options) *Factory {
 	}
 	// STS, Account and Organizations calls are few: net/http's own timeout
 	// bounds them.
-	base.HTTPClient = bodyReadAfterClose{awshttp.NewBuildableClient().WithTimeout(opts.Timeout).WithTransportOptions(transport)}
+	base.HTTPClient = newHTTPClient(opts.Timeout, transport)
 	base.Retryer = func() aws.Retryer {
 		return retry.NewStandard(func(o *retry.StandardOptions) {
 			o.MaxAttempts = opts.MaxAttempts
@@ -181,7 +181,7 @@ func NewFactory(base aws.Config, opts Options) *Factory {
 	}
 	return &Factory{
 		base:    base,
-		kmsHTTP: newKMSHTTP(transport),
+		kmsHTTP: newHTTPClient(0, transport),
 		opts:    opts,
 		sem:     make(chan struct{}, opts.MaxConcurrency),
 		clients: map[clientKey]*Client{},
@@ -344,18 +344,19 @@ func newLimiter(rps float64) *rate.Limiter {
 	return rate.NewLimiter(rate.Limit(rps), max(1, int(rps)))
 }
 
-// newKMSHTTP returns the KMS clients' HTTP client, on a transport set by
-// options.
-func newKMSHTTP(options ...func(*http.Transport)) aws.HTTPClient {
-	return bodyReadAfterClose{awshttp.NewBuildableClient().WithTransportOptions(options...)}
+// newHTTPClient returns an HTTP client for AWS calls with net/http's timeout
+// (0: none) on a transport set by options.
+func newHTTPClient(timeout time.Duration, options ...func(*http.Transport)) aws.HTTPClient {
+	return bodyReadAfterClose{awshttp.NewBuildableClient().WithTimeout(timeout).WithTransportOptions(options...)}
 }
 
 // bodyReadAfterClose is an HTTP client that keeps its connection when the SDK
 // closes a request's body while net/http is still writing the request.
 //
 // The SDK closes the body as soon as the response's headers are back
-// (smithy-go's ClientHandler), and its body then reads as ended; but the
-// body's WriteTo answers io.EOF as an error. net/http reads a body of known
+// (smithy-go's ClientHandler, transport/http/client.go), and its body then
+// reads as ended; but the body's WriteTo answers io.EOF as an error
+// (transport/http/internal/io/safe.go). net/http reads a body of known
 // length once more after sending it, to check that nothing is left, with
 // io.Copy, which calls WriteTo; when AWS answered first (a busy machine can
 // hold the writing goroutine that long), net/http takes the io.EOF for a

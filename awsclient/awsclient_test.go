@@ -440,7 +440,7 @@ func TestConnectionKeptWhenTheAnswerComesFirst(t *testing.T) {
 		Credentials: credentials.NewStaticCredentialsProvider("AKIAOWNCREDS", "secret", "")},
 		Options{MaxConcurrency: 1, MaxAttempts: 1, Timeout: 10 * time.Second})
 	var dialer net.Dialer
-	factory.kmsHTTP = newKMSHTTP(func(tr *http.Transport) {
+	factory.kmsHTTP = newHTTPClient(0, func(tr *http.Transport) {
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := dialer.DialContext(ctx, network, addr)
 			return slowAfterBody{conn}, err
