@@ -147,9 +147,11 @@ func TagLabelName(tag string) string {
 
 // NeedsAttention says whether a key's series are served with
 // --metrics.per-key=attention at now: it is noncompliant, unknown or exempt
-// (its exemption ends), its verdict is stale, it is scheduled for deletion,
-// it has few on-demand rotations left (KMSKeyOnDemandRotationsLow), or by
-// now it needs attention for a date (see attentionFrom).
+// (its exemption ends), its verdict is stale, it is scheduled for deletion
+// (with a date, or a multi-Region primary waiting for its replicas' deletion:
+// KMSKeyPendingReplicaDeletion), it has few on-demand rotations left
+// (KMSKeyOnDemandRotationsLow), or by now it needs attention for a date (see
+// attentionFrom).
 func NeedsAttention(k *model.Key, now time.Time) bool {
 	switch k.Verdict.Get().Status {
 	case policy.Noncompliant, policy.Unknown, policy.Exempt:
@@ -158,7 +160,7 @@ func NeedsAttention(k *model.Key, now time.Time) bool {
 	if h := k.RotationHistory(); h != nil && h.OnDemandLeft() <= OnDemandLow {
 		return true
 	}
-	return k.Stale || k.DeletionDate != nil || !now.Before(attentionFrom(k))
+	return k.Stale || k.DeletionDate != nil || k.Meta.Get().KeyState == "PendingReplicaDeletion" || !now.Before(attentionFrom(k))
 }
 
 // OnDemandLow is the most on-demand rotations left at which a key needs
