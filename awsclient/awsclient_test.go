@@ -420,15 +420,13 @@ func TestParseRegions(t *testing.T) {
 
 // TestConnectionsKeptForEveryRequestInFlight: with more requests in flight
 // than net/http's default bound on idle connections (100), a second round of
-// TestConnectionKeptWhenTheAnswerComesFirst: the SDK closes a request's
-// body as soon as the answer's headers are back; when they come back before
-// net/http has finished writing the request (a busy machine holding its
-// writing goroutine), the connection is still kept for the next call and the
-// answer is read whole. (Before bodyReadAfterClose every such call closed its
-// connection, and an answer not yet read was lost.)
-func TestConnectionKeptWhenTheAnswerComesFirst(t *testing.T) {
+// countingConnections serves f and returns a count of the connections
+// opened to it and a factory of clients of it with maxConcurrency requests
+// in flight, one attempt each.
+func countingConnections(t *testing.T, f *fakeAWS, maxConcurrency int) (*atomic.Int32, *Factory) {
+	t.Helper()
 	var opened atomic.Int32
-	srv := httptest.NewUnstartedServer(&fakeAWS{})
+	srv := httptest.NewUnstartedServer(f)
 	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
 		if s == http.StateNew {
 			opened.Add(1)
@@ -438,7 +436,18 @@ func TestConnectionKeptWhenTheAnswerComesFirst(t *testing.T) {
 	t.Cleanup(srv.Close)
 	factory := NewFactory(aws.Config{Region: "eu-west-1", BaseEndpoint: aws.String(srv.URL),
 		Credentials: credentials.NewStaticCredentialsProvider("AKIAOWNCREDS", "secret", "")},
-		Options{MaxConcurrency: 1, MaxAttempts: 1, Timeout: 10 * time.Second})
+		Options{MaxConcurrency: maxConcurrency, MaxAttempts: 1, Timeout: 10 * time.Second})
+	return &opened, factory
+}
+
+// TestConnectionKeptWhenTheAnswerComesFirst: the SDK closes a request's
+// body as soon as the answer's headers are back; when they come back before
+// net/http has finished writing the request (a busy machine holding its
+// writing goroutine), the connection is still kept for the next call and the
+// answer is read whole. (Before bodyReadAfterClose every such call closed its
+// connection, and an answer not yet read was lost.)
+func TestConnectionKeptWhenTheAnswerComesFirst(t *testing.T) {
+	opened, factory := countingConnections(t, &fakeAWS{}, 1)
 	var dialer net.Dialer
 	factory.kmsHTTP = newHTTPClient(0, func(tr *http.Transport) {
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -474,19 +483,7 @@ func (c slowAfterBody) Write(b []byte) (int, error) {
 // calls reuses the first round's connections instead of opening new ones.
 func TestConnectionsKeptForEveryRequestInFlight(t *testing.T) {
 	const inFlight = 130
-	f := &fakeAWS{delay: 100 * time.Millisecond}
-	var opened atomic.Int32
-	srv := httptest.NewUnstartedServer(f)
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			opened.Add(1)
-		}
-	}
-	srv.Start()
-	t.Cleanup(srv.Close)
-	factory := NewFactory(aws.Config{Region: "eu-west-1", BaseEndpoint: aws.String(srv.URL),
-		Credentials: credentials.NewStaticCredentialsProvider("AKIAOWNCREDS", "secret", "")},
-		Options{MaxConcurrency: inFlight, MaxAttempts: 1, Timeout: 10 * time.Second})
+	opened, factory := countingConnections(t, &fakeAWS{delay: 100 * time.Millisecond}, inFlight)
 	c := factory.KMS(Role{}, "eu-west-1")
 	round := func() {
 		var wg sync.WaitGroup
