@@ -418,8 +418,6 @@ func TestParseRegions(t *testing.T) {
 	}
 }
 
-// TestConnectionsKeptForEveryRequestInFlight: with more requests in flight
-// than net/http's default bound on idle connections (100), a second round of
 // countingConnections serves f and returns a count of the connections
 // opened to it and a factory of clients of it with maxConcurrency requests
 // in flight, one attempt each.
@@ -475,11 +473,12 @@ func (c slowAfterBody) Write(b []byte) (int, error) {
 	n, err := c.Conn.Write(b)
 	if !bytes.HasPrefix(b, []byte("POST ")) {
 		time.Sleep(10 * time.Millisecond) // net/http keeps a connection only if its write ends within 50 ms of the answer
-
 	}
 	return n, err
 }
 
+// TestConnectionsKeptForEveryRequestInFlight: with more requests in flight
+// than net/http's default bound on idle connections (100), a second round of
 // calls reuses the first round's connections instead of opening new ones.
 func TestConnectionsKeptForEveryRequestInFlight(t *testing.T) {
 	const inFlight = 130
